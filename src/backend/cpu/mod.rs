@@ -1,0 +1,175 @@
+//! The CPU backend: host buffers, all cores, loops the compiler vectorises.
+//!
+//! Memory traffic per parameter (fp32 master, AdamW, fp16 working copy):
+//! - accumulate: read grad (2-4 B) + read/write acc (8 B): one pass;
+//! - step: norm pass reads acc (4 B); the fused pass reads acc, p, m, v and writes p,
+//!   m, v, the working copy and acc = 0 (16 B read + 18 B written).
+
+mod accumulate;
+pub mod convert;
+pub mod parallel;
+mod step;
+
+use std::os::raw::c_void;
+
+use half::{bf16, f16};
+
+use super::{Backend, BackendInit, GradInput, ParamBuffer, StepReport, StepRequest};
+use crate::engine::config::{Config, Dtype, Optimizer, Precision};
+use crate::engine::math::ScalerState;
+use crate::status::{Error, Result};
+use parallel::WorkItem;
+
+/// The fp16/bf16 working copy, if the precision asks for one.
+pub(crate) enum WorkingCopy {
+    None,
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+/// All host state of a CPU engine.
+pub struct CpuBackend {
+    config: Config,
+    items: Vec<WorkItem>,
+    master: Vec<f32>,
+    acc: Vec<f32>,
+    /// SGD momentum buffer, or AdamW exp_avg.
+    state1: Vec<f32>,
+    /// AdamW exp_avg_sq.
+    state2: Vec<f32>,
+    working: WorkingCopy,
+    scaler: ScalerState,
+    applied_steps: u64,
+    last: StepReport,
+}
+
+/// Allocates a zeroed f32 buffer, reporting failure instead of aborting.
+pub(crate) fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::out_of_memory(format!(
+            "could not allocate {} bytes for the {what}",
+            n.saturating_mul(std::mem::size_of::<T>())
+        ))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+impl CpuBackend {
+    pub fn new(init: BackendInit<'_>) -> Result<CpuBackend> {
+        let n = init.layout.numel;
+        let mut master = try_zeroed::<f32>(n, "fp32 master weights")?;
+        master.copy_from_slice(init.params);
+        let acc = try_zeroed::<f32>(n, "gradient accumulator")?;
+        let n_state = init.config.optimizer.state_buffers();
+        let state1 = try_zeroed::<f32>(if n_state >= 1 { n } else { 0 }, "optimizer state")?;
+        let state2 = try_zeroed::<f32>(if n_state >= 2 { n } else { 0 }, "optimizer state")?;
+        let working = match init.config.precision {
+            Precision::Fp32 => WorkingCopy::None,
+            Precision::Fp16 => WorkingCopy::F16(try_zeroed(n, "fp16 working copy")?),
+            Precision::Bf16 => WorkingCopy::Bf16(try_zeroed(n, "bf16 working copy")?),
+        };
+        let scaler = ScalerState::new(&init.config.scaler, init.config.precision.scales_loss());
+        let mut backend = CpuBackend {
+            config: *init.config,
+            items: parallel::work_items(&init.layout.runs),
+            master,
+            acc,
+            state1,
+            state2,
+            working,
+            scaler,
+            applied_steps: 0,
+            last: StepReport {
+                applied: false,
+                grad_norm: f32::NAN,
+                clip_coef: 1.0,
+                loss_scale: scaler.scale,
+                step: 0,
+            },
+        };
+        backend.refresh_working_copy();
+        Ok(backend)
+    }
+
+    fn refresh_working_copy(&mut self) {
+        step::write_working_copy(&self.items, &self.master, &mut self.working);
+    }
+
+    /// Read access to the accumulator (tests and checkpoints).
+    pub fn accumulator(&self) -> &[f32] {
+        &self.acc
+    }
+
+    /// The optimizer type this backend was built for.
+    pub fn optimizer(&self) -> Optimizer {
+        self.config.optimizer
+    }
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()> {
+        let n = grad.numel;
+        // SAFETY: the caller guarantees numel readable, aligned elements of dtype.
+        match grad.dtype {
+            Dtype::F32 => {
+                let g = std::slice::from_raw_parts(grad.ptr as *const f32, n);
+                accumulate::accumulate_f32(&self.items, &mut self.acc, g, mul);
+            }
+            Dtype::F16 => {
+                let g = std::slice::from_raw_parts(grad.ptr as *const f16, n);
+                accumulate::accumulate_f16(&self.items, &mut self.acc, g, mul);
+            }
+            Dtype::BF16 => {
+                let g = std::slice::from_raw_parts(grad.ptr as *const u16, n);
+                accumulate::accumulate_bf16(&self.items, &mut self.acc, g, mul);
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_window(&mut self) -> Result<()> {
+        step::zero(&self.items, &mut self.acc);
+        Ok(())
+    }
+
+    fn step(&mut self, request: &StepRequest) -> Result<()> {
+        self.last = step::run_step(self, request);
+        Ok(())
+    }
+
+    fn last_report(&mut self) -> Result<StepReport> {
+        Ok(self.last)
+    }
+
+    fn read_params(&mut self, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&self.master);
+        Ok(())
+    }
+
+    fn write_params(&mut self, src: &[f32]) -> Result<()> {
+        self.master.copy_from_slice(src);
+        self.refresh_working_copy();
+        Ok(())
+    }
+
+    fn param_ptr(&mut self, offset: usize, which: ParamBuffer) -> Option<*mut c_void> {
+        match which {
+            ParamBuffer::Master => Some(self.master[offset..].as_mut_ptr() as *mut c_void),
+            ParamBuffer::Working => match &mut self.working {
+                WorkingCopy::None => None,
+                WorkingCopy::F16(w) => Some(w[offset..].as_mut_ptr() as *mut c_void),
+                WorkingCopy::Bf16(w) => Some(w[offset..].as_mut_ptr() as *mut c_void),
+            },
+        }
+    }
+
+    fn loss_scale(&mut self) -> Result<f32> {
+        Ok(self.scaler.scale)
+    }
+}

@@ -1,0 +1,80 @@
+//! Splitting flat buffers into fixed chunks for rayon.
+//!
+//! Chunk boundaries depend only on the layout, never on the number of threads, so
+//! every reduction (the gradient norm) adds the same partial sums in the same order
+//! whatever the machine: results are bit-identical from 1 thread to N.
+
+use rayon::prelude::*;
+
+/// Elements per work item: 128 KiB of f32, big enough to amortise scheduling, small
+/// enough to balance two to many cores.
+pub(crate) const CHUNK: usize = 32 * 1024;
+
+/// Below this many elements a pass runs on the calling thread: waking the pool costs
+/// more than it saves.
+pub(crate) const PARALLEL_THRESHOLD: usize = 256 * 1024;
+
+/// One contiguous range of the flat buffers processed by one task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkItem {
+    pub start: usize,
+    pub end: usize,
+    pub decay: bool,
+}
+
+/// Splits each decay run into chunks of at most CHUNK elements.
+pub fn work_items(runs: &[crate::engine::layout::DecayRun]) -> Vec<WorkItem> {
+    let mut items = Vec::new();
+    for run in runs {
+        let mut start = run.start;
+        while start < run.end {
+            let end = (start + CHUNK).min(run.end);
+            items.push(WorkItem { start, end, decay: run.decay });
+            start = end;
+        }
+    }
+    items
+}
+
+/// Runs `f` on every item, in parallel when the buffers are large.
+pub fn for_each_item<F>(items: &[WorkItem], total: usize, f: F)
+where
+    F: Fn(&WorkItem) + Sync + Send,
+{
+    if total >= PARALLEL_THRESHOLD {
+        items.par_iter().for_each(f);
+    } else {
+        items.iter().for_each(f);
+    }
+}
+
+/// Maps every item to a value, in item order (parallel when large).
+pub fn map_items<T, F>(items: &[WorkItem], total: usize, f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(&WorkItem) -> T + Sync + Send,
+{
+    if total >= PARALLEL_THRESHOLD {
+        items.par_iter().map(f).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
+}
+
+/// A raw base pointer that tasks turn into disjoint sub-slices.
+#[derive(Clone, Copy)]
+pub struct SharedMut<T>(pub *mut T);
+
+// SAFETY: every user derives slices from disjoint WorkItem ranges only, so no two
+// threads ever touch the same element.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `item` must lie inside the buffer, and no other live slice may overlap it.
+    #[inline(always)]
+    pub unsafe fn slice(&self, item: &WorkItem) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(item.start), item.end - item.start)
+    }
+}

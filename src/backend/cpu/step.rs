@@ -1,0 +1,201 @@
+//! The step on the CPU: two passes over memory.
+//!
+//! 1. Norm pass: sum of squares of g = acc * factor in f64, per fixed chunk, chunks
+//!    summed in order (deterministic for any thread count). A non-finite g makes the
+//!    sum non-finite, which is how inf/NaN is detected: no separate pass.
+//! 2. Fused pass: g = (acc * factor) * coef, optimizer update of master and state,
+//!    working copy rewrite, acc = 0. On a skipped step only acc = 0 is written.
+
+use super::convert::{f32_to_bf16_slice, f32_to_f16_slice};
+use super::parallel::{for_each_item, map_items, SharedMut, WorkItem};
+use super::{CpuBackend, WorkingCopy};
+use crate::backend::{StepReport, StepRequest};
+use crate::engine::config::Optimizer;
+use crate::engine::math::{self, AdamScalars, SgdScalars};
+
+/// Independent accumulators per chunk, so the f64 sum vectorises while its order
+/// stays fixed.
+const LANES: usize = 16;
+
+/// Sum of squares of (acc[i] * factor) over one chunk, in a fixed order.
+fn chunk_sum_sq(acc: &[f32], factor: f32) -> f64 {
+    let mut lanes = [0f64; LANES];
+    let mut blocks = acc.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (lane, &a) in lanes.iter_mut().zip(block) {
+            let g = f64::from(a * factor);
+            *lane += g * g;
+        }
+    }
+    for (lane, &a) in lanes.iter_mut().zip(blocks.remainder()) {
+        let g = f64::from(a * factor);
+        *lane += g * g;
+    }
+    lanes.iter().sum()
+}
+
+/// Sum of squares of the unscaled gradient over the whole buffer.
+pub fn sum_of_squares(items: &[WorkItem], acc: &[f32], factor: f32) -> f64 {
+    map_items(items, acc.len(), |item| chunk_sum_sq(&acc[item.start..item.end], factor))
+        .into_iter()
+        .sum()
+}
+
+/// acc = 0.
+pub fn zero(items: &[WorkItem], acc: &mut [f32]) {
+    let base = SharedMut(acc.as_mut_ptr());
+    for_each_item(items, acc.len(), |item| {
+        // SAFETY: disjoint items inside acc.
+        unsafe { base.slice(item) }.fill(0.0);
+    });
+}
+
+/// Rewrites the whole working copy from the master weights.
+pub fn write_working_copy(items: &[WorkItem], master: &[f32], working: &mut WorkingCopy) {
+    match working {
+        WorkingCopy::None => {}
+        WorkingCopy::F16(w) => {
+            let base = SharedMut(w.as_mut_ptr());
+            for_each_item(items, master.len(), |item| {
+                // SAFETY: disjoint items inside w (same length as master).
+                f32_to_f16_slice(&master[item.start..item.end], unsafe { base.slice(item) });
+            });
+        }
+        WorkingCopy::Bf16(w) => {
+            let base = SharedMut(w.as_mut_ptr());
+            for_each_item(items, master.len(), |item| {
+                // SAFETY: as above.
+                f32_to_bf16_slice(&master[item.start..item.end], unsafe { base.slice(item) });
+            });
+        }
+    }
+}
+
+/// Base pointers of every buffer the fused pass writes.
+#[derive(Clone, Copy)]
+struct Buffers {
+    master: SharedMut<f32>,
+    acc: SharedMut<f32>,
+    state1: SharedMut<f32>,
+    state2: SharedMut<f32>,
+    f16: Option<SharedMut<half::f16>>,
+    bf16: Option<SharedMut<half::bf16>>,
+}
+
+/// The per-step scalars of the chosen optimizer.
+#[derive(Clone, Copy)]
+enum Update {
+    AdamW(AdamScalars),
+    SgdMomentum(SgdScalars),
+    Sgd(SgdScalars),
+}
+
+fn update_chunk(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
+    // SAFETY: items are disjoint and inside every buffer that exists for this
+    // optimizer (state buffers are only touched by the optimizers that allocate them).
+    let (p, acc) = unsafe { (b.master.slice(item), b.acc.slice(item)) };
+    match update {
+        Update::AdamW(s) => {
+            let (m, v) = unsafe { (b.state1.slice(item), b.state2.slice(item)) };
+            let decay = item.decay;
+            for i in 0..p.len() {
+                let g = (acc[i] * factor) * coef;
+                let (np, nm, nv) = math::adamw_element(p[i], m[i], v[i], g, decay, s);
+                p[i] = np;
+                m[i] = nm;
+                v[i] = nv;
+                acc[i] = 0.0;
+            }
+        }
+        Update::SgdMomentum(s) => {
+            let buf = unsafe { b.state1.slice(item) };
+            for i in 0..p.len() {
+                let g = (acc[i] * factor) * coef;
+                let (np, nb) = math::sgd_momentum_element(p[i], buf[i], g, item.decay, s);
+                p[i] = np;
+                buf[i] = nb;
+                acc[i] = 0.0;
+            }
+        }
+        Update::Sgd(s) => {
+            for i in 0..p.len() {
+                let g = (acc[i] * factor) * coef;
+                p[i] = math::sgd_plain_element(p[i], g, item.decay, s);
+                acc[i] = 0.0;
+            }
+        }
+    }
+    // The chunk's master values are hot in cache: convert them now.
+    if let Some(w) = b.f16 {
+        f32_to_f16_slice(p, unsafe { w.slice(item) });
+    }
+    if let Some(w) = b.bf16 {
+        f32_to_bf16_slice(p, unsafe { w.slice(item) });
+    }
+}
+
+/// One whole step; returns its report.
+pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
+    let factor = math::unscale_factor(request.total_weight, be.scaler.scale);
+    let sum_sq = sum_of_squares(&be.items, &be.acc, factor);
+    let found_inf = !sum_sq.is_finite();
+    let grad_norm = sum_sq.sqrt() as f32;
+    let cfg = be.config;
+
+    if found_inf {
+        zero(&be.items, &mut be.acc);
+        be.scaler_update(true);
+        return StepReport {
+            applied: false,
+            grad_norm,
+            clip_coef: 1.0,
+            loss_scale: be.scaler.scale,
+            step: be.applied_steps,
+        };
+    }
+
+    let coef = match cfg.max_grad_norm {
+        Some(max_norm) => math::clip_coef(max_norm, grad_norm),
+        None => 1.0,
+    };
+    let t = be.applied_steps + 1;
+    let update = match cfg.optimizer {
+        Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+            Update::AdamW(AdamScalars::new(request.lr, beta1, beta2, eps, weight_decay, t))
+        }
+        Optimizer::Sgd { momentum, nesterov, weight_decay } => {
+            let s = SgdScalars { neg_lr: -request.lr, weight_decay, momentum, nesterov, first: t == 1 };
+            if momentum != 0.0 {
+                Update::SgdMomentum(s)
+            } else {
+                Update::Sgd(s)
+            }
+        }
+    };
+    let (f16, bf16) = match &mut be.working {
+        WorkingCopy::None => (None, None),
+        WorkingCopy::F16(w) => (Some(SharedMut(w.as_mut_ptr())), None),
+        WorkingCopy::Bf16(w) => (None, Some(SharedMut(w.as_mut_ptr()))),
+    };
+    let buffers = Buffers {
+        master: SharedMut(be.master.as_mut_ptr()),
+        acc: SharedMut(be.acc.as_mut_ptr()),
+        state1: SharedMut(be.state1.as_mut_ptr()),
+        state2: SharedMut(be.state2.as_mut_ptr()),
+        f16,
+        bf16,
+    };
+    for_each_item(&be.items, be.master.len(), |item| update_chunk(&buffers, item, &update, factor, coef));
+
+    be.applied_steps = t;
+    be.scaler_update(false);
+    StepReport { applied: true, grad_norm, clip_coef: coef, loss_scale: be.scaler.scale, step: t }
+}
+
+impl CpuBackend {
+    fn scaler_update(&mut self, found_inf: bool) {
+        if self.config.precision.scales_loss() {
+            self.scaler.update(&self.config.scaler, found_inf);
+        }
+    }
+}

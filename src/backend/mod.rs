@@ -1,0 +1,148 @@
+//! Backends move the bytes; the engine decides what happens.
+//!
+//! A backend owns every per-parameter buffer (fp32 master, working copy, fp32
+//! accumulator, optimizer state) and the device-side step state (loss scale, growth
+//! tracker, applied-step count, last norm). The engine keeps only host-known values:
+//! the window's total weight, its micro-batch count and the learning rate.
+
+pub mod cpu;
+
+use std::os::raw::c_void;
+
+use crate::engine::config::{Config, Dtype};
+use crate::engine::layout::Layout;
+use crate::status::Result;
+
+/// A micro-batch gradient as the C caller handed it over.
+///
+/// The ffi layer has checked that `ptr` is non-null and aligned for `dtype`; the C
+/// caller promises `numel` readable elements behind it (host memory, or device
+/// memory on a CUDA engine).
+#[derive(Clone, Copy, Debug)]
+pub struct GradInput {
+    pub ptr: *const c_void,
+    pub dtype: Dtype,
+    pub numel: usize,
+}
+
+/// Host-known inputs of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepRequest {
+    /// Sum of the window's weights (> 0).
+    pub total_weight: f64,
+    pub lr: f32,
+}
+
+/// What the last step did, read back from the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub applied: bool,
+    pub grad_norm: f32,
+    pub clip_coef: f32,
+    /// S for the next window.
+    pub loss_scale: f32,
+    /// Applied updates so far.
+    pub step: u64,
+}
+
+/// Which parameter buffer `param_ptr` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamBuffer {
+    Master,
+    Working,
+}
+
+/// The operations an engine needs from where its memory lives.
+pub trait Backend: Send {
+    /// "cpu" or "cuda:N (device name)".
+    fn describe(&self) -> String;
+
+    /// acc += mul * grad, converting the gradient to fp32 on the fly.
+    ///
+    /// # Safety
+    /// `grad.ptr` must point to `grad.numel` readable elements of `grad.dtype`, in
+    /// memory this backend can read (host memory for the CPU backend).
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()>;
+
+    /// acc = 0.
+    fn zero_window(&mut self) -> Result<()>;
+
+    /// Unscale, check, clip, update, rescale, rewrite the working copy and zero the
+    /// accumulator; need not wait for the device.
+    fn step(&mut self, request: &StepRequest) -> Result<()>;
+
+    /// The report of the last step (waits for the device).
+    fn last_report(&mut self) -> Result<StepReport>;
+
+    /// Copies the fp32 master weights to the host.
+    fn read_params(&mut self, out: &mut [f32]) -> Result<()>;
+
+    /// Replaces the fp32 master weights and rewrites the working copy.
+    fn write_params(&mut self, src: &[f32]) -> Result<()>;
+
+    /// Address of element `offset` of a parameter buffer (None: no such buffer).
+    fn param_ptr(&mut self, offset: usize, which: ParamBuffer) -> Option<*mut c_void>;
+
+    /// The current loss scale S (waits for the device).
+    fn loss_scale(&mut self) -> Result<f32>;
+}
+
+/// What a backend is built from.
+pub struct BackendInit<'a> {
+    pub config: &'a Config,
+    pub layout: &'a Layout,
+    /// Initial fp32 parameters, `layout.numel` of them.
+    pub params: &'a [f32],
+}
+
+/// Bytes of per-parameter state an engine with this configuration keeps.
+pub fn bytes_per_param(config: &Config) -> usize {
+    let working = config.precision.working_dtype().map_or(0, |d| d.size());
+    4 /* master */ + 4 /* acc */ + 4 * config.optimizer.state_buffers() + working
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+fn create_cpu(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
+    let need = (init.layout.numel as u64).saturating_mul(bytes_per_param(init.config) as u64);
+    if let Some(have) = physical_memory_bytes() {
+        if need > have {
+            return Err(crate::status::Error::invalid_argument(format!(
+                "numel: {} parameters need {need} bytes of state, more than this machine's {have} bytes of memory",
+                init.layout.numel
+            )));
+        }
+    }
+    Ok((Box::new(cpu::CpuBackend::new(init)?), crate::ffi::types::GACC_DEVICE_CPU))
+}
+
+/// Builds the backend the configuration asks for: AUTO takes CUDA device 0 when it
+/// is usable and the CPU otherwise; an explicit ordinal never falls back.
+pub fn create(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
+    use crate::engine::config::DeviceRequest;
+    match init.config.device {
+        DeviceRequest::Cpu => create_cpu(init),
+        DeviceRequest::Auto => match cuda_probe(0) {
+            Ok(()) => create_cuda(init, 0),
+            Err(_) => create_cpu(init),
+        },
+        DeviceRequest::Cuda(ordinal) => {
+            cuda_probe(ordinal)?;
+            create_cuda(init, ordinal)
+        }
+    }
+}
+
+fn cuda_probe(ordinal: u32) -> Result<()> {
+    Err(crate::status::Error::device_unavailable(format!(
+        "CUDA device {ordinal} requested, but this build of gacc has no CUDA backend"
+    )))
+}
+
+fn create_cuda(_init: BackendInit<'_>, ordinal: u32) -> Result<(Box<dyn Backend>, i32)> {
+    cuda_probe(ordinal).map(|_| unreachable!())
+}

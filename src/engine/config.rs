@@ -1,0 +1,328 @@
+//! The validated, Rust-typed engine configuration.
+//!
+//! `Config::validate` turns the raw C struct into typed values, checking every rule of
+//! c-api.md and naming the offending field in the error message.
+
+use crate::ffi::types::*;
+use crate::status::{Error, Result};
+
+/// Where an engine lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(u32),
+}
+
+/// Element type of a gradient or a working copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    /// Validates a raw C value.
+    pub fn from_raw(raw: u32, field: &str) -> Result<Dtype> {
+        match raw {
+            GACC_DTYPE_F32 => Ok(Dtype::F32),
+            GACC_DTYPE_F16 => Ok(Dtype::F16),
+            GACC_DTYPE_BF16 => Ok(Dtype::BF16),
+            _ => Err(Error::invalid_argument(format!(
+                "{field}: unknown dtype {raw} (expected GACC_DTYPE_F32=0, F16=1 or BF16=2)"
+            ))),
+        }
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+        }
+    }
+}
+
+/// Dtype of the working copy, which also decides loss scaling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype of the working copy, if there is one.
+    pub fn working_dtype(self) -> Option<Dtype> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Fp16 => Some(Dtype::F16),
+            Precision::Bf16 => Some(Dtype::BF16),
+        }
+    }
+    /// Only FP16 uses a dynamic loss scale; the others keep S = 1.
+    pub fn scales_loss(self) -> bool {
+        self == Precision::Fp16
+    }
+}
+
+/// How micro-batch gradients are folded into the accumulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// acc += weight * grad
+    Mean,
+    /// acc += grad
+    Sum,
+}
+
+/// Optimizer and its hyper-parameters (lr lives in the engine: it can change).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd { momentum: f32, nesterov: bool, weight_decay: f32 },
+    AdamW { beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+}
+
+impl Optimizer {
+    pub fn weight_decay(&self) -> f32 {
+        match *self {
+            Optimizer::Sgd { weight_decay, .. } | Optimizer::AdamW { weight_decay, .. } => {
+                weight_decay
+            }
+        }
+    }
+    /// Number of fp32 state buffers the optimizer keeps per parameter.
+    pub fn state_buffers(&self) -> usize {
+        match *self {
+            Optimizer::Sgd { momentum, .. } => usize::from(momentum != 0.0),
+            Optimizer::AdamW { .. } => 2,
+        }
+    }
+}
+
+/// GradScaler settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScalerConfig {
+    pub init_scale: f32,
+    pub growth_factor: f32,
+    pub backoff_factor: f32,
+    pub growth_interval: u32,
+}
+
+/// A configuration that passed validation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    pub device: DeviceRequest,
+    pub optimizer: Optimizer,
+    pub lr: f32,
+    pub precision: Precision,
+    /// None: no clipping.
+    pub max_grad_norm: Option<f32>,
+    pub scaler: ScalerConfig,
+    pub reduction: Reduction,
+}
+
+/// The defaults of c-api.md (PyTorch's AdamW and GradScaler defaults).
+pub fn default_raw_config() -> gacc_config {
+    gacc_config {
+        device: GACC_DEVICE_AUTO,
+        optimizer: GACC_OPTIMIZER_ADAMW,
+        lr: 1e-3,
+        momentum: 0.0,
+        nesterov: 0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        precision: GACC_PRECISION_FP32,
+        max_grad_norm: 0.0,
+        init_scale: 65536.0,
+        growth_factor: 2.0,
+        backoff_factor: 0.5,
+        growth_interval: 2000,
+        grad_reduction: GACC_GRADS_MEAN,
+    }
+}
+
+fn finite_nonneg(value: f32, field: &str) -> Result<f32> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(Error::invalid_argument(format!("{field} must be finite and >= 0 (got {value})")))
+    }
+}
+
+fn unit_interval(value: f32, field: &str) -> Result<f32> {
+    if (0.0..1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::invalid_argument(format!("{field} must be in [0, 1) (got {value})")))
+    }
+}
+
+/// Validates the learning rate (also used by gacc_set_lr).
+pub fn validate_lr(lr: f32) -> Result<f32> {
+    finite_nonneg(lr, "lr")
+}
+
+impl Config {
+    /// Checks every field of the raw C configuration.
+    pub fn validate(raw: &gacc_config) -> Result<Config> {
+        let device = match raw.device {
+            GACC_DEVICE_AUTO => DeviceRequest::Auto,
+            GACC_DEVICE_CPU => DeviceRequest::Cpu,
+            n if n >= 0 => DeviceRequest::Cuda(n as u32),
+            n => {
+                return Err(Error::invalid_argument(format!(
+                    "device: {n} is neither GACC_DEVICE_AUTO (-2), GACC_DEVICE_CPU (-1) nor a CUDA ordinal"
+                )))
+            }
+        };
+        let lr = validate_lr(raw.lr)?;
+        let weight_decay = finite_nonneg(raw.weight_decay, "weight_decay")?;
+        let momentum = finite_nonneg(raw.momentum, "momentum")?;
+        let nesterov = match raw.nesterov {
+            0 => false,
+            1 => true,
+            n => return Err(Error::invalid_argument(format!("nesterov must be 0 or 1 (got {n})"))),
+        };
+        let beta1 = unit_interval(raw.beta1, "beta1")?;
+        let beta2 = unit_interval(raw.beta2, "beta2")?;
+        if !(raw.eps.is_finite() && raw.eps > 0.0) {
+            return Err(Error::invalid_argument(format!("eps must be finite and > 0 (got {})", raw.eps)));
+        }
+        let optimizer = match raw.optimizer {
+            GACC_OPTIMIZER_SGD => {
+                if nesterov && momentum == 0.0 {
+                    // torch.optim.SGD raises the same error.
+                    return Err(Error::invalid_argument("nesterov: Nesterov momentum requires momentum > 0"));
+                }
+                Optimizer::Sgd { momentum, nesterov, weight_decay }
+            }
+            GACC_OPTIMIZER_ADAMW => Optimizer::AdamW { beta1, beta2, eps: raw.eps, weight_decay },
+            n => {
+                return Err(Error::invalid_argument(format!(
+                    "optimizer: unknown value {n} (expected GACC_OPTIMIZER_SGD=0 or ADAMW=1)"
+                )))
+            }
+        };
+        let precision = match raw.precision {
+            GACC_PRECISION_FP32 => Precision::Fp32,
+            GACC_PRECISION_FP16 => Precision::Fp16,
+            GACC_PRECISION_BF16 => Precision::Bf16,
+            n => {
+                return Err(Error::invalid_argument(format!(
+                    "precision: unknown value {n} (expected GACC_PRECISION_FP32=0, FP16=1 or BF16=2)"
+                )))
+            }
+        };
+        if !raw.max_grad_norm.is_finite() {
+            return Err(Error::invalid_argument(format!(
+                "max_grad_norm must be finite (got {}); use a value <= 0 to disable clipping",
+                raw.max_grad_norm
+            )));
+        }
+        let max_grad_norm = (raw.max_grad_norm > 0.0).then_some(raw.max_grad_norm);
+        if !(raw.init_scale.is_finite() && raw.init_scale > 0.0) {
+            return Err(Error::invalid_argument(format!(
+                "init_scale must be finite and > 0 (got {})",
+                raw.init_scale
+            )));
+        }
+        if !(raw.growth_factor.is_finite() && raw.growth_factor > 1.0) {
+            return Err(Error::invalid_argument(format!(
+                "growth_factor must be finite and > 1 (got {})",
+                raw.growth_factor
+            )));
+        }
+        if !(raw.backoff_factor > 0.0 && raw.backoff_factor < 1.0) {
+            return Err(Error::invalid_argument(format!(
+                "backoff_factor must be in (0, 1) (got {})",
+                raw.backoff_factor
+            )));
+        }
+        if raw.growth_interval < 1 {
+            return Err(Error::invalid_argument("growth_interval must be >= 1 (got 0)"));
+        }
+        let reduction = match raw.grad_reduction {
+            GACC_GRADS_MEAN => Reduction::Mean,
+            GACC_GRADS_SUM => Reduction::Sum,
+            n => {
+                return Err(Error::invalid_argument(format!(
+                    "grad_reduction: unknown value {n} (expected GACC_GRADS_MEAN=0 or GACC_GRADS_SUM=1)"
+                )))
+            }
+        };
+        Ok(Config {
+            device,
+            optimizer,
+            lr,
+            precision,
+            max_grad_norm,
+            scaler: ScalerConfig {
+                init_scale: raw.init_scale,
+                growth_factor: raw.growth_factor,
+                backoff_factor: raw.backoff_factor,
+                growth_interval: raw.growth_interval,
+            },
+            reduction,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_to_pytorch_defaults() {
+        let cfg = Config::validate(&default_raw_config()).unwrap();
+        assert_eq!(
+            cfg.optimizer,
+            Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        );
+        assert_eq!(cfg.lr, 1e-3);
+        assert_eq!(cfg.max_grad_norm, None);
+        assert_eq!(cfg.scaler.init_scale, 65536.0);
+        assert_eq!(cfg.scaler.growth_interval, 2000);
+        assert_eq!(cfg.reduction, Reduction::Mean);
+        assert_eq!(cfg.device, DeviceRequest::Auto);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut gacc_config)>)> = vec![
+            ("lr", Box::new(|c| c.lr = f32::NAN)),
+            ("lr", Box::new(|c| c.lr = -1.0)),
+            ("momentum", Box::new(|c| c.momentum = f32::INFINITY)),
+            ("weight_decay", Box::new(|c| c.weight_decay = -0.1)),
+            ("beta1", Box::new(|c| c.beta1 = 1.0)),
+            ("beta2", Box::new(|c| c.beta2 = -0.1)),
+            ("eps", Box::new(|c| c.eps = 0.0)),
+            ("max_grad_norm", Box::new(|c| c.max_grad_norm = f32::NAN)),
+            ("init_scale", Box::new(|c| c.init_scale = 0.0)),
+            ("growth_factor", Box::new(|c| c.growth_factor = 1.0)),
+            ("backoff_factor", Box::new(|c| c.backoff_factor = 1.0)),
+            ("backoff_factor", Box::new(|c| c.backoff_factor = 0.0)),
+            ("growth_interval", Box::new(|c| c.growth_interval = 0)),
+            ("optimizer", Box::new(|c| c.optimizer = 7)),
+            ("precision", Box::new(|c| c.precision = 3)),
+            ("grad_reduction", Box::new(|c| c.grad_reduction = 2)),
+            ("nesterov", Box::new(|c| c.nesterov = 2)),
+            ("device", Box::new(|c| c.device = -3)),
+        ];
+        for (field, mutate) in cases {
+            let mut raw = default_raw_config();
+            mutate(&mut raw);
+            let err = Config::validate(&raw).unwrap_err();
+            assert_eq!(err.status, crate::gacc_status::GACC_ERR_INVALID_ARGUMENT);
+            assert!(err.message.contains(field), "{field}: {}", err.message);
+        }
+    }
+}

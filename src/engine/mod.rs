@@ -1,0 +1,205 @@
+//! The accumulation window as a state machine.
+//!
+//! States: an open window (acc, total weight, micro-batch count) that `microbatch`
+//! grows, `step` closes with an update (or a skip) and `zero` drops. The engine
+//! validates every request before it touches the backend, so a rejected call changes
+//! nothing.
+
+pub mod config;
+pub mod layout;
+pub mod math;
+
+use std::os::raw::c_void;
+
+use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StepRequest};
+use crate::ffi::types::gacc_step_info;
+use crate::status::{Error, Result};
+use config::{Config, Dtype, Reduction};
+use layout::Layout;
+
+/// An engine: configuration, layout, the host-known part of the window and a backend.
+pub struct Engine {
+    config: Config,
+    layout: Layout,
+    lr: f32,
+    total_weight: f64,
+    microbatches: u32,
+    backend: Box<dyn Backend>,
+    /// Device ordinal the engine runs on (-1: CPU).
+    device: i32,
+}
+
+impl Engine {
+    /// Builds an engine on the device the configuration asks for.
+    pub fn new(config: Config, layout: Layout, params: &[f32]) -> Result<Engine> {
+        if params.len() != layout.numel {
+            return Err(Error::internal("initial parameters do not match the layout"));
+        }
+        let init = BackendInit { config: &config, layout: &layout, params };
+        let (backend, device) = backend::create(init)?;
+        Ok(Engine::from_parts(config, layout, backend, device))
+    }
+
+    /// Assembles an engine around an already built backend (tests use this to drive
+    /// other backends through the same window logic).
+    pub fn from_parts(config: Config, layout: Layout, backend: Box<dyn Backend>, device: i32) -> Engine {
+        Engine { lr: config.lr, config, layout, total_weight: 0.0, microbatches: 0, backend, device }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.layout.numel
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+    /// (total weight, micro-batch count) of the open window.
+    pub fn window(&self) -> (f64, u32) {
+        (self.total_weight, self.microbatches)
+    }
+
+    /// Folds one micro-batch gradient into the window.
+    ///
+    /// # Safety
+    /// `grad.ptr` must point to `grad.numel` readable elements of `grad.dtype` in memory
+    /// the backend can read.
+    pub unsafe fn microbatch(&mut self, grad: &GradInput, weight: f64) -> Result<()> {
+        if grad.numel != self.layout.numel {
+            return Err(Error::invalid_argument(format!(
+                "numel is {} but the engine holds {} parameters",
+                grad.numel, self.layout.numel
+            )));
+        }
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::invalid_argument(format!("weight must be finite and >= 0 (got {weight})")));
+        }
+        let new_total = self.total_weight + weight;
+        if !new_total.is_finite() {
+            return Err(Error::invalid_argument("weight: the window's total weight would overflow"));
+        }
+        let mul = match self.config.reduction {
+            Reduction::Mean => {
+                let w = weight as f32;
+                if !w.is_finite() {
+                    return Err(Error::invalid_argument(format!(
+                        "weight {weight} is too large for an fp32 multiplier (GACC_GRADS_MEAN)"
+                    )));
+                }
+                w
+            }
+            Reduction::Sum => 1.0,
+        };
+        // MEAN with weight 0 adds nothing: no pass over memory.
+        if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
+            self.backend.accumulate(grad, mul)?;
+        }
+        self.total_weight = new_total;
+        self.microbatches = self.microbatches.saturating_add(1);
+        Ok(())
+    }
+
+    /// Closes the window with one optimizer step (or a skip). When `want_info` is
+    /// false the backend is not waited for.
+    pub fn step(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        if self.total_weight <= 0.0 {
+            return Err(Error::invalid_state(if self.microbatches == 0 {
+                "nothing accumulated in this window (call gacc_microbatch first)".to_string()
+            } else {
+                format!("the window's total weight is 0 after {} micro-batches", self.microbatches)
+            }));
+        }
+        let request = StepRequest { total_weight: self.total_weight, lr: self.lr };
+        self.backend.step(&request)?;
+        let (total_weight, microbatches) = (self.total_weight, self.microbatches);
+        self.total_weight = 0.0;
+        self.microbatches = 0;
+        if !want_info {
+            return Ok(None);
+        }
+        let r = self.backend.last_report()?;
+        Ok(Some(gacc_step_info {
+            applied: u32::from(r.applied),
+            grad_norm: r.grad_norm,
+            clip_coef: r.clip_coef,
+            loss_scale: r.loss_scale,
+            step: r.step,
+            microbatches,
+            total_weight,
+        }))
+    }
+
+    /// Drops the window without stepping.
+    pub fn zero(&mut self) -> Result<()> {
+        self.backend.zero_window()?;
+        self.total_weight = 0.0;
+        self.microbatches = 0;
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len != self.layout.numel {
+            return Err(Error::invalid_argument(format!(
+                "numel is {len} but the engine holds {} parameters",
+                self.layout.numel
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn read_params(&mut self, out: &mut [f32]) -> Result<()> {
+        self.check_len(out.len())?;
+        self.backend.read_params(out)
+    }
+
+    pub fn write_params(&mut self, src: &[f32]) -> Result<()> {
+        self.check_len(src.len())?;
+        self.backend.write_params(src)
+    }
+
+    /// The engine's own buffer for one tensor: the fp32 master (F32) or the working
+    /// copy (the dtype of the precision).
+    pub fn params_ptr(&mut self, tensor: usize, dtype: Dtype) -> Result<*mut c_void> {
+        let n = self.layout.tensors.len();
+        let info = self.layout.tensors.get(tensor).ok_or_else(|| {
+            Error::invalid_argument(format!("tensor index {tensor} is out of range (the engine has {n})"))
+        })?;
+        let which = if dtype == Dtype::F32 {
+            ParamBuffer::Master
+        } else if self.config.precision.working_dtype() == Some(dtype) {
+            ParamBuffer::Working
+        } else {
+            return Err(Error::invalid_argument(format!(
+                "dtype {} has no buffer: the engine keeps an f32 master{}",
+                dtype.name(),
+                match self.config.precision.working_dtype() {
+                    Some(w) => format!(" and an {} working copy", w.name()),
+                    None => " only (precision FP32)".to_string(),
+                }
+            )));
+        };
+        let offset = info.offset;
+        self.backend
+            .param_ptr(offset, which)
+            .ok_or_else(|| Error::internal("the backend has no such parameter buffer"))
+    }
+
+    pub fn loss_scale(&mut self) -> Result<f32> {
+        self.backend.loss_scale()
+    }
+
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.lr = config::validate_lr(lr)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! The only `extern "C"` code. Every function has the same shape: `guard` (catches
+//! panics, records the error), NULL checks, a handle lookup, then one call into the
+//! engine. Outputs are written only on success. No arithmetic happens here.
+
+pub mod boundary;
+pub mod registry;
+pub mod types;
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_void};
+
+use boundary::{guard, guard_void, require, require_aligned};
+use types::*;
+
+use crate::backend::GradInput;
+use crate::engine::config::{default_raw_config, Config, Dtype};
+use crate::engine::layout::Layout;
+use crate::engine::Engine;
+use crate::status::{gacc_status, Error};
+
+/// A status received from C, kept as a plain integer so that an unknown value is
+/// never undefined behaviour. The header shows it as `gacc_status`.
+pub type gacc_status_arg = i32;
+
+/// Static name of a status, e.g. "GACC_ERR_INVALID_ARGUMENT"; "GACC_UNKNOWN_STATUS"
+/// for a value that names none. Never NULL; never freed.
+#[no_mangle]
+pub extern "C" fn gacc_status_name(s: gacc_status_arg) -> *const c_char {
+    match gacc_status::from_raw(i64::from(s)) {
+        Some(status) => status.name_cstr().as_ptr() as *const c_char,
+        None => b"GACC_UNKNOWN_STATUS\0".as_ptr() as *const c_char,
+    }
+}
+
+/// Human message of this thread's last failed call; "" if none. Valid until the next
+/// gacc call on this thread. Never NULL; never freed by the caller.
+#[no_mangle]
+pub extern "C" fn gacc_last_error() -> *const c_char {
+    boundary::last_error_ptr()
+}
+
+/// The library version, "MAJOR.MINOR.PATCH" (static string).
+#[no_mangle]
+pub extern "C" fn gacc_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// The library version as MAJOR * 10000 + MINOR * 100 + PATCH; compare it with
+/// GACC_VERSION_NUMBER to detect a header that does not match the library.
+#[no_mangle]
+pub extern "C" fn gacc_version_number() -> u32 {
+    GACC_VERSION_NUMBER
+}
+
+/// The ABI generation of the library; equal to GACC_ABI_VERSION when the header
+/// and the library are compatible.
+#[no_mangle]
+pub extern "C" fn gacc_abi_version() -> u32 {
+    GACC_ABI_VERSION
+}
+
+/// Fills `cfg` with the defaults: device AUTO; AdamW lr 1e-3, betas 0.9/0.999, eps
+/// 1e-8, weight_decay 0.01; momentum 0, nesterov 0; precision FP32; no clipping;
+/// init_scale 65536, growth_factor 2, backoff_factor 0.5, growth_interval 2000;
+/// grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults).
+/// NULL: no effect (the failure is recorded for gacc_last_error).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
+    guard_void("gacc_config_init", || {
+        require(cfg, "cfg")?;
+        // SAFETY: non-null; the caller provides a writable gacc_config.
+        unsafe { cfg.write(default_raw_config()) };
+        Ok(())
+    })
+}
+
+/// Reads the caller's tensor descriptors into (name, numel, decay) and initial values.
+unsafe fn read_tensors(tensors: *const gacc_tensor_desc, n_tensors: usize) -> crate::Result<(Layout, Vec<f32>)> {
+    if n_tensors == 0 {
+        return Err(Error::invalid_argument("n_tensors must be >= 1"));
+    }
+    require(tensors, "tensors")?;
+    require_aligned(tensors, std::mem::align_of::<gacc_tensor_desc>(), "tensors")?;
+    // SAFETY: the caller provides n_tensors descriptors.
+    let descs = unsafe { std::slice::from_raw_parts(tensors, n_tensors) };
+    let mut specs = Vec::with_capacity(n_tensors);
+    for (i, d) in descs.iter().enumerate() {
+        if d.no_weight_decay > 1 {
+            return Err(Error::invalid_argument(format!(
+                "tensors[{i}].no_weight_decay must be 0 or 1 (got {})",
+                d.no_weight_decay
+            )));
+        }
+        if !d.init.is_null() {
+            require_aligned(d.init, 4, &format!("tensors[{i}].init"))?;
+        }
+        let name = if d.name.is_null() {
+            None
+        } else {
+            // SAFETY: the caller provides a NUL-terminated string.
+            Some(unsafe { CStr::from_ptr(d.name) }.to_string_lossy().into_owned())
+        };
+        specs.push((name, d.numel, d.no_weight_decay == 0));
+    }
+    let layout = Layout::new(specs)?;
+    let mut params = crate::backend::cpu::try_zeroed::<f32>(layout.numel, "initial parameters")?;
+    for (d, t) in descs.iter().zip(&layout.tensors) {
+        if !d.init.is_null() {
+            // SAFETY: the caller provides numel readable floats; alignment checked.
+            let src = unsafe { std::slice::from_raw_parts(d.init, d.numel) };
+            params[t.offset..t.offset + t.numel].copy_from_slice(src);
+        }
+    }
+    Ok((layout, params))
+}
+
+/// Builds an engine from a configuration and `n_tensors` tensor descriptors.
+/// Everything is validated before anything is allocated; any violation is
+/// GACC_ERR_INVALID_ARGUMENT with a message naming the field. `*out` is written only
+/// on success. Release the engine with gacc_destroy.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_create(
+    cfg: *const gacc_config,
+    tensors: *const gacc_tensor_desc,
+    n_tensors: usize,
+    out: *mut *mut gacc_engine,
+) -> gacc_status {
+    guard("gacc_create", || {
+        require(cfg, "cfg")?;
+        require(out, "out")?;
+        require_aligned(cfg, std::mem::align_of::<gacc_config>(), "cfg")?;
+        // SAFETY: non-null and aligned; the caller provides a gacc_config.
+        let config = Config::validate(unsafe { &*cfg })?;
+        let (layout, params) = unsafe { read_tensors(tensors, n_tensors) }?;
+        let engine = Engine::new(config, layout, &params)?;
+        let handle = registry::insert(engine)?;
+        // SAFETY: non-null; the caller provides a writable pointer slot.
+        unsafe { out.write(handle) };
+        Ok(())
+    })
+}
+
+/// Releases an engine and all its memory. NULL, or an already destroyed handle: no
+/// effect, no crash. If another thread is inside a call on this engine, the memory is
+/// released when that call returns; later calls see GACC_ERR_INVALID_HANDLE.
+#[no_mangle]
+pub extern "C" fn gacc_destroy(e: *mut gacc_engine) {
+    guard_void("gacc_destroy", || {
+        drop(registry::remove(e));
+        Ok(())
+    })
+}
+
+/// Total number of parameters (the sum of the tensors' numel).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_numel(e: *const gacc_engine, out: *mut usize) -> gacc_status {
+    guard("gacc_numel", || {
+        require(out, "out")?;
+        let n = registry::with_engine(e, |eng| Ok(eng.numel()))?;
+        // SAFETY: non-null.
+        unsafe { out.write(n) };
+        Ok(())
+    })
+}
+
+/// Number of tensors the engine was created with.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_n_tensors(e: *const gacc_engine, out: *mut usize) -> gacc_status {
+    guard("gacc_n_tensors", || {
+        require(out, "out")?;
+        let n = registry::with_engine(e, |eng| Ok(eng.layout().tensors.len()))?;
+        // SAFETY: non-null.
+        unsafe { out.write(n) };
+        Ok(())
+    })
+}
+
+/// Offset (in elements, within the concatenated gradient) and numel of one tensor.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_tensor_span(
+    e: *const gacc_engine,
+    tensor: usize,
+    offset_out: *mut usize,
+    numel_out: *mut usize,
+) -> gacc_status {
+    guard("gacc_tensor_span", || {
+        require(offset_out, "offset_out")?;
+        require(numel_out, "numel_out")?;
+        let (offset, numel) = registry::with_engine(e, |eng| {
+            let tensors = &eng.layout().tensors;
+            let t = tensors.get(tensor).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "tensor index {tensor} is out of range (the engine has {})",
+                    tensors.len()
+                ))
+            })?;
+            Ok((t.offset, t.numel))
+        })?;
+        // SAFETY: both non-null.
+        unsafe {
+            offset_out.write(offset);
+            numel_out.write(numel);
+        }
+        Ok(())
+    })
+}
+
+/// Where the engine runs: GACC_DEVICE_CPU (-1) or a CUDA ordinal. Useful after
+/// creating with GACC_DEVICE_AUTO.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_device(e: *const gacc_engine, out: *mut i32) -> gacc_status {
+    guard("gacc_device", || {
+        require(out, "out")?;
+        let d = registry::with_engine(e, |eng| Ok(eng.device()))?;
+        // SAFETY: non-null.
+        unsafe { out.write(d) };
+        Ok(())
+    })
+}
+
+/// Folds one micro-batch gradient into the window. `grad` holds the gradient of all
+/// parameters, tensors concatenated in creation order, `numel` (== gacc_numel)
+/// elements of `dtype`. CPU engine: host memory; CUDA engine: device or host memory.
+/// `weight` (finite, >= 0) is the number of samples or tokens behind it.
+/// GACC_GRADS_MEAN: acc += weight * grad; GACC_GRADS_SUM: acc += grad; both: total +=
+/// weight. A rejected call leaves the window as it was.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_microbatch(
+    e: *mut gacc_engine,
+    grad: *const c_void,
+    dtype: u32,
+    numel: usize,
+    weight: f64,
+) -> gacc_status {
+    guard("gacc_microbatch", || {
+        require(grad, "grad")?;
+        let dtype = Dtype::from_raw(dtype, "dtype")?;
+        require_aligned(grad, dtype.size(), "grad")?;
+        let input = GradInput { ptr: grad, dtype, numel };
+        // SAFETY: checked non-null and aligned; the caller provides numel elements.
+        registry::with_engine(e, |eng| unsafe { eng.microbatch(&input, weight) })
+    })
+}
+
+/// Closes the window: g = acc / (total * S); skip on any non-finite value (FP16:
+/// S *= backoff_factor); otherwise clip by global norm, apply SGD/AdamW, grow S after
+/// growth_interval clean steps, rewrite the working copy. acc and total are zeroed
+/// either way. total == 0 is GACC_ERR_INVALID_STATE. With `info` NULL the call does
+/// not wait for the device; with `info` it does, and fills it.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_step(e: *mut gacc_engine, info: *mut gacc_step_info) -> gacc_status {
+    guard("gacc_step", || {
+        let report = registry::with_engine(e, |eng| eng.step(!info.is_null()))?;
+        if let Some(report) = report {
+            // SAFETY: report is Some only when info is non-null.
+            unsafe { info.write(report) };
+        }
+        Ok(())
+    })
+}
+
+/// Drops the open window (acc and total) without stepping.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_zero(e: *mut gacc_engine) -> gacc_status {
+    guard("gacc_zero", || registry::with_engine(e, |eng| eng.zero()))
+}
+
+/// Copies the fp32 master weights (all tensors, concatenated) to host memory.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_params_read(e: *const gacc_engine, host_out: *mut f32, numel: usize) -> gacc_status {
+    guard("gacc_params_read", || {
+        require(host_out, "host_out")?;
+        require_aligned(host_out, 4, "host_out")?;
+        registry::with_engine(e, |eng| {
+            if numel != eng.numel() {
+                return Err(Error::invalid_argument(format!(
+                    "numel is {numel} but the engine holds {} parameters",
+                    eng.numel()
+                )));
+            }
+            // SAFETY: the caller provides numel writable floats.
+            let out = unsafe { std::slice::from_raw_parts_mut(host_out, numel) };
+            eng.read_params(out)
+        })
+    })
+}
+
+/// Replaces the fp32 master weights from host memory and rewrites the working copy.
+/// Optimizer state and the open window are kept.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_params_write(e: *mut gacc_engine, host_in: *const f32, numel: usize) -> gacc_status {
+    guard("gacc_params_write", || {
+        require(host_in, "host_in")?;
+        require_aligned(host_in, 4, "host_in")?;
+        registry::with_engine(e, |eng| {
+            if numel != eng.numel() {
+                return Err(Error::invalid_argument(format!(
+                    "numel is {numel} but the engine holds {} parameters",
+                    eng.numel()
+                )));
+            }
+            // SAFETY: the caller provides numel readable floats.
+            let src = unsafe { std::slice::from_raw_parts(host_in, numel) };
+            eng.write_params(src)
+        })
+    })
+}
+
+/// The engine's own buffer for one tensor: the fp32 master (dtype F32), or the
+/// FP16/BF16 working copy when dtype matches the precision. Device memory on a CUDA
+/// engine. Valid until gacc_destroy; the working copy is rewritten by every applied
+/// step and by gacc_params_write. Writing the master directly does not refresh the
+/// working copy (use gacc_params_write for that).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_params_ptr(e: *mut gacc_engine, tensor: usize, dtype: u32, out: *mut *mut c_void) -> gacc_status {
+    guard("gacc_params_ptr", || {
+        require(out, "out")?;
+        let dtype = Dtype::from_raw(dtype, "dtype")?;
+        let ptr = registry::with_engine(e, |eng| eng.params_ptr(tensor, dtype))?;
+        // SAFETY: non-null.
+        unsafe { out.write(ptr) };
+        Ok(())
+    })
+}
+
+/// The current loss scale S (1 unless precision is FP16): multiply the loss by it
+/// before backward. Waits for the device on a CUDA engine.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_loss_scale(e: *const gacc_engine, out: *mut f32) -> gacc_status {
+    guard("gacc_loss_scale", || {
+        require(out, "out")?;
+        let s = registry::with_engine(e, |eng| eng.loss_scale())?;
+        // SAFETY: non-null.
+        unsafe { out.write(s) };
+        Ok(())
+    })
+}
+
+/// Sets the learning rate used from the next step on (finite, >= 0).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_set_lr(e: *mut gacc_engine, lr: f32) -> gacc_status {
+    guard("gacc_set_lr", || registry::with_engine(e, |eng| eng.set_lr(lr)))
+}
+
+/// The learning rate in use.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_get_lr(e: *const gacc_engine, out: *mut f32) -> gacc_status {
+    guard("gacc_get_lr", || {
+        require(out, "out")?;
+        let lr = registry::with_engine(e, |eng| Ok(eng.lr()))?;
+        // SAFETY: non-null.
+        unsafe { out.write(lr) };
+        Ok(())
+    })
+}

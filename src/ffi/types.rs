@@ -1,0 +1,123 @@
+//! The `#[repr(C)]` structs and constants of the C API, exactly as c-api.md names them.
+
+use std::os::raw::c_char;
+
+/// Major version of the library (matches Cargo.toml; checked by a test).
+pub const GACC_VERSION_MAJOR: u32 = 0;
+/// Minor version of the library.
+pub const GACC_VERSION_MINOR: u32 = 1;
+/// Patch version of the library.
+pub const GACC_VERSION_PATCH: u32 = 0;
+/// MAJOR * 10000 + MINOR * 100 + PATCH, the value `gacc_version_number()` returns.
+/// Compare the two to detect a header/library mismatch at run time.
+pub const GACC_VERSION_NUMBER: u32 = 100;
+/// ABI generation: bumped only when a change breaks binary compatibility.
+pub const GACC_ABI_VERSION: u32 = 1;
+
+/// CUDA device 0 when a usable GPU and driver are present, otherwise the CPU.
+pub const GACC_DEVICE_AUTO: i32 = -2;
+/// The CPU backend (multithreaded, SIMD).
+pub const GACC_DEVICE_CPU: i32 = -1;
+
+/// 32-bit IEEE float.
+pub const GACC_DTYPE_F32: u32 = 0;
+/// IEEE half precision (binary16).
+pub const GACC_DTYPE_F16: u32 = 1;
+/// bfloat16.
+pub const GACC_DTYPE_BF16: u32 = 2;
+
+/// torch.optim.SGD (momentum, dampening 0, nesterov, L2 weight decay).
+pub const GACC_OPTIMIZER_SGD: u32 = 0;
+/// torch.optim.AdamW (decoupled weight decay).
+pub const GACC_OPTIMIZER_ADAMW: u32 = 1;
+
+/// No working copy; no loss scaling.
+pub const GACC_PRECISION_FP32: u32 = 0;
+/// fp16 working copy and dynamic loss scaling.
+pub const GACC_PRECISION_FP16: u32 = 1;
+/// bf16 working copy; no loss scaling.
+pub const GACC_PRECISION_BF16: u32 = 2;
+
+/// Each micro-batch gradient is of a mean-reduced loss: acc += weight * grad.
+pub const GACC_GRADS_MEAN: u32 = 0;
+/// Each micro-batch gradient is of a sum-reduced loss: acc += grad.
+pub const GACC_GRADS_SUM: u32 = 1;
+
+/// Opaque engine handle, created by `gacc_create` and released by `gacc_destroy`.
+/// Handles are never reused, so a stale handle is always detected.
+pub struct gacc_engine {
+    _private: [u8; 0],
+}
+
+/// Engine configuration. Fill it with `gacc_config_init`, then change what you need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gacc_config {
+    /// GACC_DEVICE_AUTO, GACC_DEVICE_CPU, or a CUDA ordinal (no fallback).
+    pub device: i32,
+    /// GACC_OPTIMIZER_SGD or GACC_OPTIMIZER_ADAMW.
+    pub optimizer: u32,
+    /// Learning rate, finite and >= 0.
+    pub lr: f32,
+    /// SGD momentum, finite and >= 0.
+    pub momentum: f32,
+    /// SGD Nesterov momentum: 0 or 1 (needs momentum > 0).
+    pub nesterov: u32,
+    /// AdamW beta1 in [0, 1).
+    pub beta1: f32,
+    /// AdamW beta2 in [0, 1).
+    pub beta2: f32,
+    /// AdamW epsilon, > 0.
+    pub eps: f32,
+    /// SGD: L2 (g += wd * p); AdamW: decoupled (p *= 1 - lr * wd). Finite, >= 0.
+    pub weight_decay: f32,
+    /// Dtype of the working copy: GACC_PRECISION_*; FP16 turns on dynamic loss scaling.
+    pub precision: u32,
+    /// Clip the global L2 norm to this value once per window; <= 0: no clipping.
+    pub max_grad_norm: f32,
+    /// Initial loss scale (FP16), finite and > 0.
+    pub init_scale: f32,
+    /// Scale multiplier after growth_interval clean steps, > 1.
+    pub growth_factor: f32,
+    /// Scale multiplier on overflow, in (0, 1).
+    pub backoff_factor: f32,
+    /// Applied updates in a row before the scale grows, >= 1.
+    pub growth_interval: u32,
+    /// GACC_GRADS_MEAN or GACC_GRADS_SUM.
+    pub grad_reduction: u32,
+}
+
+/// One parameter tensor. Tensors are laid out in creation order in one flat buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gacc_tensor_desc {
+    /// Optional name (NUL-terminated, copied); may be NULL.
+    pub name: *const c_char,
+    /// Number of elements, > 0.
+    pub numel: usize,
+    /// Host fp32 initial values (numel of them), or NULL for zeros.
+    pub init: *const f32,
+    /// 1: weight decay is not applied to this tensor (biases, norms); 0: it is.
+    pub no_weight_decay: u32,
+}
+
+/// What `gacc_step` did; written only when a pointer is passed (the call then waits
+/// for the device).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct gacc_step_info {
+    /// 1: the update was applied; 0: skipped because the gradient was not finite.
+    pub applied: u32,
+    /// ||g||_2 of the unscaled, averaged gradient before clipping (non-finite when skipped).
+    pub grad_norm: f32,
+    /// The factor the gradient was multiplied by; 1 when not clipped (or skipped).
+    pub clip_coef: f32,
+    /// The loss scale S for the next window.
+    pub loss_scale: f32,
+    /// Applied updates so far.
+    pub step: u64,
+    /// gacc_microbatch calls in the window just closed.
+    pub microbatches: u32,
+    /// Sum of the weights of the window just closed.
+    pub total_weight: f64,
+}

@@ -1,0 +1,28 @@
+//! # gacc — a gradient accumulation engine with a C ABI
+//!
+//! Training wants big batches; memory holds small ones. gacc runs the whole
+//! accumulation window for a host program that does its own forward and backward:
+//! fp32 master weights and an fp16/bf16 working copy, fp32 gradient accumulators,
+//! optimizer state (SGD, AdamW) and the dynamic loss scaler, on the CPU or a CUDA
+//! device. The C API is in `include/gacc.h` (generated from [`ffi`] by cbindgen).
+//!
+//! Module map (data flows one way: C caller → ffi → engine → backend):
+//! - [`ffi`]: the only `extern "C"` code: panic boundary, NULL and handle checks,
+//!   live-handle registry, thread-local last error.
+//! - [`engine`]: the window as a state machine, configuration validation, tensor
+//!   layout, and the scalar formulas of a step ([`engine::math`]).
+//! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
+//!   vectorised) and the CUDA backend.
+//! - [`status`]: status codes and the error type.
+
+#![allow(non_camel_case_types)]
+// Exported functions check their pointers themselves and document the contract in
+// the header; clippy's "should be unsafe" lint does not fit a C ABI boundary.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+pub mod backend;
+pub mod engine;
+pub mod ffi;
+pub mod status;
+
+pub use status::{gacc_status, Error, Result};
