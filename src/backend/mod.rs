@@ -45,6 +45,21 @@ pub struct StepReport {
     pub step: u64,
 }
 
+/// Every piece of state a backend holds, on the host: what a checkpoint stores.
+/// The working copy is not included: it is a function of the master weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateSnapshot {
+    pub master: Vec<f32>,
+    pub acc: Vec<f32>,
+    /// SGD momentum buffer or AdamW exp_avg (empty when the optimizer keeps none).
+    pub state1: Vec<f32>,
+    /// AdamW exp_avg_sq (empty otherwise).
+    pub state2: Vec<f32>,
+    pub loss_scale: f32,
+    pub growth_tracker: u32,
+    pub applied_steps: u64,
+}
+
 /// Which parameter buffer `param_ptr` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamBuffer {
@@ -85,6 +100,13 @@ pub trait Backend: Send {
 
     /// The current loss scale S (waits for the device).
     fn loss_scale(&mut self) -> Result<f32>;
+
+    /// Copies all state to the host (waits for the device).
+    fn export_state(&mut self) -> Result<StateSnapshot>;
+
+    /// Replaces all state (sizes already validated against the layout) and rewrites
+    /// the working copy from the imported master weights.
+    fn import_state(&mut self, snapshot: &StateSnapshot) -> Result<()>;
 }
 
 /// What a backend is built from.

@@ -14,7 +14,7 @@ use std::os::raw::c_void;
 
 use half::{bf16, f16};
 
-use super::{Backend, BackendInit, GradInput, ParamBuffer, StepReport, StepRequest};
+use super::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
 use crate::engine::config::{Config, Dtype, Optimizer, Precision};
 use crate::engine::math::ScalerState;
 use crate::status::{Error, Result};
@@ -171,5 +171,35 @@ impl Backend for CpuBackend {
 
     fn loss_scale(&mut self) -> Result<f32> {
         Ok(self.scaler.scale)
+    }
+
+    fn export_state(&mut self) -> Result<StateSnapshot> {
+        Ok(StateSnapshot {
+            master: self.master.clone(),
+            acc: self.acc.clone(),
+            state1: self.state1.clone(),
+            state2: self.state2.clone(),
+            loss_scale: self.scaler.scale,
+            growth_tracker: self.scaler.growth_tracker,
+            applied_steps: self.applied_steps,
+        })
+    }
+
+    fn import_state(&mut self, s: &StateSnapshot) -> Result<()> {
+        let lengths_match = s.master.len() == self.master.len()
+            && s.acc.len() == self.acc.len()
+            && s.state1.len() == self.state1.len()
+            && s.state2.len() == self.state2.len();
+        if !lengths_match {
+            return Err(Error::internal("state snapshot does not match this backend's buffers"));
+        }
+        self.master.copy_from_slice(&s.master);
+        self.acc.copy_from_slice(&s.acc);
+        self.state1.copy_from_slice(&s.state1);
+        self.state2.copy_from_slice(&s.state2);
+        self.scaler = ScalerState { scale: s.loss_scale, growth_tracker: s.growth_tracker };
+        self.applied_steps = s.applied_steps;
+        self.refresh_working_copy();
+        Ok(())
     }
 }
