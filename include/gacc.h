@@ -447,6 +447,21 @@ enum gacc_status gacc_set_lr(struct gacc_engine *e, float lr);
  */
 enum gacc_status gacc_get_lr(const struct gacc_engine *e, float *out);
 
+/**
+ * CUDA engines: run gacc's work on the caller's stream (a `CUstream`, passed as
+ * `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
+ * engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
+ * otherwise).
+ */
+enum gacc_status gacc_set_stream(struct gacc_engine *e, void *stream);
+
+/**
+ * Address of the current loss scale S (one float), valid until gacc_destroy: device
+ * memory on a CUDA engine, so a loss kernel can multiply by it without waiting for
+ * the device; host memory on a CPU engine. gacc_step updates it in place.
+ */
+enum gacc_status gacc_loss_scale_ptr(struct gacc_engine *e, const float **out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

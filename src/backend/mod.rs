@@ -101,6 +101,16 @@ pub trait Backend: Send {
     /// The current loss scale S (waits for the device).
     fn loss_scale(&mut self) -> Result<f32>;
 
+    /// Orders the engine's work after, and before, the caller's work on `stream` (a
+    /// CUstream; NULL: the engine's own stream). Only CUDA engines have streams.
+    fn set_stream(&mut self, _stream: *mut c_void) -> Result<()> {
+        Err(crate::status::Error::invalid_state("a CPU engine has no CUDA stream"))
+    }
+
+    /// Address of the current loss scale S (an f32): device memory on a CUDA engine,
+    /// so a loss kernel can read it without a sync; host memory on the CPU.
+    fn loss_scale_ptr(&mut self) -> Result<*const f32>;
+
     /// Copies all state to the host (waits for the device).
     fn export_state(&mut self) -> Result<StateSnapshot>;
 

@@ -198,6 +198,19 @@ impl Engine {
         self.backend.loss_scale()
     }
 
+    pub fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
+        self.backend.set_stream(stream)
+    }
+
+    pub fn loss_scale_ptr(&mut self) -> Result<*const f32> {
+        self.backend.loss_scale_ptr()
+    }
+
+    /// Direct access to the backend (checkpoints, tests).
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
         self.lr = config::validate_lr(lr)?;
         Ok(())

@@ -353,3 +353,33 @@ pub unsafe extern "C" fn gacc_get_lr(e: *const gacc_engine, out: *mut f32) -> ga
         Ok(())
     })
 }
+
+/// CUDA engines: run gacc's work on the caller's stream (a `CUstream`, passed as
+/// `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
+/// engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
+/// otherwise).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_set_stream(e: *mut gacc_engine, stream: *mut c_void) -> gacc_status {
+    guard("gacc_set_stream", || {
+        registry::with_engine(e, |eng| {
+            if stream.is_null() && eng.device() == GACC_DEVICE_CPU {
+                return Ok(());
+            }
+            eng.set_stream(stream)
+        })
+    })
+}
+
+/// Address of the current loss scale S (one float), valid until gacc_destroy: device
+/// memory on a CUDA engine, so a loss kernel can multiply by it without waiting for
+/// the device; host memory on a CPU engine. gacc_step updates it in place.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_loss_scale_ptr(e: *mut gacc_engine, out: *mut *const f32) -> gacc_status {
+    guard("gacc_loss_scale_ptr", || {
+        require(out, "out")?;
+        let p = registry::with_engine(e, |eng| eng.loss_scale_ptr())?;
+        // SAFETY: non-null.
+        unsafe { out.write(p) };
+        Ok(())
+    })
+}

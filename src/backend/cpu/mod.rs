@@ -173,6 +173,10 @@ impl Backend for CpuBackend {
         Ok(self.scaler.scale)
     }
 
+    fn loss_scale_ptr(&mut self) -> Result<*const f32> {
+        Ok(&self.scaler.scale as *const f32)
+    }
+
     fn export_state(&mut self) -> Result<StateSnapshot> {
         Ok(StateSnapshot {
             master: self.master.clone(),
