@@ -26,6 +26,16 @@
 
 
 /**
+ * Version of the format; a reader refuses versions it does not know.
+ */
+#define FORMAT_VERSION 1
+
+/**
+ * Largest JSON header accepted (the header of a million-tensor model fits).
+ */
+#define MAX_HEADER_BYTES (256 << 20)
+
+/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0
@@ -461,6 +471,35 @@ enum gacc_status gacc_set_stream(struct gacc_engine *e, void *stream);
  * the device; host memory on a CPU engine. gacc_step updates it in place.
  */
 enum gacc_status gacc_loss_scale_ptr(struct gacc_engine *e, const float **out);
+
+/**
+ * Saves the engine's whole state to `path` (a safetensors file): fp32 master
+ * weights, optimizer state, loss scale and growth tracker, applied-step count,
+ * learning rate, configuration, and the open window, so training can resume in the
+ * middle of a window. The file is written to a temporary name, fsynced and renamed
+ * over `path`: after a crash `path` holds the previous checkpoint or the new one,
+ * never a mix. Waits for the device. GACC_ERR_IO when the file cannot be written.
+ */
+enum gacc_status gacc_save(struct gacc_engine *e, const char *path);
+
+/**
+ * Loads a checkpoint written by gacc_save into an engine with the same tensor sizes,
+ * weight-decay flags, optimizer, precision and gradient reduction (other
+ * hyper-parameters stay the engine's; the learning rate is restored). Everything is
+ * validated first (format version, sizes, a CRC-32 of every tensor and of the
+ * metadata): any mismatch is GACC_ERR_CORRUPT naming what failed, an unreadable file
+ * GACC_ERR_IO, and in both cases the engine is left exactly as it was.
+ */
+enum gacc_status gacc_load(struct gacc_engine *e, const char *path);
+
+/**
+ * Creates an engine from a checkpoint alone: the saved configuration and layout on
+ * `device` (GACC_DEVICE_AUTO, GACC_DEVICE_CPU or a CUDA ordinal), then the saved
+ * state. `*out` is written only on success.
+ */
+enum gacc_status gacc_create_from_checkpoint(const char *path,
+                                             int32_t device,
+                                             struct gacc_engine **out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -13,6 +13,7 @@
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
 //!   vectorised) and the CUDA backend.
+//! - [`checkpoint`]: save and load the whole state (safetensors, crash-safe).
 //! - [`status`]: status codes and the error type.
 
 #![allow(non_camel_case_types)]
@@ -21,6 +22,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod engine;
 pub mod ffi;
 pub mod status;

@@ -14,6 +14,20 @@ pub enum DeviceRequest {
     Cuda(u32),
 }
 
+impl DeviceRequest {
+    /// Validates a raw C device value.
+    pub fn from_raw(raw: i32) -> Result<DeviceRequest> {
+        match raw {
+            GACC_DEVICE_AUTO => Ok(DeviceRequest::Auto),
+            GACC_DEVICE_CPU => Ok(DeviceRequest::Cpu),
+            n if n >= 0 => Ok(DeviceRequest::Cuda(n as u32)),
+            n => Err(Error::invalid_argument(format!(
+                "device: {n} is neither GACC_DEVICE_AUTO (-2), GACC_DEVICE_CPU (-1) nor a CUDA ordinal"
+            ))),
+        }
+    }
+}
+
 /// Element type of a gradient or a working copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
@@ -174,16 +188,7 @@ pub fn validate_lr(lr: f32) -> Result<f32> {
 impl Config {
     /// Checks every field of the raw C configuration.
     pub fn validate(raw: &gacc_config) -> Result<Config> {
-        let device = match raw.device {
-            GACC_DEVICE_AUTO => DeviceRequest::Auto,
-            GACC_DEVICE_CPU => DeviceRequest::Cpu,
-            n if n >= 0 => DeviceRequest::Cuda(n as u32),
-            n => {
-                return Err(Error::invalid_argument(format!(
-                    "device: {n} is neither GACC_DEVICE_AUTO (-2), GACC_DEVICE_CPU (-1) nor a CUDA ordinal"
-                )))
-            }
-        };
+        let device = DeviceRequest::from_raw(raw.device)?;
         let lr = validate_lr(raw.lr)?;
         let weight_decay = finite_nonneg(raw.weight_decay, "weight_decay")?;
         let momentum = finite_nonneg(raw.momentum, "momentum")?;
@@ -276,8 +281,66 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The raw C struct this configuration validates from (round-trips through
+    /// `Config::validate`).
+    pub fn to_raw(&self) -> gacc_config {
+        let mut raw = default_raw_config();
+        raw.device = match self.device {
+            DeviceRequest::Auto => GACC_DEVICE_AUTO,
+            DeviceRequest::Cpu => GACC_DEVICE_CPU,
+            DeviceRequest::Cuda(n) => n as i32,
+        };
+        raw.lr = self.lr;
+        match self.optimizer {
+            Optimizer::Sgd { momentum, nesterov, weight_decay } => {
+                raw.optimizer = GACC_OPTIMIZER_SGD;
+                raw.momentum = momentum;
+                raw.nesterov = u32::from(nesterov);
+                raw.weight_decay = weight_decay;
+            }
+            Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+                raw.optimizer = GACC_OPTIMIZER_ADAMW;
+                raw.beta1 = beta1;
+                raw.beta2 = beta2;
+                raw.eps = eps;
+                raw.weight_decay = weight_decay;
+            }
+        }
+        raw.precision = match self.precision {
+            Precision::Fp32 => GACC_PRECISION_FP32,
+            Precision::Fp16 => GACC_PRECISION_FP16,
+            Precision::Bf16 => GACC_PRECISION_BF16,
+        };
+        raw.max_grad_norm = self.max_grad_norm.unwrap_or(0.0);
+        raw.init_scale = self.scaler.init_scale;
+        raw.growth_factor = self.scaler.growth_factor;
+        raw.backoff_factor = self.scaler.backoff_factor;
+        raw.growth_interval = self.scaler.growth_interval;
+        raw.grad_reduction = match self.reduction {
+            Reduction::Mean => GACC_GRADS_MEAN,
+            Reduction::Sum => GACC_GRADS_SUM,
+        };
+        raw
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn to_raw_round_trips() {
+        let mut raw = default_raw_config();
+        raw.optimizer = GACC_OPTIMIZER_SGD;
+        raw.momentum = 0.9;
+        raw.nesterov = 1;
+        raw.precision = GACC_PRECISION_FP16;
+        raw.max_grad_norm = 1.5;
+        raw.grad_reduction = GACC_GRADS_SUM;
+        raw.device = GACC_DEVICE_CPU;
+        let cfg = Config::validate(&raw).unwrap();
+        assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
+    }
+
     use super::*;
 
     #[test]

@@ -11,11 +11,22 @@ pub mod math;
 
 use std::os::raw::c_void;
 
-use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StepRequest};
+use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest};
 use crate::ffi::types::gacc_step_info;
 use crate::status::{Error, Result};
 use config::{Config, Dtype, Reduction};
 use layout::Layout;
+
+/// Everything an engine holds, on the host: what a checkpoint saves and restores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineSnapshot {
+    pub config: Config,
+    pub layout: Layout,
+    pub lr: f32,
+    pub total_weight: f64,
+    pub microbatches: u32,
+    pub state: StateSnapshot,
+}
 
 /// An engine: configuration, layout, the host-known part of the window and a backend.
 pub struct Engine {
@@ -196,6 +207,29 @@ impl Engine {
 
     pub fn loss_scale(&mut self) -> Result<f32> {
         self.backend.loss_scale()
+    }
+
+    /// Copies the whole state to the host (waits for the device).
+    pub fn snapshot(&mut self) -> Result<EngineSnapshot> {
+        Ok(EngineSnapshot {
+            config: self.config,
+            layout: self.layout.clone(),
+            lr: self.lr,
+            total_weight: self.total_weight,
+            microbatches: self.microbatches,
+            state: self.backend.export_state()?,
+        })
+    }
+
+    /// Replaces the whole state with a snapshot whose layout, optimizer kind,
+    /// precision and reduction match this engine (the caller validated sizes).
+    /// Hyper-parameters other than the learning rate stay the engine's own.
+    pub fn restore(&mut self, snap: &EngineSnapshot) -> Result<()> {
+        self.backend.import_state(&snap.state)?;
+        self.lr = snap.lr;
+        self.total_weight = snap.total_weight;
+        self.microbatches = snap.microbatches;
+        Ok(())
     }
 
     pub fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {

@@ -1,0 +1,380 @@
+//! Checkpoints through the C ABI: exact resume in the middle of a window, validation
+//! of damaged files (the engine is left as it was), Python's safetensors reading the
+//! file, and a crash test that SIGKILLs a saving process at random moments.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gacc::ffi::types::*;
+use gacc::ffi::*;
+use gacc::gacc_status::{self, *};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+struct Engine(*mut gacc_engine);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        gacc_destroy(self.0);
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gacc-ckpt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.to_str().unwrap()).unwrap()
+}
+
+const SIZES: [usize; 3] = [37, 5, 300];
+
+fn config(optimizer: u32, precision: u32) -> gacc_config {
+    let mut c = unsafe {
+        let mut c = std::mem::zeroed();
+        gacc_config_init(&mut c);
+        c
+    };
+    c.device = GACC_DEVICE_CPU;
+    c.optimizer = optimizer;
+    c.precision = precision;
+    c.momentum = 0.9;
+    c.lr = 0.01;
+    c.max_grad_norm = 1.0;
+    c.growth_interval = 3;
+    c
+}
+
+fn create(cfg: &gacc_config, init: &[f32]) -> Engine {
+    let mut descs = Vec::new();
+    let mut offset = 0;
+    for (i, &n) in SIZES.iter().enumerate() {
+        descs.push(gacc_tensor_desc {
+            name: std::ptr::null(),
+            numel: n,
+            init: init[offset..].as_ptr(),
+            no_weight_decay: u32::from(i == 1),
+        });
+        offset += n;
+    }
+    let mut e = std::ptr::null_mut();
+    let st = unsafe { gacc_create(cfg, descs.as_ptr(), descs.len(), &mut e) };
+    assert_eq!(st, GACC_OK);
+    Engine(e)
+}
+
+fn numel() -> usize {
+    SIZES.iter().sum()
+}
+
+fn micro(e: &Engine, g: &[f32], w: f64) {
+    assert_eq!(unsafe { gacc_microbatch(e.0, g.as_ptr().cast(), GACC_DTYPE_F32, g.len(), w) }, GACC_OK);
+}
+
+fn step(e: &Engine) -> gacc_step_info {
+    let mut info = gacc_step_info::default();
+    assert_eq!(unsafe { gacc_step(e.0, &mut info) }, GACC_OK);
+    info
+}
+
+fn params(e: &Engine) -> Vec<f32> {
+    let mut out = vec![0f32; numel()];
+    assert_eq!(unsafe { gacc_params_read(e.0, out.as_mut_ptr(), out.len()) }, GACC_OK);
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Gradients for window w, micro-batch k: the same for every run with one seed.
+fn gradients(seed: u64, windows: usize, k: usize) -> Vec<Vec<(Vec<f32>, f64)>> {
+    let mut rng = Rng(seed);
+    (0..windows)
+        .map(|w| {
+            (0..k)
+                .map(|_| {
+                    let mut g = rng.vec(numel(), 3.0);
+                    if w == 4 {
+                        g[7] = f32::INFINITY; // one overflowing window: a skip inside the run
+                    }
+                    (g, 1.0 + (rng.next() % 7) as f64)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn save(e: &Engine, p: &Path) -> gacc_status {
+    unsafe { gacc_save(e.0, cpath(p).as_ptr()) }
+}
+
+fn load(e: &Engine, p: &Path) -> gacc_status {
+    unsafe { gacc_load(e.0, cpath(p).as_ptr()) }
+}
+
+fn resume_is_exact(optimizer: u32, precision: u32, tag: &str) {
+    let dir = tmpdir(tag);
+    let ckpt = dir.join("state.safetensors");
+    let cfg = config(optimizer, precision);
+    let init = Rng(5).vec(numel(), 1.0);
+    let data = gradients(11, 10, 4);
+    let (stop_window, stop_micro) = (6, 2);
+
+    // Uninterrupted run.
+    let a = create(&cfg, &init);
+    for window in &data {
+        for (g, w) in window {
+            micro(&a, g, *w);
+        }
+        step(&a);
+    }
+    let reference = params(&a);
+
+    // Interrupted run: save in the middle of window 6, then continue in a new engine
+    // loaded from the file (and in one created from the file alone).
+    let b = create(&cfg, &init);
+    'outer: for (wi, window) in data.iter().enumerate() {
+        for (mi, (g, w)) in window.iter().enumerate() {
+            if (wi, mi) == (stop_window, stop_micro) {
+                break 'outer;
+            }
+            micro(&b, g, *w);
+        }
+        step(&b);
+    }
+    assert_eq!(save(&b, &ckpt), GACC_OK);
+    drop(b);
+
+    let resumed_load = create(&cfg, &Rng(99).vec(numel(), 1.0));
+    assert_eq!(load(&resumed_load, &ckpt), GACC_OK);
+    let mut raw = std::ptr::null_mut();
+    let st = unsafe { gacc_create_from_checkpoint(cpath(&ckpt).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
+    assert_eq!(st, GACC_OK);
+    let resumed_new = Engine(raw);
+
+    for e in [&resumed_load, &resumed_new] {
+        for (wi, window) in data.iter().enumerate().skip(stop_window) {
+            let first = if wi == stop_window { stop_micro } else { 0 };
+            for (g, w) in &window[first..] {
+                micro(e, g, *w);
+            }
+            let info = step(e);
+            if wi == stop_window {
+                assert_eq!(info.microbatches as usize, data[wi].len(), "window count restored");
+            }
+        }
+        assert_eq!(bits(&params(e)), bits(&reference), "{tag}: resumed run differs");
+        let (mut s1, mut s2) = (0f32, 0f32);
+        unsafe {
+            gacc_loss_scale(a.0, &mut s1);
+            gacc_loss_scale(e.0, &mut s2);
+        }
+        assert_eq!(s1, s2);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_mid_window_is_bit_identical_adamw_fp16() {
+    resume_is_exact(GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP16, "adamw");
+}
+
+#[test]
+fn resume_mid_window_is_bit_identical_sgd_bf16() {
+    resume_is_exact(GACC_OPTIMIZER_SGD, GACC_PRECISION_BF16, "sgd");
+}
+
+/// Damaged files are rejected with GACC_ERR_CORRUPT and leave the engine untouched.
+#[test]
+fn damaged_checkpoints_are_rejected_and_change_nothing() {
+    let dir = tmpdir("damage");
+    let good = dir.join("good.safetensors");
+    let cfg = config(GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP32);
+    let init = Rng(1).vec(numel(), 1.0);
+    let src = create(&cfg, &init);
+    let g = Rng(2).vec(numel(), 1.0);
+    micro(&src, &g, 2.0);
+    step(&src);
+    micro(&src, &g, 3.0);
+    assert_eq!(save(&src, &good), GACC_OK);
+    let bytes = std::fs::read(&good).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+
+    let victim = create(&cfg, &Rng(3).vec(numel(), 1.0));
+    micro(&victim, &g, 1.0);
+    let twin = create(&cfg, &Rng(3).vec(numel(), 1.0));
+    micro(&twin, &g, 1.0);
+
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        ("empty file".into(), vec![]),
+        ("truncated header".into(), bytes[..header_len / 2].to_vec()),
+        ("truncated data".into(), bytes[..bytes.len() - 3].to_vec()),
+        ("extra bytes".into(), [bytes.clone(), vec![0; 4]].concat()),
+        ("huge header length".into(), [(u64::MAX).to_le_bytes().to_vec(), bytes[8..].to_vec()].concat()),
+    ];
+    // A flipped bit anywhere in the data region, and in several header places.
+    for &pos in &[8 + header_len, 8 + header_len + 101, bytes.len() - 1, 8 + header_len / 3, 9, 8 + header_len - 2] {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x10;
+        cases.push((format!("bit flip at byte {pos}"), b));
+    }
+    // The metadata edited consistently except for its checksum.
+    let text = String::from_utf8_lossy(&bytes[8..8 + header_len]).into_owned();
+    let edited = text.replacen("\"applied_steps\":\"1\"", "\"applied_steps\":\"7\"", 1);
+    assert_ne!(edited, text, "test setup: the metadata should hold applied_steps 1");
+    cases.push(("edited metadata".into(), [bytes[..8].to_vec(), edited.into_bytes(), bytes[8 + header_len..].to_vec()].concat()));
+
+    for (what, content) in cases {
+        let p = dir.join("bad.safetensors");
+        std::fs::write(&p, &content).unwrap();
+        let st = load(&victim, &p);
+        assert_eq!(st, GACC_ERR_CORRUPT, "{what}: expected CORRUPT");
+        let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+        assert!(msg.starts_with("gacc_load:") && msg.len() > 12, "{what}: message {msg:?}");
+    }
+    assert_eq!(load(&victim, &dir.join("missing.safetensors")), GACC_ERR_IO);
+
+    // A valid checkpoint of another layout does not fit.
+    let other_cfg = cfg;
+    let mut e2 = std::ptr::null_mut();
+    let desc = gacc_tensor_desc { name: std::ptr::null(), numel: 10, init: std::ptr::null(), no_weight_decay: 0 };
+    assert_eq!(unsafe { gacc_create(&other_cfg, &desc, 1, &mut e2) }, GACC_OK);
+    let other = Engine(e2);
+    let other_path = dir.join("other.safetensors");
+    assert_eq!(save(&other, &other_path), GACC_OK);
+    assert_eq!(load(&victim, &other_path), GACC_ERR_CORRUPT);
+
+    // The victim still holds exactly its own state: finish its window like the twin.
+    micro(&victim, &g, 1.0);
+    micro(&twin, &g, 1.0);
+    let (a, b) = (step(&victim), step(&twin));
+    assert_eq!(a, b);
+    assert_eq!(bits(&params(&victim)), bits(&params(&twin)));
+
+    // And the good file still loads.
+    assert_eq!(load(&victim, &good), GACC_OK);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn python_has_safetensors() -> bool {
+    Command::new("python3")
+        .args(["-c", "import safetensors, numpy"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn python_safetensors_opens_the_checkpoint() {
+    if !python_has_safetensors() {
+        assert!(
+            std::env::var_os("GACC_REQUIRE_SAFETENSORS").is_none(),
+            "GACC_REQUIRE_SAFETENSORS is set but python3 cannot import safetensors"
+        );
+        println!("skipped: python_safetensors_opens_the_checkpoint: python3 has no safetensors/numpy");
+        return;
+    }
+    let dir = tmpdir("python");
+    let p = dir.join("py.safetensors");
+    let cfg = config(GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP16);
+    let init: Vec<f32> = (0..numel()).map(|i| i as f32 * 0.25).collect();
+    let e = create(&cfg, &init);
+    let g: Vec<f32> = vec![0.5; numel()];
+    micro(&e, &g, 4.0);
+    assert_eq!(save(&e, &p), GACC_OK);
+    let expected = serde_json::json!({
+        "tensors": {
+            "master.0": [SIZES[0], 0.0],
+            "master.1": [SIZES[1], SIZES[0] as f32 * 0.25],
+            "acc.2": [SIZES[2], 2.0],
+            "exp_avg.0": [SIZES[0], 0.0],
+            "exp_avg_sq.2": [SIZES[2], 0.0],
+        },
+        "metadata": { "total_weight": "4", "microbatches": "1", "applied_steps": "0", "loss_scale": "65536" },
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_checkpoint.py");
+    let out = Command::new("python3").arg(script).arg(&p).arg(expected.to_string()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Child side of the crash test: saves states 0, 1, 2, ... forever; state k has every
+/// parameter equal to k and an open window whose total weight is k.
+#[test]
+fn crash_child_saving_loop() {
+    let Some(path) = std::env::var_os("GACC_CRASH_CHILD_PATH") else {
+        return; // only runs when spawned by the crash test
+    };
+    let cfg = config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP32);
+    let e = create(&cfg, &vec![0.0; numel()]);
+    let g = vec![1.0f32; numel()];
+    for k in 0u64.. {
+        let v = vec![k as f32; numel()];
+        unsafe { gacc_params_write(e.0, v.as_ptr(), v.len()) };
+        unsafe { gacc_zero(e.0) };
+        micro(&e, &g, k as f64 + 1.0);
+        assert_eq!(save(&e, Path::new(&path)), GACC_OK);
+    }
+}
+
+#[test]
+fn sigkill_during_save_never_leaves_a_mixed_checkpoint() {
+    let dir = tmpdir("crash");
+    let path = dir.join("ckpt.safetensors");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(77);
+    let mut seen_states = std::collections::BTreeSet::new();
+    let kills = 40;
+    for round in 0..kills {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child_saving_loop", "--nocapture", "--test-threads=1"])
+            .env("GACC_CRASH_CHILD_PATH", &path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5 + rng.next() % 60));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        if !path.exists() {
+            continue; // killed before its first rename
+        }
+        let mut raw = std::ptr::null_mut();
+        let st = unsafe { gacc_create_from_checkpoint(cpath(&path).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
+        assert_eq!(st, GACC_OK, "round {round}: checkpoint on disk does not load");
+        let e = Engine(raw);
+        let p = params(&e);
+        let k = p[0];
+        assert!(p.iter().all(|&x| x == k), "round {round}: parameters from different states");
+        // The window belongs to the same state: its total weight is k + 1.
+        let info = step(&e);
+        assert_eq!(info.total_weight, f64::from(k) + 1.0, "round {round}: window from another state");
+        seen_states.insert(k as u64);
+        // Leftover temporary files are allowed (the crash interrupted them) but never
+        // mistaken for the checkpoint.
+    }
+    assert!(!seen_states.is_empty(), "the child never completed a save");
+    println!("{kills} SIGKILLs, {} distinct states recovered, all whole", seen_states.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
