@@ -14,6 +14,7 @@
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
 //!   vectorised) and the CUDA backend.
 //! - [`checkpoint`]: save and load the whole state (safetensors, crash-safe).
+//! - [`alloc`]: fallible host allocation with a fault-injection hook.
 //! - [`status`]: status codes and the error type.
 
 #![allow(non_camel_case_types)]
@@ -21,6 +22,7 @@
 // the header; clippy's "should be unsafe" lint does not fit a C ABI boundary.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
 pub mod engine;

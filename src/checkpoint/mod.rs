@@ -222,7 +222,7 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     let data_start = file_len - header.data_len;
     let mut flats: Vec<Vec<f32>> = Vec::with_capacity(names.len());
     for kind in names {
-        flats.push(crate::backend::cpu::try_zeroed::<f32>(layout.numel, kind)?);
+        flats.push(crate::alloc::try_zeroed::<f32>(layout.numel, kind)?);
     }
     input.seek(SeekFrom::Start(data_start)).map_err(|e| io_error("seeking to the tensor data", e))?;
     for (_, k, i) in order {

@@ -151,7 +151,7 @@ pub fn read_header(input: &mut impl Read, file_len: u64) -> Result<Header> {
 
 /// Reads `numel` little-endian f32 values.
 pub fn read_f32(input: &mut impl Read, numel: usize, what: &str) -> Result<Vec<f32>> {
-    let mut out = crate::backend::cpu::try_zeroed::<f32>(numel, what)?;
+    let mut out = crate::alloc::try_zeroed::<f32>(numel, what)?;
     let mut buf = vec![0u8; 1 << 16];
     let mut filled = 0;
     while filled < numel {

@@ -103,7 +103,7 @@ unsafe fn read_tensors(tensors: *const gacc_tensor_desc, n_tensors: usize) -> cr
         specs.push((name, d.numel, d.no_weight_decay == 0));
     }
     let layout = Layout::new(specs)?;
-    let mut params = crate::backend::cpu::try_zeroed::<f32>(layout.numel, "initial parameters")?;
+    let mut params = crate::alloc::try_zeroed::<f32>(layout.numel, "initial parameters")?;
     for (d, t) in descs.iter().zip(&layout.tensors) {
         if !d.init.is_null() {
             // SAFETY: the caller provides numel readable floats; alignment checked.

@@ -43,18 +43,8 @@ pub struct CpuBackend {
     last: StepReport,
 }
 
-/// Allocates a zeroed f32 buffer, reporting failure instead of aborting.
-pub(crate) fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::out_of_memory(format!(
-            "could not allocate {} bytes for the {what}",
-            n.saturating_mul(std::mem::size_of::<T>())
-        ))
-    })?;
-    v.resize(n, T::default());
-    Ok(v)
-}
+pub(crate) use crate::alloc::try_zeroed;
+use crate::alloc::try_copy;
 
 impl CpuBackend {
     pub fn new(init: BackendInit<'_>) -> Result<CpuBackend> {
@@ -179,10 +169,10 @@ impl Backend for CpuBackend {
 
     fn export_state(&mut self) -> Result<StateSnapshot> {
         Ok(StateSnapshot {
-            master: self.master.clone(),
-            acc: self.acc.clone(),
-            state1: self.state1.clone(),
-            state2: self.state2.clone(),
+            master: try_copy(&self.master, "checkpoint copy of the master weights")?,
+            acc: try_copy(&self.acc, "checkpoint copy of the accumulator")?,
+            state1: try_copy(&self.state1, "checkpoint copy of the optimizer state")?,
+            state2: try_copy(&self.state2, "checkpoint copy of the optimizer state")?,
             loss_scale: self.scaler.scale,
             growth_tracker: self.scaler.growth_tracker,
             applied_steps: self.applied_steps,
