@@ -195,7 +195,8 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     if version != FORMAT_VERSION {
         return Err(corrupt(format!("format_version {version} is not supported (this gacc reads {FORMAT_VERSION})")));
     }
-    if field(meta, "metadata_crc32")? != metadata_crc(meta) {
+    // Fuzz builds skip the checksums so the fuzzer can reach the validation behind them.
+    if !cfg!(fuzzing) && field(meta, "metadata_crc32")? != metadata_crc(meta) {
         return Err(corrupt("metadata checksum mismatch: the header was modified or damaged"));
     }
     let config = config_from_metadata(meta)?;
@@ -230,7 +231,7 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
         let name = format!("{}.{i}", names[k]);
         let values = safetensors::read_f32(&mut input, t.numel, &name)?;
         let want = field(meta, &format!("crc32.{name}"))?;
-        if format!("{:08x}", safetensors::crc32_f32(&values)) != want {
+        if !cfg!(fuzzing) && format!("{:08x}", safetensors::crc32_f32(&values)) != want {
             return Err(corrupt(format!("checksum mismatch in tensor {name:?}")));
         }
         flats[k][t.offset..t.offset + t.numel].copy_from_slice(&values);
