@@ -14,8 +14,13 @@ cd "$root/fuzz"
 for target in api_sequence checkpoint_load; do
     mkdir -p "corpus/$target" "seeds/$target"
     echo "== fuzzing $target for ${seconds}s"
-    cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 2>&1 |
-        grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY)|panicked|ERROR' || true
-    test "${PIPESTATUS[0]}" -eq 0
+    log=$(mktemp)
+    if ! cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $target FAILED (reproducer in fuzz/artifacts/$target)"
+        exit 1
+    fi
+    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+    rm -f "$log"
 done
