@@ -87,6 +87,12 @@
 #define GACC_DTYPE_BF16 2
 
 /**
+ * 64-bit IEEE float: only in all-reduce callbacks (window totals), never a
+ * gradient dtype.
+ */
+#define GACC_DTYPE_F64 3
+
+/**
  * torch.optim.SGD (momentum, dampening 0, nesterov, L2 weight decay).
  */
 #define GACC_OPTIMIZER_SGD 0
@@ -181,6 +187,10 @@ typedef enum gacc_status {
  * Handles are never reused, so a stale handle is always detected.
  */
 typedef struct gacc_engine gacc_engine;
+
+typedef struct MpiCtx {
+  uint8_t _private[0];
+} MpiCtx;
 
 /**
  * Engine configuration. Fill it with `gacc_config_init`, then change what you need.
@@ -309,9 +319,30 @@ typedef struct gacc_step_info {
   double total_weight;
 } gacc_step_info;
 
+/**
+ * In-place sum all-reduce supplied by the caller: `buf` holds `count` elements of
+ * `dtype` (GACC_DTYPE_F32 or GACC_DTYPE_F64) in host memory on a CPU engine; every
+ * rank must return with `buf` holding the element-wise sum over all ranks. Return 0
+ * on success, anything else on failure (gacc then returns GACC_ERR_COMMUNICATION).
+ */
+typedef int32_t (*gacc_allreduce_fn)(void *buf, size_t count, uint32_t dtype, void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+extern int gacc_mpi_open(const void *comm_ptr, struct MpiCtx **out, char *msg, int cap);
+
+extern void gacc_mpi_rank_size(const struct MpiCtx *ctx, int *rank, int *size);
+
+extern int gacc_mpi_allreduce(struct MpiCtx *ctx,
+                              void *buf,
+                              size_t count,
+                              int is_f64,
+                              char *msg,
+                              int cap);
+
+extern void gacc_mpi_close(struct MpiCtx *ctx);
 
 /**
  * Static name of a status, e.g. "GACC_ERR_INVALID_ARGUMENT"; "GACC_UNKNOWN_STATUS"
@@ -500,6 +531,44 @@ enum gacc_status gacc_load(struct gacc_engine *e, const char *path);
 enum gacc_status gacc_create_from_checkpoint(const char *path,
                                              int32_t device,
                                              struct gacc_engine **out);
+
+/**
+ * Makes the engine one rank of a data-parallel group whose transport is the
+ * caller's own in-place sum all-reduce `allreduce` (Gloo, Horovod, a game server's
+ * channel…). From then on gacc_step sums the window (total weight and micro-batch
+ * count as two GACC_DTYPE_F64 values, then the fp32 accumulator) across ranks before
+ * unscaling, so every rank takes the identical step; every rank must call gacc_step
+ * for every window. Called once, right after gacc_create (the window must be empty):
+ * it also sends rank 0's parameters to every rank through one all-reduce in which the
+ * other ranks contribute zeros. The callback runs on the thread that calls gacc_step
+ * (or this function) and must be usable from it. A nonzero return from the callback is
+ * GACC_ERR_COMMUNICATION and leaves this rank's window as it was. gacc_step_info then
+ * reports the global window (micro-batches and weight summed over ranks).
+ */
+enum gacc_status gacc_set_allreduce(struct gacc_engine *e,
+                                    gacc_allreduce_fn allreduce,
+                                    void *user_data,
+                                    int32_t rank,
+                                    int32_t world_size);
+
+/**
+ * Bytes this rank has sent through data-parallel collectives, and how many
+ * collectives ran (including the initial parameter broadcast). Zero without a
+ * transport.
+ */
+enum gacc_status gacc_comm_stats(const struct gacc_engine *e,
+                                 uint64_t *collectives,
+                                 uint64_t *bytes);
+
+/**
+ * Makes the engine one rank of a data-parallel group over MPI (CPU engines; needs a
+ * library built with the `mpi` cargo feature, otherwise GACC_ERR_INVALID_STATE).
+ * `comm` is the address of the caller's `MPI_Comm` (NULL: MPI_COMM_WORLD); gacc
+ * duplicates it, with MPI_ERRORS_RETURN so a failed collective is
+ * GACC_ERR_COMMUNICATION rather than an abort. MPI must be initialised, and stay so
+ * until the engine is destroyed. Same semantics as gacc_set_allreduce otherwise.
+ */
+enum gacc_status gacc_set_mpi(struct gacc_engine *e, const void *comm);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -14,6 +14,7 @@
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
 //!   vectorised) and the CUDA backend.
 //! - [`checkpoint`]: save and load the whole state (safetensors, crash-safe).
+//! - [`distributed`]: data parallelism, one all-reduce per window (callback, MPI).
 //! - [`alloc`]: fallible host allocation with a fault-injection hook.
 //! - [`status`]: status codes and the error type.
 
@@ -25,6 +26,7 @@
 pub mod alloc;
 pub mod backend;
 pub mod checkpoint;
+pub mod distributed;
 pub mod engine;
 pub mod ffi;
 pub mod status;

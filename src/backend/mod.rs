@@ -111,6 +111,15 @@ pub trait Backend: Send {
     /// so a loss kernel can read it without a sync; host memory on the CPU.
     fn loss_scale_ptr(&mut self) -> Result<*const f32>;
 
+    /// Sums the accumulator across the ranks of `comm`, in place. On failure the
+    /// accumulator is left as it was. The default goes through host copies of the
+    /// whole state; backends override it with a direct path.
+    fn allreduce_accumulator(&mut self, comm: &mut dyn crate::distributed::Collective) -> Result<()> {
+        let mut state = self.export_state()?;
+        comm.allreduce_f32(&mut state.acc)?;
+        self.import_state(&state)
+    }
+
     /// Copies all state to the host (waits for the device).
     fn export_state(&mut self) -> Result<StateSnapshot>;
 

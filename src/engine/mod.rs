@@ -13,6 +13,7 @@ use std::os::raw::c_void;
 
 use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest};
 use crate::ffi::types::gacc_step_info;
+use crate::distributed::{CommStats, Collective};
 use crate::status::{Error, Result};
 use config::{Config, Dtype, Reduction};
 use layout::Layout;
@@ -38,6 +39,9 @@ pub struct Engine {
     backend: Box<dyn Backend>,
     /// Device ordinal the engine runs on (-1: CPU).
     device: i32,
+    /// Data-parallel transport; None: a single process.
+    comm: Option<Box<dyn Collective>>,
+    comm_stats: CommStats,
 }
 
 impl Engine {
@@ -54,7 +58,17 @@ impl Engine {
     /// Assembles an engine around an already built backend (tests use this to drive
     /// other backends through the same window logic).
     pub fn from_parts(config: Config, layout: Layout, backend: Box<dyn Backend>, device: i32) -> Engine {
-        Engine { lr: config.lr, config, layout, total_weight: 0.0, microbatches: 0, backend, device }
+        Engine {
+            lr: config.lr,
+            config,
+            layout,
+            total_weight: 0.0,
+            microbatches: 0,
+            backend,
+            device,
+            comm: None,
+            comm_stats: CommStats::default(),
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -123,6 +137,13 @@ impl Engine {
     /// Closes the window with one optimizer step (or a skip). When `want_info` is
     /// false the backend is not waited for.
     pub fn step(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        if self.comm.is_some() {
+            return self.step_data_parallel(want_info);
+        }
+        self.step_local(want_info)
+    }
+
+    fn step_local(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
         if self.total_weight <= 0.0 {
             return Err(Error::invalid_state(if self.microbatches == 0 {
                 "nothing accumulated in this window (call gacc_microbatch first)".to_string()
@@ -148,6 +169,31 @@ impl Engine {
             microbatches,
             total_weight,
         }))
+    }
+
+    /// The data-parallel step: sum the window totals, then the accumulators, across
+    /// ranks (one collective each), then the ordinary step on the global window. A
+    /// failed collective leaves this rank's window as it was.
+    fn step_data_parallel(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        let Some(comm) = self.comm.as_mut() else {
+            return Err(Error::internal("data-parallel step without a transport"));
+        };
+        let mut totals = [self.total_weight, f64::from(self.microbatches)];
+        comm.allreduce_f64(&mut totals)?;
+        let (global_weight, global_count) = (totals[0], totals[1]);
+        if !(global_weight > 0.0 && global_weight.is_finite()) {
+            return Err(Error::invalid_state(format!(
+                "the global window's total weight is {global_weight} across {} ranks",
+                comm.world_size()
+            )));
+        }
+        self.backend.allreduce_accumulator(comm.as_mut())?;
+        self.comm_stats.collectives += 2;
+        self.comm_stats.bytes += (self.layout.numel * 4 + totals.len() * 8) as u64;
+        // From here the window is the global one (accumulator and totals agree).
+        self.total_weight = global_weight;
+        self.microbatches = global_count.min(f64::from(u32::MAX)) as u32;
+        self.step_local(want_info)
     }
 
     /// Drops the window without stepping.
@@ -230,6 +276,36 @@ impl Engine {
         self.total_weight = snap.total_weight;
         self.microbatches = snap.microbatches;
         Ok(())
+    }
+
+    /// Joins a data-parallel group. The window must be empty. Rank 0's parameters
+    /// are sent to every rank (one all-reduce where the other ranks contribute zeros),
+    /// so all ranks start identical.
+    pub fn set_collective(&mut self, mut comm: Box<dyn Collective>) -> Result<()> {
+        if self.microbatches != 0 || self.total_weight != 0.0 {
+            return Err(Error::invalid_state(
+                "set the data-parallel transport before the first micro-batch of a window",
+            ));
+        }
+        let mut params = crate::alloc::try_zeroed::<f32>(self.layout.numel, "parameter broadcast buffer")?;
+        if comm.rank() == 0 {
+            self.backend.read_params(&mut params)?;
+        }
+        comm.allreduce_f32(&mut params)?;
+        self.backend.write_params(&params)?;
+        self.comm_stats = CommStats { collectives: 1, bytes: (params.len() * 4) as u64 };
+        self.comm = Some(comm);
+        Ok(())
+    }
+
+    /// What the collectives moved so far (per rank).
+    pub fn comm_stats(&self) -> CommStats {
+        self.comm_stats
+    }
+
+    /// (rank, world size); (0, 1) without a transport.
+    pub fn rank_and_size(&self) -> (u32, u32) {
+        self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()))
     }
 
     pub fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {

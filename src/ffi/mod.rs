@@ -443,3 +443,79 @@ pub unsafe extern "C" fn gacc_create_from_checkpoint(
         Ok(())
     })
 }
+
+/// Makes the engine one rank of a data-parallel group whose transport is the
+/// caller's own in-place sum all-reduce `allreduce` (Gloo, Horovod, a game server's
+/// channel…). From then on gacc_step sums the window (total weight and micro-batch
+/// count as two GACC_DTYPE_F64 values, then the fp32 accumulator) across ranks before
+/// unscaling, so every rank takes the identical step; every rank must call gacc_step
+/// for every window. Called once, right after gacc_create (the window must be empty):
+/// it also sends rank 0's parameters to every rank through one all-reduce in which the
+/// other ranks contribute zeros. The callback runs on the thread that calls gacc_step
+/// (or this function) and must be usable from it. A nonzero return from the callback is
+/// GACC_ERR_COMMUNICATION and leaves this rank's window as it was. gacc_step_info then
+/// reports the global window (micro-batches and weight summed over ranks).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_set_allreduce(
+    e: *mut gacc_engine,
+    allreduce: crate::distributed::callback::gacc_allreduce_fn,
+    user_data: *mut c_void,
+    rank: i32,
+    world_size: i32,
+) -> gacc_status {
+    guard("gacc_set_allreduce", || {
+        let Some(function) = allreduce else {
+            return Err(Error::new(gacc_status::GACC_ERR_NULL_POINTER, "allreduce is NULL"));
+        };
+        if world_size < 1 || rank < 0 || rank >= world_size {
+            return Err(Error::invalid_argument(format!(
+                "rank {rank} and world_size {world_size}: need 0 <= rank < world_size"
+            )));
+        }
+        let comm = crate::distributed::callback::CallbackCollective::new(function, user_data, rank as u32, world_size as u32);
+        registry::with_engine(e, |eng| eng.set_collective(Box::new(comm)))
+    })
+}
+
+/// Bytes this rank has sent through data-parallel collectives, and how many
+/// collectives ran (including the initial parameter broadcast). Zero without a
+/// transport.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_comm_stats(e: *const gacc_engine, collectives: *mut u64, bytes: *mut u64) -> gacc_status {
+    guard("gacc_comm_stats", || {
+        require(collectives, "collectives")?;
+        require(bytes, "bytes")?;
+        let s = registry::with_engine(e, |eng| Ok(eng.comm_stats()))?;
+        // SAFETY: both non-null.
+        unsafe {
+            collectives.write(s.collectives);
+            bytes.write(s.bytes);
+        }
+        Ok(())
+    })
+}
+
+/// Makes the engine one rank of a data-parallel group over MPI (CPU engines; needs a
+/// library built with the `mpi` cargo feature, otherwise GACC_ERR_INVALID_STATE).
+/// `comm` is the address of the caller's `MPI_Comm` (NULL: MPI_COMM_WORLD); gacc
+/// duplicates it, with MPI_ERRORS_RETURN so a failed collective is
+/// GACC_ERR_COMMUNICATION rather than an abort. MPI must be initialised, and stay so
+/// until the engine is destroyed. Same semantics as gacc_set_allreduce otherwise.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_set_mpi(e: *mut gacc_engine, comm: *const c_void) -> gacc_status {
+    guard("gacc_set_mpi", || {
+        // Check the handle before touching MPI.
+        registry::get(e)?;
+        mpi_collective(comm).and_then(|c| registry::with_engine(e, |eng| eng.set_collective(c)))
+    })
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_collective(comm: *const c_void) -> crate::Result<Box<dyn crate::distributed::Collective>> {
+    Ok(Box::new(crate::distributed::mpi::MpiCollective::open(comm)?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_collective(_comm: *const c_void) -> crate::Result<Box<dyn crate::distributed::Collective>> {
+    Err(Error::invalid_state("this build of gacc has no MPI support (build with --features mpi)"))
+}

@@ -26,6 +26,10 @@ pub const GACC_DTYPE_F16: u32 = 1;
 /// bfloat16.
 pub const GACC_DTYPE_BF16: u32 = 2;
 
+/// 64-bit IEEE float: only in all-reduce callbacks (window totals), never a
+/// gradient dtype.
+pub const GACC_DTYPE_F64: u32 = 3;
+
 /// torch.optim.SGD (momentum, dampening 0, nesterov, L2 weight decay).
 pub const GACC_OPTIMIZER_SGD: u32 = 0;
 /// torch.optim.AdamW (decoupled weight decay).

@@ -41,6 +41,9 @@ pub struct CpuBackend {
     scaler: ScalerState,
     applied_steps: u64,
     last: StepReport,
+    /// Receive buffer of the data-parallel all-reduce (allocated on first use), so a
+    /// failed collective never leaves a half-reduced accumulator.
+    reduce_scratch: Vec<f32>,
 }
 
 pub(crate) use crate::alloc::try_zeroed;
@@ -71,6 +74,7 @@ impl CpuBackend {
             working,
             scaler,
             applied_steps: 0,
+            reduce_scratch: Vec::new(),
             last: StepReport {
                 applied: false,
                 grad_norm: f32::NAN,
@@ -161,6 +165,16 @@ impl Backend for CpuBackend {
 
     fn loss_scale(&mut self) -> Result<f32> {
         Ok(self.scaler.scale)
+    }
+
+    fn allreduce_accumulator(&mut self, comm: &mut dyn crate::distributed::Collective) -> Result<()> {
+        if self.reduce_scratch.len() != self.acc.len() {
+            self.reduce_scratch = try_zeroed(self.acc.len(), "all-reduce buffer")?;
+        }
+        self.reduce_scratch.copy_from_slice(&self.acc);
+        comm.allreduce_f32(&mut self.reduce_scratch)?;
+        std::mem::swap(&mut self.acc, &mut self.reduce_scratch);
+        Ok(())
     }
 
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {
