@@ -16,13 +16,22 @@ thread_local! {
 pub fn set_last_error(message: &str) {
     // Interior NULs would truncate the C string: replace them.
     let clean = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = clean);
+    // try_with: during thread teardown the slot may be gone; never panic here.
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut s) = slot.try_borrow_mut() {
+            *s = clean;
+        }
+    });
 }
 
 /// Pointer to this thread's last error message ("" if none). Valid until the next
 /// call that fails on this thread.
 pub fn last_error_ptr() -> *const c_char {
-    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).ok())
+        .ok()
+        .flatten()
+        .unwrap_or(c"".as_ptr())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
