@@ -103,15 +103,13 @@ if(NOT TARGET gacc::gacc)
 endif()
 
 if(NOT TARGET gacc::gacc_static)
-  set(THREADS_PREFER_PTHREAD_FLAG ON)
-  include(CMakeFindDependencyMacro)
-  find_dependency(Threads)
   add_library(gacc::gacc_static STATIC IMPORTED)
   set_target_properties(gacc::gacc_static PROPERTIES
     IMPORTED_LOCATION "${_gacc_prefix}/lib/libgacc.a"
     IMPORTED_LINK_INTERFACE_LANGUAGES "C"
     INTERFACE_INCLUDE_DIRECTORIES "${_gacc_prefix}/include"
-    INTERFACE_LINK_LIBRARIES "Threads::Threads;${CMAKE_DL_LIBS};gcc_s;util;rt;m")
+    # The Rust standard library's system dependencies (Libs.private in gacc.pc).
+    INTERFACE_LINK_LIBRARIES "gcc_s;util;rt;pthread;m;dl")
 endif()
 
 set(gacc_INCLUDE_DIR "${_gacc_prefix}/include")
