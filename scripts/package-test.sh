@@ -94,4 +94,17 @@ cmake --build cpp --verbose -j2 2>&1 >cpp-build.log || { cat cpp-build.log; fail
 no_tree_paths "C++ tests (installed)" < cpp-build.log
 (cd cpp && ctest --output-on-failure)
 
+if command -v go >/dev/null 2>&1; then
+    say "Go binding against the installed package (-tags gacc_pkgconfig)"
+    export GOCACHE="${GOCACHE:-$ROOT/build/go-cache}" GOPATH="${GOPATH:-$ROOT/build/gopath}" GOFLAGS=-mod=mod
+    (cd "$ROOT/bindings/go" && CGO_LDFLAGS="-Wl,-rpath,$PREFIX/lib" \
+        go test -tags gacc_pkgconfig -c -o "$WORK/consumer/gacc-go.test" .)
+    # The build tree's libgacc.so has no SONAME: NEEDED libgacc.so.0 proves the
+    # installed library was linked.
+    readelf -d gacc-go.test | grep -q 'NEEDED.*\[libgacc.so.0\]' || fail "Go test binary did not link the installed libgacc"
+    ./gacc-go.test
+else
+    say "SKIPPED: Go binding against the installed package (no go toolchain)"
+fi
+
 say "OK: installed gacc works through pkg-config and find_package(gacc), shared and static"
