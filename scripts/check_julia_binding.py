@@ -123,15 +123,56 @@ def parse_param(text: str) -> tuple[CType, str]:
     return parse_ctype(m.group(1)), m.group(2)
 
 
-def parse_int(text: str) -> int | None:
-    t = text.strip()
-    while t.startswith("(") and t.endswith(")"):
-        t = t[1:-1].strip()
-    t = re.sub(r"[uUlL]+$", "", t)
+def _eval_arith(text: str) -> int | float | None:
+    """Evaluates a constant arithmetic expression (numbers, + - * << >> | & ^ ~, parentheses)."""
+    import ast
+
     try:
-        return int(t, 0)
-    except ValueError:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
         return None
+    binops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+              ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b,
+              ast.BitOr: lambda a, b: a | b, ast.BitAnd: lambda a, b: a & b, ast.BitXor: lambda a, b: a ^ b}
+    unops = {ast.USub: lambda a: -a, ast.UAdd: lambda a: +a, ast.Invert: lambda a: ~a}
+
+    def ev(n):
+        if isinstance(n, ast.Constant) and type(n.value) in (int, float):
+            return n.value
+        if isinstance(n, ast.UnaryOp) and type(n.op) in unops:
+            return unops[type(n.op)](ev(n.operand))
+        if isinstance(n, ast.BinOp) and type(n.op) in binops:
+            return binops[type(n.op)](ev(n.left), ev(n.right))
+        raise ValueError(ast.dump(n))
+
+    try:
+        return ev(node)
+    except (ValueError, TypeError):
+        return None
+
+
+def parse_c_number(text: str) -> int | float | None:
+    """A C constant expression as cbindgen writes #define values: 3, -2, 0x10u, (1 << 4),
+    1.5f, 1e-3, (uint32_t)7."""
+    t = re.sub(r"\(\s*(?:const\s+)?(?:u?int(?:8|16|32|64)_t|int|unsigned|long|size_t|float|double)\s*\)", "", text)
+    t = re.sub(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b", r"\1", t)
+    t = re.sub(r"(\d(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)[fF]\b", r"\1", t)
+    return _eval_arith(t)
+
+
+def parse_int(text: str) -> int | None:
+    v = parse_c_number(text)
+    return v if isinstance(v, int) else None
+
+
+def same_value(a: object, b: object) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        return a == b or abs(a - b) <= 1e-7 * max(abs(a), abs(b))
+    return False
 
 
 def parse_header(text: str) -> Header:
@@ -149,9 +190,10 @@ def parse_header(text: str) -> Header:
         if value.startswith('"') and value.endswith('"'):
             h.defines[name] = value[1:-1]
         else:
-            v = parse_int(value)
+            v = parse_c_number(value)
             if v is None:
-                raise ValueError(f"#define {name} {value}: not an integer or string constant")
+                raise ValueError(f"#define {name} {value}: not a number or string constant "
+                                 "(extend parse_c_number in scripts/check_julia_binding.py)")
             h.defines[name] = v
 
     code = strip_c_comments(text)
@@ -324,18 +366,27 @@ def norm_type(t: str) -> str:
     return re.sub(r"\s+", "", t)
 
 
+JULIA_NUMBER_TYPES = {"Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Int", "UInt",
+                      "Cint", "Cuint", "Csize_t", "Clonglong", "Culonglong", "Float32", "Float64", "Cfloat",
+                      "Cdouble"}
+
+
 def eval_julia_const(expr: str, strings: list[str]) -> tuple[object, str | None]:
+    """Value and explicit type of `const X = <expr>`: "str", 3, -2, 0x10, 1 << 4, 1.5, 1f-3,
+    or T(<one of these>) with T a number type."""
     e = expr.strip()
     m = re.fullmatch(r'"@S(\d+)@"', e)
     if m:
         return strings[int(m.group(1))], "String"
-    m = re.fullmatch(r"(\w+)\(\s*(-?\s*\w+)\s*\)", e)
-    if m and parse_int(m.group(2).replace(" ", "")) is not None:
-        return parse_int(m.group(2).replace(" ", "")), m.group(1)
-    v = parse_int(e.replace(" ", ""))
-    if v is not None:
-        return v, None
-    return ("<unevaluated>", e), None
+    jtype = None
+    m = re.fullmatch(r"(\w+)\((.*)\)", e, flags=re.S)
+    if m and m.group(1) in JULIA_NUMBER_TYPES:
+        jtype, e = m.group(1), m.group(2)
+    e = re.sub(r"(\d(?:\.\d*)?)f([-+]?\d+)", r"\1e\2", e)    # 1f-3 is a Float32 literal
+    v = _eval_arith(e)
+    if v is None:
+        return ("<unevaluated>", expr.strip()), jtype
+    return v, jtype
 
 
 def parse_julia(text: str) -> Julia:
@@ -492,7 +543,7 @@ def compare(h: Header, j: Julia) -> list[str]:
             problems.append(f"{name}: constant in gacc.h ({value!r}) has no `const {name}` in Gacc.jl")
             continue
         jv, jtype, line = j.consts[name]
-        if jv != value or isinstance(jv, str) != isinstance(value, str):
+        if not same_value(jv, value):
             problems.append(f"Gacc.jl:{line}: const {name} = {jv!r}, gacc.h says {value!r}")
         is_enum = any(name in vals for vals in h.enums.values())
         if is_enum and jtype not in ENUM_TYPES:
