@@ -582,7 +582,16 @@ def check(header_path: str, julia_path: str) -> list[str]:
         j = parse_julia(f.read())
     if not h.functions:
         return [f"{header_path}: no functions found (parser broken?)"]
-    return compare(h, j)
+    problems = compare(h, j)
+    # The package version follows the library's.
+    project = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(julia_path))), "Project.toml")
+    if os.path.exists(project) and "GACC_VERSION" in h.defines:
+        with open(project, encoding="utf-8") as f:
+            m = re.search(r'^version\s*=\s*"([^"]*)"', f.read(), flags=re.M)
+        if not m or m.group(1) != h.defines["GACC_VERSION"]:
+            problems.append(f"{os.path.relpath(project, ROOT)}: version {m.group(1) if m else None!r}, "
+                            f"gacc.h says {h.defines['GACC_VERSION']!r}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------
