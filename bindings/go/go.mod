@@ -1,0 +1,3 @@
+module github.com/gacc/gacc/bindings/go
+
+go 1.19

@@ -1,0 +1,431 @@
+"""
+    Gacc
+
+Julia binding of gacc, a gradient-accumulation engine with a C ABI: feed it one
+gradient per micro-batch, and every K micro-batches let it take one optimizer step
+(SGD or AdamW) with fp32 accumulators, loss scaling and gradient clipping.
+
+    using Gacc
+    e = Engine(Config(device = GACC_DEVICE_CPU, lr = 1f-2), [Tensor("w", 10)])
+    microbatch!(e, grad, 32)      # one micro-batch gradient (Vector{Float32}/Float16) of 32 samples
+    info = step!(e)               # every K micro-batches
+    p = params(e)
+    close(e)                      # or leave it to the finalizer
+
+Every non-OK status throws a `GaccError` carrying the status and the library's
+message. The shared library is `ENV["GACC_LIB"]` when set (read when the package is
+loaded/precompiled), otherwise `target/release/libgacc` of the source tree this
+package sits in, otherwise `libgacc` from the system's search path.
+
+Every ccall in this file is compared with include/gacc.h by
+scripts/check_julia_binding.py (names, argument counts, C types, constants, struct
+fields): keep each C function's ccall in the form `ccall((:name, libgacc), Ret, (Args...), ...)`.
+"""
+module Gacc
+
+using Libdl
+
+export Engine, Config, Tensor, StepInfo, GaccError
+export microbatch!, microbatch_bf16!, step!, step_async!, zero!, params, params!, read_params!,
+       params_ptr, loss_scale, loss_scale_ptr, set_lr!, get_lr, numel, ntensors, tensor_range,
+       set_stream!, status_name, gacc_version, header_matches_library
+
+const libgacc = let p = get(ENV, "GACC_LIB", "")
+    if !isempty(p)
+        p
+    else
+        tree = normpath(joinpath(@__DIR__, "..", "..", "..", "target", "release", "libgacc." * Libdl.dlext))
+        isfile(tree) ? tree : "libgacc"
+    end
+end
+
+# ---------------------------------------------------------------------------------
+# Constants: every #define and enum value of gacc.h, same names and values.
+
+const GACC_VERSION = "0.1.0"
+const GACC_VERSION_MAJOR = 0
+const GACC_VERSION_MINOR = 1
+const GACC_VERSION_PATCH = 0
+const GACC_VERSION_NUMBER = 100
+const GACC_ABI_VERSION = 1
+
+const GACC_DEVICE_AUTO = Int32(-2)
+const GACC_DEVICE_CPU = Int32(-1)
+
+const GACC_DTYPE_F32 = UInt32(0)
+const GACC_DTYPE_F16 = UInt32(1)
+const GACC_DTYPE_BF16 = UInt32(2)
+
+const GACC_OPTIMIZER_SGD = UInt32(0)
+const GACC_OPTIMIZER_ADAMW = UInt32(1)
+
+const GACC_PRECISION_FP32 = UInt32(0)
+const GACC_PRECISION_FP16 = UInt32(1)
+const GACC_PRECISION_BF16 = UInt32(2)
+
+const GACC_GRADS_MEAN = UInt32(0)
+const GACC_GRADS_SUM = UInt32(1)
+
+# enum gacc_status (a C int)
+const GACC_OK = Cint(0)
+const GACC_ERR_NULL_POINTER = Cint(1)
+const GACC_ERR_INVALID_ARGUMENT = Cint(2)
+const GACC_ERR_INVALID_HANDLE = Cint(3)
+const GACC_ERR_INVALID_STATE = Cint(4)
+const GACC_ERR_OUT_OF_MEMORY = Cint(5)
+const GACC_ERR_DEVICE_UNAVAILABLE = Cint(6)
+const GACC_ERR_DEVICE = Cint(7)
+const GACC_ERR_IO = Cint(8)
+const GACC_ERR_CORRUPT = Cint(9)
+const GACC_ERR_COMMUNICATION = Cint(10)
+const GACC_ERR_INTERNAL = Cint(11)
+
+for name in names(@__MODULE__; all = true)
+    s = string(name)
+    if startswith(s, "GACC_")
+        @eval export $name
+    end
+end
+
+# ---------------------------------------------------------------------------------
+# C structs, field by field in the header's order (isbits, so the layout is C's).
+
+"""
+    Config(; kwargs...)
+
+Mirror of `gacc_config`. `Config()` holds the library's defaults (gacc_config_init);
+keywords override fields: `Config(device = GACC_DEVICE_CPU, optimizer = GACC_OPTIMIZER_SGD, lr = 0.1)`.
+"""
+struct Config
+    device::Int32
+    optimizer::UInt32
+    lr::Cfloat
+    momentum::Cfloat
+    nesterov::UInt32
+    beta1::Cfloat
+    beta2::Cfloat
+    eps::Cfloat
+    weight_decay::Cfloat
+    precision::UInt32
+    max_grad_norm::Cfloat
+    init_scale::Cfloat
+    growth_factor::Cfloat
+    backoff_factor::Cfloat
+    growth_interval::UInt32
+    grad_reduction::UInt32
+end
+
+"Mirror of `gacc_tensor_desc` (what gacc_create reads)."
+struct TensorDesc
+    name::Ptr{UInt8}
+    numel::Csize_t
+    init::Ptr{Cfloat}
+    no_weight_decay::UInt32
+end
+
+"Mirror of `gacc_step_info`: what a step did."
+struct StepInfo
+    applied::UInt32
+    grad_norm::Cfloat
+    clip_coef::Cfloat
+    loss_scale::Cfloat
+    step::UInt64
+    microbatches::UInt32
+    total_weight::Cdouble
+end
+
+function default_config()
+    r = Ref{Config}()
+    ccall((:gacc_config_init, libgacc), Cvoid, (Ref{Config},), r)
+    return r[]
+end
+
+function Config(; kwargs...)
+    c = default_config()
+    isempty(kwargs) && return c
+    fields = fieldnames(Config)
+    vals = Any[getfield(c, f) for f in fields]
+    for (k, v) in kwargs
+        i = findfirst(==(k), fields)
+        i === nothing && throw(ArgumentError("gacc_config has no field `$k`"))
+        vals[i] = convert(fieldtype(Config, i), v)
+    end
+    return Config(vals...)
+end
+
+# ---------------------------------------------------------------------------------
+# Errors
+
+"""
+    GaccError(status, message)
+
+Thrown for every non-OK `gacc_status`: `status` is the code (compare with
+`GACC_ERR_INVALID_ARGUMENT` etc.), `message` is `gacc_last_error()` of the failed call.
+"""
+struct GaccError <: Exception
+    status::Cint
+    message::String
+end
+
+Base.showerror(io::IO, err::GaccError) = print(io, "GaccError(", status_name(err.status), "): ", err.message)
+
+"Static name of a status, e.g. \"GACC_ERR_INVALID_ARGUMENT\"."
+status_name(s::Integer) = unsafe_string(ccall((:gacc_status_name, libgacc), Cstring, (Cint,), Cint(s)))
+
+last_error() = unsafe_string(ccall((:gacc_last_error, libgacc), Cstring, ()))
+
+# gacc_last_error() is per OS thread. A ccall never yields, and nothing between a
+# ccall and this check does, so the task is still on the thread that failed.
+@inline function check(status::Cint)
+    status == GACC_OK || throw(GaccError(status, last_error()))
+    return nothing
+end
+
+# ---------------------------------------------------------------------------------
+# Version
+
+"The library's version string."
+gacc_version() = unsafe_string(ccall((:gacc_version, libgacc), Cstring, ()))
+
+"True when the loaded library has the version and ABI this binding was written for."
+function header_matches_library()
+    number = ccall((:gacc_version_number, libgacc), UInt32, ())
+    abi = ccall((:gacc_abi_version, libgacc), UInt32, ())
+    return number == GACC_VERSION_NUMBER && abi == GACC_ABI_VERSION
+end
+
+# ---------------------------------------------------------------------------------
+# Engine
+
+"""
+    Tensor(name, numel; no_weight_decay = false)
+    Tensor(name, init::AbstractVector; no_weight_decay = false)
+
+One parameter tensor: zeros, or the given initial values (copied at creation).
+"""
+struct Tensor
+    name::String
+    numel::Int
+    init::Union{Nothing,Vector{Float32}}
+    no_weight_decay::Bool
+end
+Tensor(name::AbstractString, numel::Integer; no_weight_decay::Bool = false) =
+    Tensor(String(name), Int(numel), nothing, no_weight_decay)
+Tensor(name::AbstractString, init::AbstractVector{<:Real}; no_weight_decay::Bool = false) =
+    Tensor(String(name), length(init), Vector{Float32}(init), no_weight_decay)
+
+"""
+    Engine(cfg::Config, tensors::Vector{Tensor})
+    Engine(cfg::Config, numel::Integer)
+
+Owns one gacc engine. `close(e)` releases it; a finalizer does so if you forget.
+"""
+mutable struct Engine
+    handle::Ptr{Cvoid}
+
+    function Engine(cfg::Config, tensors::AbstractVector{Tensor})
+        for (i, t) in enumerate(tensors)
+            t.numel >= 0 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.Engine: tensors[$i].numel is negative"))
+            t.init === nothing || length(t.init) == t.numel ||
+                throw(GaccError(GACC_ERR_INVALID_ARGUMENT,
+                                "Gacc.Engine: tensors[$i] has $(length(t.init)) initial values for numel $(t.numel)"))
+        end
+        # Julia Strings are NUL-terminated: pointer(name) is a C string while preserved.
+        names = Union{Nothing,String}[isempty(t.name) ? nothing : t.name for t in tensors]
+        inits = [t.init for t in tensors]
+        out = Ref{Ptr{Cvoid}}(C_NULL)
+        status = GC.@preserve names inits begin
+            descs = TensorDesc[TensorDesc(names[i] === nothing ? Ptr{UInt8}(C_NULL) : pointer(names[i]),
+                                          Csize_t(t.numel),
+                                          inits[i] === nothing ? Ptr{Cfloat}(C_NULL) : pointer(inits[i]),
+                                          t.no_weight_decay ? UInt32(1) : UInt32(0))
+                               for (i, t) in enumerate(tensors)]
+            ccall((:gacc_create, libgacc), Cint,
+                  (Ref{Config}, Ptr{TensorDesc}, Csize_t, Ref{Ptr{Cvoid}}),
+                  cfg, descs, length(descs), out)
+        end
+        check(status)
+        e = new(out[])
+        finalizer(destroy!, e)
+        return e
+    end
+end
+
+Engine(cfg::Config, numel::Integer) = Engine(cfg, [Tensor("params", numel)])
+
+"Releases the engine now (idempotent). Later calls throw GACC_ERR_INVALID_HANDLE."
+function destroy!(e::Engine)
+    h = e.handle
+    if h != C_NULL
+        e.handle = C_NULL
+        ccall((:gacc_destroy, libgacc), Cvoid, (Ptr{Cvoid},), h)
+    end
+    return nothing
+end
+
+Base.close(e::Engine) = destroy!(e)
+Base.isopen(e::Engine) = e.handle != C_NULL
+Base.show(io::IO, e::Engine) = print(io, "Gacc.Engine(", isopen(e) ? "open" : "closed", ")")
+
+# The live handle; throws when closed. Callers wrap the ccall in GC.@preserve e so
+# the finalizer cannot run while the library uses the engine.
+@inline function handle(e::Engine)
+    h = e.handle
+    h == C_NULL && throw(GaccError(GACC_ERR_INVALID_HANDLE, "Gacc.Engine is closed"))
+    return h
+end
+
+"Total number of parameters."
+function numel(e::Engine)
+    out = Ref{Csize_t}(0)
+    GC.@preserve e check(ccall((:gacc_numel, libgacc), Cint, (Ptr{Cvoid}, Ref{Csize_t}), handle(e), out))
+    return Int(out[])
+end
+
+"Number of tensors."
+function ntensors(e::Engine)
+    out = Ref{Csize_t}(0)
+    GC.@preserve e check(ccall((:gacc_n_tensors, libgacc), Cint, (Ptr{Cvoid}, Ref{Csize_t}), handle(e), out))
+    return Int(out[])
+end
+
+"Indices (1-based) of tensor `i` (1-based) inside the concatenated buffers."
+function tensor_range(e::Engine, i::Integer)
+    i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.tensor_range: tensor index $i < 1"))
+    off = Ref{Csize_t}(0)
+    n = Ref{Csize_t}(0)
+    GC.@preserve e check(ccall((:gacc_tensor_span, libgacc), Cint,
+                               (Ptr{Cvoid}, Csize_t, Ref{Csize_t}, Ref{Csize_t}),
+                               handle(e), i - 1, off, n))
+    return (Int(off[]) + 1):(Int(off[]) + Int(n[]))
+end
+
+"Where the engine runs: GACC_DEVICE_CPU or a CUDA ordinal."
+function device(e::Engine)
+    out = Ref{Int32}(0)
+    GC.@preserve e check(ccall((:gacc_device, libgacc), Cint, (Ptr{Cvoid}, Ref{Int32}), handle(e), out))
+    return out[]
+end
+
+function microbatch_raw!(e::Engine, ptr::Ptr{Cvoid}, dtype::UInt32, n::Integer, weight::Real)
+    GC.@preserve e check(ccall((:gacc_microbatch, libgacc), Cint,
+                               (Ptr{Cvoid}, Ptr{Cvoid}, UInt32, Csize_t, Cdouble),
+                               handle(e), ptr, dtype, n, weight))
+    return e
+end
+
+"""
+    microbatch!(e, grad, weight)
+
+Folds one micro-batch gradient (all tensors concatenated) into the window; `weight`
+is the number of samples or tokens behind it. `grad`: a dense vector of Float32 or
+Float16 (other reals are converted to Float32), or `(ptr, dtype, n)` for memory the
+library reads directly (device memory on a CUDA engine).
+"""
+function microbatch!(e::Engine, grad::DenseVector{Float32}, weight::Real)
+    GC.@preserve grad microbatch_raw!(e, Ptr{Cvoid}(pointer(grad)), GACC_DTYPE_F32, length(grad), weight)
+end
+function microbatch!(e::Engine, grad::DenseVector{Float16}, weight::Real)
+    GC.@preserve grad microbatch_raw!(e, Ptr{Cvoid}(pointer(grad)), GACC_DTYPE_F16, length(grad), weight)
+end
+microbatch!(e::Engine, grad::AbstractVector{<:Real}, weight::Real) = microbatch!(e, Vector{Float32}(grad), weight)
+microbatch!(e::Engine, ptr::Ptr, dtype::Integer, n::Integer, weight::Real) =
+    microbatch_raw!(e, Ptr{Cvoid}(ptr), UInt32(dtype), n, weight)
+
+"""
+    microbatch_bf16!(e, bits::DenseVector{UInt16}, weight)
+
+Like `microbatch!` for bfloat16 gradients given as their bits (Base has no BFloat16;
+`reinterpret(UInt16, x)` of a BFloat16s.jl vector works).
+"""
+function microbatch_bf16!(e::Engine, grad::DenseVector{UInt16}, weight::Real)
+    GC.@preserve grad microbatch_raw!(e, Ptr{Cvoid}(pointer(grad)), GACC_DTYPE_BF16, length(grad), weight)
+end
+
+"""
+    step!(e) -> StepInfo
+
+Closes the window and applies the update. A skipped update (non-finite gradient)
+is not an error: `info.applied == 0`.
+"""
+function step!(e::Engine)
+    info = Ref{StepInfo}()
+    GC.@preserve e info check(ccall((:gacc_step, libgacc), Cint, (Ptr{Cvoid}, Ptr{StepInfo}), handle(e),
+                                    Base.unsafe_convert(Ptr{StepInfo}, info)))
+    return info[]
+end
+
+"Closes the window without waiting for the device and without a report."
+function step_async!(e::Engine)
+    GC.@preserve e check(ccall((:gacc_step, libgacc), Cint, (Ptr{Cvoid}, Ptr{StepInfo}), handle(e), C_NULL))
+    return e
+end
+
+"Drops the open window without stepping."
+function zero!(e::Engine)
+    GC.@preserve e check(ccall((:gacc_zero, libgacc), Cint, (Ptr{Cvoid},), handle(e)))
+    return e
+end
+
+"Copies the fp32 master weights into `dst` (length == numel(e))."
+function read_params!(dst::DenseVector{Float32}, e::Engine)
+    GC.@preserve e dst check(ccall((:gacc_params_read, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cfloat}, Csize_t),
+                                   handle(e), pointer(dst), length(dst)))
+    return dst
+end
+
+"The fp32 master weights, all tensors concatenated."
+params(e::Engine) = read_params!(Vector{Float32}(undef, numel(e)), e)
+
+"Replaces the fp32 master weights (length == numel(e))."
+function params!(e::Engine, src::DenseVector{Float32})
+    GC.@preserve e src check(ccall((:gacc_params_write, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cfloat}, Csize_t),
+                                   handle(e), pointer(src), length(src)))
+    return e
+end
+params!(e::Engine, src::AbstractVector{<:Real}) = params!(e, Vector{Float32}(src))
+
+"The engine's own buffer for tensor `i` (1-based); device memory on a CUDA engine."
+function params_ptr(e::Engine, i::Integer, dtype::Integer = GACC_DTYPE_F32)
+    i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.params_ptr: tensor index $i < 1"))
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve e check(ccall((:gacc_params_ptr, libgacc), Cint, (Ptr{Cvoid}, Csize_t, UInt32, Ref{Ptr{Cvoid}}),
+                               handle(e), i - 1, UInt32(dtype), out))
+    return out[]
+end
+
+"The loss scale S: multiply the loss by it before computing gradients."
+function loss_scale(e::Engine)
+    out = Ref{Cfloat}(0)
+    GC.@preserve e check(ccall((:gacc_loss_scale, libgacc), Cint, (Ptr{Cvoid}, Ref{Cfloat}), handle(e), out))
+    return out[]
+end
+
+"Address of S (device memory on a CUDA engine), valid until the engine is closed."
+function loss_scale_ptr(e::Engine)
+    out = Ref{Ptr{Cfloat}}(C_NULL)
+    GC.@preserve e check(ccall((:gacc_loss_scale_ptr, libgacc), Cint, (Ptr{Cvoid}, Ref{Ptr{Cfloat}}),
+                               handle(e), out))
+    return out[]
+end
+
+"Sets the learning rate used from the next step on."
+function set_lr!(e::Engine, lr::Real)
+    GC.@preserve e check(ccall((:gacc_set_lr, libgacc), Cint, (Ptr{Cvoid}, Cfloat), handle(e), lr))
+    return e
+end
+
+"The learning rate in use."
+function get_lr(e::Engine)
+    out = Ref{Cfloat}(0)
+    GC.@preserve e check(ccall((:gacc_get_lr, libgacc), Cint, (Ptr{Cvoid}, Ref{Cfloat}), handle(e), out))
+    return out[]
+end
+
+"CUDA engines: order gacc's work on the caller's CUstream (C_NULL: the engine's own)."
+function set_stream!(e::Engine, stream::Ptr)
+    GC.@preserve e check(ccall((:gacc_set_stream, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), stream))
+    return e
+end
+
+end # module
