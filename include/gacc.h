@@ -26,16 +26,6 @@
 
 
 /**
- * Version of the format; a reader refuses versions it does not know.
- */
-#define FORMAT_VERSION 1
-
-/**
- * Largest JSON header accepted (the header of a million-tensor model fits).
- */
-#define MAX_HEADER_BYTES (256 << 20)
-
-/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0
@@ -60,6 +50,12 @@
  * ABI generation: bumped only when a change breaks binary compatibility.
  */
 #define GACC_ABI_VERSION 1
+
+/**
+ * Version of the checkpoint format gacc_save writes (metadata "format_version");
+ * gacc_load refuses other versions with GACC_ERR_CORRUPT.
+ */
+#define GACC_CHECKPOINT_FORMAT_VERSION 1
 
 /**
  * CUDA device 0 when a usable GPU and driver are present, otherwise the CPU.
@@ -187,10 +183,6 @@ typedef enum gacc_status {
  * Handles are never reused, so a stale handle is always detected.
  */
 typedef struct gacc_engine gacc_engine;
-
-typedef struct MpiCtx {
-  uint8_t _private[0];
-} MpiCtx;
 
 /**
  * Engine configuration. Fill it with `gacc_config_init`, then change what you need.
@@ -330,19 +322,6 @@ typedef int32_t (*gacc_allreduce_fn)(void *buf, size_t count, uint32_t dtype, vo
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-extern int gacc_mpi_open(const void *comm_ptr, struct MpiCtx **out, char *msg, int cap);
-
-extern void gacc_mpi_rank_size(const struct MpiCtx *ctx, int *rank, int *size);
-
-extern int gacc_mpi_allreduce(struct MpiCtx *ctx,
-                              void *buf,
-                              size_t count,
-                              int is_f64,
-                              char *msg,
-                              int cap);
-
-extern void gacc_mpi_close(struct MpiCtx *ctx);
 
 /**
  * Static name of a status, e.g. "GACC_ERR_INVALID_ARGUMENT"; "GACC_UNKNOWN_STATUS"

@@ -601,8 +601,8 @@ MUTATIONS = [
     # (description, file, old, new, expected fragment of a problem)
     ("a new C function (e.g. a checkpoint API) without a wrapper", "h",
      "enum gacc_status gacc_zero(struct gacc_engine *e);",
-     "enum gacc_status gacc_zero(struct gacc_engine *e);\n\nenum gacc_status gacc_save(const struct gacc_engine *e, const char *path);",
-     "gacc_save: declared in gacc.h but not wrapped"),
+     "enum gacc_status gacc_zero(struct gacc_engine *e);\n\nenum gacc_status gacc_export_ema(const struct gacc_engine *e, float *out);",
+     "gacc_export_ema: declared in gacc.h but not wrapped"),
     ("a wrapper of a function the header no longer has", "h",
      "enum gacc_status gacc_get_lr(const struct gacc_engine *e, float *out);", "",
      "ccall of `gacc_get_lr`, which gacc.h does not declare"),

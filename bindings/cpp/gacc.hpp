@@ -554,6 +554,24 @@ public:
     /// CUDA engines: order gacc's work on the caller's CUstream (nullptr: own stream).
     void set_stream(void* stream) { detail::check(gacc_set_stream(handle(), stream)); }
 
+    /// Saves the whole state (weights, optimizer, scaler, open window) to a
+    /// safetensors file, atomically.
+    void save(const std::string& path) { detail::check(gacc_save(handle(), path.c_str())); }
+    /// Loads a checkpoint into this engine; on error it is left unchanged.
+    void load(const std::string& path) { detail::check(gacc_load(handle(), path.c_str())); }
+    /// A new engine from a checkpoint alone (saved configuration, on `device`).
+    static Engine from_checkpoint(const std::string& path, std::int32_t device = GACC_DEVICE_AUTO) {
+        gacc_engine* e = nullptr;
+        detail::check(gacc_create_from_checkpoint(path.c_str(), device, &e));
+        return Engine(e);
+    }
+    /// Data parallelism through the caller's in-place sum all-reduce.
+    void set_allreduce(gacc_allreduce_fn fn, void* user_data, std::int32_t rank, std::int32_t world_size) {
+        detail::check(gacc_set_allreduce(handle(), fn, user_data, rank, world_size));
+    }
+    /// Data parallelism over MPI (`comm` points to an MPI_Comm; nullptr: MPI_COMM_WORLD).
+    void set_mpi(const void* comm = nullptr) { detail::check(gacc_set_mpi(handle(), comm)); }
+
 private:
     gacc_engine* handle() const {
         if (!e_) throw Error(Status::invalid_handle, "gacc::Engine is empty (moved from or reset)");

@@ -530,6 +530,38 @@ func isLive(h *C.gacc_engine) bool {
 	return C.gacc_numel(h, &n) == C.GACC_OK
 }
 
+// Save writes the whole state (weights, optimizer, scaler, open window) to a
+// safetensors file, atomically.
+func (e *Engine) Save(path string) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	return e.do(func(h *C.gacc_engine) C.enum_gacc_status { return C.gacc_save(h, cpath) })
+}
+
+// Load reads a checkpoint into the engine; on error the engine is unchanged.
+func (e *Engine) Load(path string) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	return e.do(func(h *C.gacc_engine) C.enum_gacc_status { return C.gacc_load(h, cpath) })
+}
+
+// FromCheckpoint creates an engine from a checkpoint alone, on the given device.
+func FromCheckpoint(path string, device int32) (*Engine, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var h *C.gacc_engine
+	err := call(func() C.enum_gacc_status {
+		return C.gacc_create_from_checkpoint(cpath, C.int32_t(device), &h)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{}
+	e.h.Store(h)
+	runtime.SetFinalizer(e, (*Engine).Close)
+	return e, nil
+}
+
 func (e *Engine) raw() *C.gacc_engine { return e.h.Load() }
 
 // F16FromFloat32 converts to IEEE binary16 bits, rounding to nearest even

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -429,5 +432,44 @@ func TestParamsAndLR(t *testing.T) {
 	}
 	if s, _ := eng.LossScale(); s != 1 {
 		t.Fatalf("loss scale %v", s)
+	}
+}
+
+// Save, load and FromCheckpoint round-trip; a damaged file is StatusCorrupt and
+// leaves the engine unchanged.
+func TestCheckpointRoundTrip(t *testing.T) {
+	cfg := cpuSGD(0.1, 0.9)
+	e, err := New(cfg, Tensor{Name: "w", Numel: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	p := []float32{1, 2, 3, 4}
+	if err := e.ParamsWrite(p); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ckpt.safetensors")
+	if err := e.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	r, err := FromCheckpoint(path, DeviceCPU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got, _ := r.ParamsRead()
+	if !reflect.DeepEqual(got, p) {
+		t.Fatalf("restored %v, want %v", got, p)
+	}
+	if err := os.WriteFile(path, []byte("not a checkpoint"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var gerr *Error
+	if err := e.Load(path); !errors.As(err, &gerr) || gerr.Status != StatusCorrupt {
+		t.Fatalf("want StatusCorrupt, got %v", err)
+	}
+	got, _ = e.ParamsRead()
+	if !reflect.DeepEqual(got, p) {
+		t.Fatalf("a failed load changed the engine: %v", got)
 	}
 }

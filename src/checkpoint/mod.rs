@@ -30,7 +30,7 @@ use safetensors::{corrupt, io_error, TensorOut};
 /// Name of the format in the metadata.
 pub const FORMAT_NAME: &str = "gacc-checkpoint";
 /// Version of the format; a reader refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = crate::ffi::types::GACC_CHECKPOINT_FORMAT_VERSION;
 
 /// The per-tensor buffers of a snapshot, with their checkpoint names.
 fn buffer_names(optimizer: &Optimizer) -> &'static [&'static str] {

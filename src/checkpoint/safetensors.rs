@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::status::{gacc_status, Error, Result};
 
 /// Largest JSON header accepted (the header of a million-tensor model fits).
-pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_HEADER_BYTES: u64 = 256 << 20;
 
 /// One 1-D f32 tensor to write.
 pub struct TensorOut<'a> {

@@ -14,6 +14,10 @@ pub const GACC_VERSION_NUMBER: u32 = 100;
 /// ABI generation: bumped only when a change breaks binary compatibility.
 pub const GACC_ABI_VERSION: u32 = 1;
 
+/// Version of the checkpoint format gacc_save writes (metadata "format_version");
+/// gacc_load refuses other versions with GACC_ERR_CORRUPT.
+pub const GACC_CHECKPOINT_FORMAT_VERSION: u32 = 1;
+
 /// CUDA device 0 when a usable GPU and driver are present, otherwise the CPU.
 pub const GACC_DEVICE_AUTO: i32 = -2;
 /// The CPU backend (multithreaded, SIMD).

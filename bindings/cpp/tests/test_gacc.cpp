@@ -153,6 +153,26 @@ TEST(config_defaults_come_from_the_library) {
     CHECK(c.raw().momentum == 0.9f && c.raw().nesterov == 1u);
 }
 
+TEST(checkpoint_round_trip_and_corruption) {
+    const auto cfg = gacc::Config().cpu().sgd(0.1f, 0.9f);
+    gacc::Engine e(cfg, 5);
+    const std::vector<float> p = {1, 2, 3, 4, 5};
+    e.params_write(p);
+    const std::string path = "gacc_cpp_test_ckpt.safetensors";
+    e.save(path);
+    gacc::Engine r = gacc::Engine::from_checkpoint(path, GACC_DEVICE_CPU);
+    CHECK(r.params_read() == p);
+    e.params_write(std::vector<float>(5, 0.0f));
+    e.load(path);
+    CHECK(e.params_read() == p);
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    std::fputs("not a checkpoint", f);
+    std::fclose(f);
+    CHECK_THROWS_STATUS(e.load(path), gacc::Status::corrupt, "gacc_load");
+    CHECK(e.params_read() == p);
+    std::remove(path.c_str());
+}
+
 TEST(microbatches_equal_one_batch_sgd) {
     const Data d = make_data(48, 1);
     const auto cfg = gacc::Config().cpu().sgd(0.05f, 0.9f).weight_decay(0.01f);

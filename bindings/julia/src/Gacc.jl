@@ -28,7 +28,8 @@ using Libdl
 export Engine, Config, Tensor, StepInfo, GaccError
 export microbatch!, microbatch_bf16!, step!, step_async!, zero!, params, params!, read_params!,
        params_ptr, loss_scale, loss_scale_ptr, set_lr!, get_lr, numel, ntensors, tensor_range,
-       set_stream!, status_name, gacc_version, header_matches_library
+       set_stream!, status_name, gacc_version, header_matches_library, save, load!,
+       set_allreduce!, set_mpi!, comm_stats
 
 const libgacc = let p = get(ENV, "GACC_LIB", "")
     if !isempty(p)
@@ -55,6 +56,9 @@ const GACC_DEVICE_CPU = Int32(-1)
 const GACC_DTYPE_F32 = UInt32(0)
 const GACC_DTYPE_F16 = UInt32(1)
 const GACC_DTYPE_BF16 = UInt32(2)
+const GACC_DTYPE_F64 = UInt32(3)
+
+const GACC_CHECKPOINT_FORMAT_VERSION = 1
 
 const GACC_OPTIMIZER_SGD = UInt32(0)
 const GACC_OPTIMIZER_ADAMW = UInt32(1)
@@ -249,6 +253,16 @@ mutable struct Engine
         finalizer(destroy!, e)
         return e
     end
+
+    # Engine(path; device): a new engine from a checkpoint written by `save`.
+    function Engine(path::AbstractString; device::Integer = GACC_DEVICE_AUTO)
+        out = Ref{Ptr{Cvoid}}(C_NULL)
+        check(ccall((:gacc_create_from_checkpoint, libgacc), Cint, (Cstring, Int32, Ref{Ptr{Cvoid}}),
+                    path, Int32(device), out))
+        e = new(out[])
+        finalizer(destroy!, e)
+        return e
+    end
 end
 
 Engine(cfg::Config, numel::Integer) = Engine(cfg, [Tensor("params", numel)])
@@ -426,6 +440,47 @@ end
 function set_stream!(e::Engine, stream::Ptr)
     GC.@preserve e check(ccall((:gacc_set_stream, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), stream))
     return e
+end
+
+"Saves the whole state (weights, optimizer, scaler, open window) to a safetensors file."
+function save(e::Engine, path::AbstractString)
+    GC.@preserve e check(ccall((:gacc_save, libgacc), Cint, (Ptr{Cvoid}, Cstring), handle(e), path))
+    return path
+end
+
+"Loads a checkpoint into an engine of the same shape; on error the engine is unchanged."
+function load!(e::Engine, path::AbstractString)
+    GC.@preserve e check(ccall((:gacc_load, libgacc), Cint, (Ptr{Cvoid}, Cstring), handle(e), path))
+    return e
+end
+
+"""
+    set_allreduce!(e, fn::Ptr{Cvoid}, user_data::Ptr{Cvoid}, rank, world_size)
+
+Data parallelism through your own transport: `fn` is a C function pointer (from
+`@cfunction(f, Cint, (Ptr{Cvoid}, Csize_t, UInt32, Ptr{Cvoid}))`) that sums `count`
+elements of dtype GACC_DTYPE_F32 or GACC_DTYPE_F64 in place across ranks and returns 0.
+"""
+function set_allreduce!(e::Engine, fn::Ptr{Cvoid}, user_data::Ptr{Cvoid}, rank::Integer, world_size::Integer)
+    GC.@preserve e check(ccall((:gacc_set_allreduce, libgacc), Cint,
+                               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Int32, Int32),
+                               handle(e), fn, user_data, Int32(rank), Int32(world_size)))
+    return e
+end
+
+"Data parallelism over MPI: `comm` points to an MPI_Comm (C_NULL: MPI_COMM_WORLD)."
+function set_mpi!(e::Engine, comm::Ptr{Cvoid} = C_NULL)
+    GC.@preserve e check(ccall((:gacc_set_mpi, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), comm))
+    return e
+end
+
+"(collectives, bytes) this rank has sent through data-parallel collectives."
+function comm_stats(e::Engine)
+    c = Ref{UInt64}(0)
+    b = Ref{UInt64}(0)
+    GC.@preserve e check(ccall((:gacc_comm_stats, libgacc), Cint, (Ptr{Cvoid}, Ref{UInt64}, Ref{UInt64}),
+                               handle(e), c, b))
+    return (c[], b[])
 end
 
 end # module

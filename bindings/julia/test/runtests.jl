@@ -179,4 +179,21 @@ end
         end
         @test !live(h)
     end
+
+    @testset "checkpoint round trip" begin
+        e = Engine(cpu_sgd(0.1), model_tensors())
+        p = Float32.(1:D+1)
+        params!(e, p)
+        path = joinpath(mktempdir(), "ckpt.safetensors")
+        save(e, path)
+        r = Engine(path; device = GACC_DEVICE_CPU)
+        @test params(r) == p
+        params!(e, zeros(Float32, D+1))
+        load!(e, path)
+        @test params(e) == p
+        write(path, "not a checkpoint")
+        err = try load!(e, path); nothing catch x; x end
+        @test err isa GaccError && err.status == GACC_ERR_CORRUPT
+        close(e); close(r)
+    end
 end
