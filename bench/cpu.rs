@@ -15,6 +15,11 @@
 //! - step AdamW + clipping: the same two passes (the coefficient is a scalar) = 36
 //! - step AdamW + FP16 scaling: 36 + 2 (fp16 working copy written)       = 38 B/elem
 //! - STREAM copy a = b: 8 B/elem; STREAM add a = b + c: 12 B/elem (f32).
+//! - Extra baseline, in-place add a += b: 12 B/elem. STREAM's kernels write a
+//!   third array, so each written line is also read first (write-allocate): add
+//!   really moves 16 B/elem, copy 12. gacc's passes update their buffers in place
+//!   (no write-allocate), like a += b; only the fp16/bf16 working copy is a
+//!   write-only stream.
 //!
 //! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
 //! (32K-element chunks, sequential below 256K elements).
@@ -89,6 +94,19 @@ fn stream_copy(a: &mut [f32], b: &[f32]) {
     }
 }
 
+fn inplace_add(a: &mut [f32], b: &[f32]) {
+    let body = |(a, b): (&mut [f32], &[f32])| {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    };
+    if a.len() >= PARALLEL_THRESHOLD {
+        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(body);
+    } else {
+        a.chunks_mut(CHUNK).zip(b.chunks(CHUNK)).for_each(body);
+    }
+}
+
 fn stream_add(a: &mut [f32], b: &[f32], c: &[f32]) {
     let body = |(a, (b, c)): (&mut [f32], (&[f32], &[f32]))| {
         for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
@@ -148,7 +166,9 @@ struct Row {
     size: usize,
     bytes: usize,
     t: Timing,
+    /// STREAM add GB/s: median, best.
     stream_add: f64,
+    stream_add_best: f64,
 }
 
 impl Row {
@@ -171,7 +191,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     for &n in &sizes {
         // STREAM baseline, same pool, same chunking, same size.
-        let (copy, add) = {
+        let (copy, add, inplace) = {
             let mut a = vec![0f32; n];
             let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
             let c: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
@@ -183,11 +203,25 @@ fn main() {
                 stream_add(&mut a, &b, &c);
                 black_box(&a);
             });
-            (copy, add)
+            let inplace = time(repeats, || {
+                inplace_add(&mut a, &b);
+                black_box(&a);
+            });
+            (copy, add, inplace)
         };
         let add_gbs = (12 * n) as f64 / add.median / 1e9;
-        rows.push(Row { kernel: "STREAM copy a=b".into(), size: n, bytes: 8, t: copy, stream_add: add_gbs });
-        rows.push(Row { kernel: "STREAM add a=b+c".into(), size: n, bytes: 12, t: add, stream_add: add_gbs });
+        let add_best = (12 * n) as f64 / add.min / 1e9;
+        let row = |kernel: &str, bytes: usize, t: Timing| Row {
+            kernel: kernel.into(),
+            size: n,
+            bytes,
+            t,
+            stream_add: add_gbs,
+            stream_add_best: add_best,
+        };
+        rows.push(row("STREAM copy a=b", 8, copy));
+        rows.push(row("STREAM add a=b+c", 12, add));
+        rows.push(row("in-place add a+=b", 12, inplace));
 
         // Accumulate, per gradient dtype.
         {
@@ -201,7 +235,7 @@ fn main() {
                 ("accumulate bf16 grad", gb16.as_ptr() as *const c_void, GACC_DTYPE_BF16, 10),
             ] {
                 let t = time(repeats, || e.mb(ptr, dtype, 1.0));
-                rows.push(Row { kernel: name.into(), size: n, bytes, t, stream_add: add_gbs });
+                rows.push(row(name, bytes, t));
             }
         }
 
@@ -245,15 +279,15 @@ fn main() {
             assert_eq!(info.applied, 1, "{name}: a timed step was skipped");
             samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let t = Timing { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] };
-            rows.push(Row { kernel: name.into(), size: n, bytes, t, stream_add: add_gbs });
+            rows.push(row(name, bytes, t));
         }
     }
 
-    println!("| kernel | params | B/elem | median ms | GB/s median [min..max] | STREAM add GB/s | ratio to add |");
-    println!("|---|---:|---:|---:|---|---:|---:|");
+    println!("| kernel | params | B/elem | median ms | GB/s median [min..max] | STREAM add GB/s median | ratio to add (median) | ratio to add (best/best) |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} |",
             r.kernel,
             size_name(r.size),
             r.bytes,
@@ -263,6 +297,7 @@ fn main() {
             r.gbs(r.t.min),
             r.stream_add,
             r.gbs(r.t.median) / r.stream_add,
+            r.gbs(r.t.min) / r.stream_add_best,
         );
     }
 

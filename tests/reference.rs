@@ -877,6 +877,12 @@ fn zero_drops_the_window() {
     let info = e.step();
     assert_eq!((info.applied, info.microbatches, info.total_weight, info.step), (1, 1, 4.0, 1));
     assert_eq!(e.params(), vec![1.0 - 0.05 * 2.0; 6]);
+    // gacc_step with info NULL steps all the same (buf = 0.9 * 2 + 2 = 3.8).
+    e.mb(&Grad::encode(GACC_DTYPE_F32, &[2.0; 6]), 1.0);
+    ok(unsafe { gacc::ffi::gacc_step(e.h, std::ptr::null_mut()) });
+    assert_eq!(e.params(), vec![(1.0f32 - 0.05 * 2.0) - 0.05 * 3.8; 6]);
+    e.zero();
+    assert_eq!(e.try_step(), gacc_status::GACC_ERR_INVALID_STATE);
 }
 
 // ---------------------------------------------------------------------------------
