@@ -318,11 +318,20 @@ fn main() {
             e.step();
         }
     });
+    let mut numel = 0usize;
+    let lookup = time(5, || {
+        for _ in 0..calls {
+            check(unsafe { gacc_numel(e.0, &mut numel) });
+        }
+        black_box(numel);
+    });
+    let lookup_ns = lookup.median / calls as f64 * 1e9;
     let mb_ns = mb.median / calls as f64 * 1e9;
     let pair_ns = pair.median / (calls / 4) as f64 * 1e9;
     println!("\nPer-call cost through the C ABI, 1000-parameter AdamW engine (median of 5 x {calls} calls):\n");
     println!("| call | ns per call |");
     println!("|---|---:|");
+    println!("| gacc_numel (the boundary alone: catch_unwind, handle lookup, engine lock) | {lookup_ns:.0} |");
     println!("| gacc_microbatch (f32, 1000 elements) | {mb_ns:.0} |");
     println!("| gacc_step (AdamW, 1000 elements, info NULL) | {:.0} |", pair_ns - mb_ns);
 }
