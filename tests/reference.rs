@@ -5,6 +5,8 @@
 //! Every comparison can fail: `negative_controls_*` run the same drivers against a
 //! model with one deliberate mistake and require a mismatch.
 
+#![allow(clippy::type_complexity, clippy::needless_range_loop)]
+
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -13,6 +13,8 @@
 //! rounding by at most the same first-order terms. In practice the bound grows like
 //! steps × 2^-24 × (|p| + lr·|update| × condition), which is what it measures.
 #![allow(dead_code)]
+// Index loops mirror the per-element formulas; `!(d <= tol)` is deliberate (NaN fails).
+#![allow(clippy::needless_range_loop, clippy::type_complexity, clippy::neg_cmp_op_on_partial_ord)]
 
 use std::ffi::CStr;
 use std::os::raw::c_void;
