@@ -34,6 +34,14 @@ pub fn accumulate_bf16(items: &[WorkItem], acc: &mut [f32], grad: &[u16], mul: f
 }
 
 pub fn accumulate_f16(items: &[WorkItem], acc: &mut [f32], grad: &[f16], mul: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::convert::has_f16c() {
+            // SAFETY: the CPU supports AVX and F16C.
+            run(items, acc, grad, |a, g| unsafe { super::convert::f16c::accumulate(a, g, mul) });
+            return;
+        }
+    }
     run(items, acc, grad, |a, g| {
         let mut block = [0f32; CONVERT_BLOCK];
         for (a, g) in a.chunks_mut(CONVERT_BLOCK).zip(g.chunks(CONVERT_BLOCK)) {

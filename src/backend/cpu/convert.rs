@@ -36,7 +36,65 @@ pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
 
 /// Writes `src` into an f16 slice of the same length (round to nearest even).
 pub fn f32_to_f16_slice(src: &[f32], dst: &mut [f16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_f16c() {
+            // SAFETY: the CPU supports AVX and F16C.
+            unsafe { f16c::f32_to_f16(src, dst) };
+            return;
+        }
+    }
     dst.convert_from_f32_slice(src);
+}
+
+/// True when the CPU converts f16 <-> f32 in hardware (8 at a time).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_f16c() -> bool {
+    std::is_x86_feature_detected!("avx") && std::is_x86_feature_detected!("f16c")
+}
+
+/// Whole-loop F16C kernels. The half crate uses the same instructions, but through
+/// one out-of-line call per 8 elements; inlined here the loops run 2-3x faster
+/// in cache. Conversions are exact (f16 -> f32) or round to nearest even (f32 ->
+/// f16), exactly as the portable paths.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod f16c {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// dst = RNE(src) for equal-length slices.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(src.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = f16::from_f32(src[j]);
+        }
+    }
+
+    /// acc[i] += mul * f32(grad[i]), the same operation order as the portable loop.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn accumulate(acc: &mut [f32], grad: &[f16], mul: f32) {
+        let n = acc.len().min(grad.len());
+        let m = _mm256_set1_ps(mul);
+        let mut i = 0;
+        while i + 8 <= n {
+            let g = _mm256_cvtph_ps(_mm_loadu_si128(grad.as_ptr().add(i) as *const __m128i));
+            let pa = acc.as_mut_ptr().add(i);
+            _mm256_storeu_ps(pa, _mm256_add_ps(_mm256_loadu_ps(pa), _mm256_mul_ps(m, g)));
+            i += 8;
+        }
+        for j in i..n {
+            acc[j] += mul * grad[j].to_f32();
+        }
+    }
 }
 
 /// Converts an f16 slice (<= CONVERT_BLOCK long) into `dst`'s prefix.
@@ -65,5 +123,53 @@ mod tests {
             }
         }
         assert_eq!(bf16_bits_to_f32(bf16::from_f32(1.5).to_bits()), 1.5);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod f16c_tests {
+    use super::*;
+
+    fn xorshift(state: &mut u32) -> u32 {
+        *state ^= *state << 13;
+        *state ^= *state >> 17;
+        *state ^= *state << 5;
+        *state
+    }
+
+    #[test]
+    fn f16c_kernels_match_the_portable_paths_bit_for_bit() {
+        if !has_f16c() {
+            return;
+        }
+        let mut state = 0x9E37_79B9u32;
+        for n in [1usize, 7, 8, 9, 31, 1000, 4099] {
+            // Every kind of f16: normals, subnormals, zeros, inf; NaN checked apart.
+            let grad: Vec<f16> = (0..n).map(|_| f16::from_bits(xorshift(&mut state) as u16)).collect();
+            let acc0: Vec<f32> = (0..n).map(|_| (xorshift(&mut state) % 2001) as f32 * 0.37 - 300.0).collect();
+            for mul in [1.0f32, 0.3, 7.5] {
+                let mut fast = acc0.clone();
+                unsafe { f16c::accumulate(&mut fast, &grad, mul) };
+                for i in 0..n {
+                    let want = acc0[i] + mul * grad[i].to_f32();
+                    if want.is_nan() {
+                        assert!(fast[i].is_nan());
+                    } else {
+                        assert_eq!(fast[i].to_bits(), want.to_bits(), "n {n} i {i} g {:?}", grad[i]);
+                    }
+                }
+            }
+            let src: Vec<f32> = (0..n).map(|_| f32::from_bits(xorshift(&mut state))).collect();
+            let mut fast = vec![f16::ZERO; n];
+            unsafe { f16c::f32_to_f16(&src, &mut fast) };
+            for i in 0..n {
+                let want = f16::from_f32(src[i]);
+                if want.is_nan() {
+                    assert!(fast[i].is_nan());
+                } else {
+                    assert_eq!(fast[i].to_bits(), want.to_bits(), "{:e}", src[i]);
+                }
+            }
+        }
     }
 }

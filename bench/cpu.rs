@@ -1,0 +1,337 @@
+//! CPU throughput of gacc against a STREAM-style baseline measured in the same run.
+//!
+//!     cargo bench --bench cpu                      # 1M, 16M, 64M parameters
+//!     GACC_BENCH_SIZES=1M,16M cargo bench --bench cpu
+//!     GACC_BENCH_REPEATS=15 (default 11)  RAYON_NUM_THREADS=n (default: all cores)
+//!
+//! Byte model (STREAM convention: bytes the kernel asks for, each read and each
+//! write counted once; write-allocate traffic is not counted, for STREAM either):
+//! - accumulate f32:  4 read grad + 4 read acc + 4 write acc            = 12 B/elem
+//! - accumulate f16/bf16: 2 read grad + 4 read acc + 4 write acc        = 10 B/elem
+//! - step SGD momentum: norm pass 4 (read acc) + fused pass reads acc, p, buf (12)
+//!   and writes p, buf, acc (12)                                         = 28 B/elem
+//! - step AdamW: norm pass 4 + fused pass reads acc, p, m, v (16) and writes p, m,
+//!   v, acc (16)                                                         = 36 B/elem
+//! - step AdamW + clipping: the same two passes (the coefficient is a scalar) = 36
+//! - step AdamW + FP16 scaling: 36 + 2 (fp16 working copy written)       = 38 B/elem
+//! - STREAM copy a = b: 8 B/elem; STREAM add a = b + c: 12 B/elem (f32).
+//! - Extra baseline, in-place add a += b: 12 B/elem. STREAM's kernels write a
+//!   third array, so each written line is also read first (write-allocate): add
+//!   really moves 16 B/elem, copy 12. gacc's passes update their buffers in place
+//!   (no write-allocate), like a += b; only the fp16/bf16 working copy is a
+//!   write-only stream.
+//!
+//! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
+//! (32K-element chunks, sequential below 256K elements).
+
+use std::hint::black_box;
+use std::os::raw::c_void;
+use std::time::Instant;
+
+use gacc::ffi::types::*;
+use gacc::ffi::*;
+use gacc::gacc_status;
+use rayon::prelude::*;
+
+/// Same as src/backend/cpu/parallel.rs (CHUNK, PARALLEL_THRESHOLD).
+const CHUNK: usize = 32 * 1024;
+const PARALLEL_THRESHOLD: usize = 256 * 1024;
+
+fn parse_size(s: &str) -> usize {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().expect("GACC_BENCH_SIZES: sizes like 1M,16M,64M") * mul
+}
+
+fn size_name(n: usize) -> String {
+    if n % (1 << 20) == 0 {
+        format!("{}M", n >> 20)
+    } else if n % (1 << 10) == 0 {
+        format!("{}K", n >> 10)
+    } else {
+        n.to_string()
+    }
+}
+
+struct Timing {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// Runs `f` once to warm up, then at least `repeats` times and for at least
+/// 0.25 s (at most 500 times); seconds per call.
+fn time(repeats: usize, mut f: impl FnMut()) -> Timing {
+    f();
+    let start = Instant::now();
+    let mut t: Vec<f64> = Vec::new();
+    while t.len() < repeats || (start.elapsed().as_secs_f64() < 0.25 && t.len() < 500) {
+        let s = Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Timing { median: t[t.len() / 2], min: t[0], max: t[t.len() - 1] }
+}
+
+fn check(s: gacc_status) {
+    if s != gacc_status::GACC_OK {
+        let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) };
+        panic!("{s:?}: {}", msg.to_string_lossy());
+    }
+}
+
+fn stream_copy(a: &mut [f32], b: &[f32]) {
+    if a.len() >= PARALLEL_THRESHOLD {
+        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(a, b)| a.copy_from_slice(b));
+    } else {
+        a.copy_from_slice(b);
+    }
+}
+
+fn inplace_add(a: &mut [f32], b: &[f32]) {
+    let body = |(a, b): (&mut [f32], &[f32])| {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    };
+    if a.len() >= PARALLEL_THRESHOLD {
+        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(body);
+    } else {
+        a.chunks_mut(CHUNK).zip(b.chunks(CHUNK)).for_each(body);
+    }
+}
+
+fn stream_add(a: &mut [f32], b: &[f32], c: &[f32]) {
+    let body = |(a, (b, c)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
+            *a = b + c;
+        }
+    };
+    if a.len() >= PARALLEL_THRESHOLD {
+        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))).for_each(body);
+    } else {
+        a.chunks_mut(CHUNK).zip(b.chunks(CHUNK).zip(c.chunks(CHUNK))).for_each(body);
+    }
+}
+
+struct Engine(*mut gacc_engine, usize);
+
+impl Engine {
+    fn new(cfg: &gacc_config, n: usize) -> Engine {
+        let init: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect();
+        let desc = [
+            gacc_tensor_desc { name: std::ptr::null(), numel: n - n / 64, init: init.as_ptr(), no_weight_decay: 0 },
+            gacc_tensor_desc {
+                name: std::ptr::null(),
+                numel: n / 64,
+                init: init[n - n / 64..].as_ptr(),
+                no_weight_decay: 1,
+            },
+        ];
+        let mut h = std::ptr::null_mut();
+        check(unsafe { gacc_create(cfg, desc.as_ptr(), if n >= 64 { 2 } else { 1 }, &mut h) });
+        Engine(h, n)
+    }
+    fn mb(&self, ptr: *const c_void, dtype: u32, w: f64) {
+        check(unsafe { gacc_microbatch(self.0, ptr, dtype, self.1, w) });
+    }
+    fn step(&self) {
+        check(unsafe { gacc_step(self.0, std::ptr::null_mut()) });
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        gacc_destroy(self.0);
+    }
+}
+
+fn base_config(optimizer: u32) -> gacc_config {
+    let mut c = std::mem::MaybeUninit::<gacc_config>::uninit();
+    unsafe { gacc_config_init(c.as_mut_ptr()) };
+    let mut c = unsafe { c.assume_init() };
+    c.device = GACC_DEVICE_CPU;
+    c.optimizer = optimizer;
+    c
+}
+
+struct Row {
+    kernel: String,
+    size: usize,
+    bytes: usize,
+    t: Timing,
+    /// STREAM add GB/s: median, best.
+    stream_add: f64,
+    stream_add_best: f64,
+}
+
+impl Row {
+    fn gbs(&self, secs: f64) -> f64 {
+        (self.bytes * self.size) as f64 / secs / 1e9
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument is ignored.
+    let sizes: Vec<usize> = std::env::var("GACC_BENCH_SIZES")
+        .unwrap_or_else(|_| "1M,16M,64M".into())
+        .split(',')
+        .map(parse_size)
+        .collect();
+    let repeats: usize = std::env::var("GACC_BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
+    let threads = rayon::current_num_threads();
+    println!("gacc CPU benchmark: {threads} rayon threads, >= {repeats} repeats and >= 0.25 s per row (+1 warm-up), median [min..max]\n");
+
+    let mut rows: Vec<Row> = Vec::new();
+    for &n in &sizes {
+        // STREAM baseline, same pool, same chunking, same size.
+        let (copy, add, inplace) = {
+            let mut a = vec![0f32; n];
+            let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let c: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let copy = time(repeats, || {
+                stream_copy(&mut a, &b);
+                black_box(&a);
+            });
+            let add = time(repeats, || {
+                stream_add(&mut a, &b, &c);
+                black_box(&a);
+            });
+            let inplace = time(repeats, || {
+                inplace_add(&mut a, &b);
+                black_box(&a);
+            });
+            (copy, add, inplace)
+        };
+        let add_gbs = (12 * n) as f64 / add.median / 1e9;
+        let add_best = (12 * n) as f64 / add.min / 1e9;
+        let row = |kernel: &str, bytes: usize, t: Timing| Row {
+            kernel: kernel.into(),
+            size: n,
+            bytes,
+            t,
+            stream_add: add_gbs,
+            stream_add_best: add_best,
+        };
+        rows.push(row("STREAM copy a=b", 8, copy));
+        rows.push(row("STREAM add a=b+c", 12, add));
+        rows.push(row("in-place add a+=b", 12, inplace));
+
+        // Accumulate, per gradient dtype.
+        {
+            let e = Engine::new(&base_config(GACC_OPTIMIZER_SGD), n);
+            let g32: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 1e-3).collect();
+            let g16: Vec<half::f16> = g32.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let gb16: Vec<half::bf16> = g32.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            for (name, ptr, dtype, bytes) in [
+                ("accumulate f32 grad", g32.as_ptr() as *const c_void, GACC_DTYPE_F32, 12),
+                ("accumulate f16 grad", g16.as_ptr() as *const c_void, GACC_DTYPE_F16, 10),
+                ("accumulate bf16 grad", gb16.as_ptr() as *const c_void, GACC_DTYPE_BF16, 10),
+            ] {
+                let t = time(repeats, || e.mb(ptr, dtype, 1.0));
+                rows.push(row(name, bytes, t));
+            }
+        }
+
+        // Full steps (the micro-batch that fills the window is not timed).
+        let g32: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 1e-3).collect();
+        let mut sgd = base_config(GACC_OPTIMIZER_SGD);
+        sgd.lr = 1e-2;
+        sgd.momentum = 0.9;
+        let adamw = base_config(GACC_OPTIMIZER_ADAMW);
+        let mut clip = adamw;
+        clip.max_grad_norm = 1.0;
+        let mut fp16 = adamw;
+        fp16.precision = GACC_PRECISION_FP16;
+        for (name, cfg, bytes) in [
+            ("step SGD momentum", sgd, 28),
+            ("step AdamW", adamw, 36),
+            ("step AdamW + clip", clip, 36),
+            ("step AdamW + FP16 scaling", fp16, 38),
+        ] {
+            let e = Engine::new(&cfg, n);
+            // The scale is a power of two and the gradient is small: no overflow, so
+            // every timed step is applied.
+            let mut s = 0f32;
+            check(unsafe { gacc_loss_scale(e.0, &mut s) });
+            let g: Vec<f32> = g32.iter().map(|&x| x * s).collect();
+            let mut samples = Vec::with_capacity(repeats);
+            let start = Instant::now();
+            let mut r = 0;
+            while r <= repeats || (start.elapsed().as_secs_f64() < 0.25 && r <= 500) {
+                r += 1;
+                e.mb(g.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0);
+                let t0 = Instant::now();
+                e.step();
+                if r > 1 {
+                    samples.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            let mut info = gacc_step_info::default();
+            e.mb(g.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0);
+            check(unsafe { gacc_step(e.0, &mut info) });
+            assert_eq!(info.applied, 1, "{name}: a timed step was skipped");
+            samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let t = Timing { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] };
+            rows.push(row(name, bytes, t));
+        }
+    }
+
+    println!("| kernel | params | B/elem | median ms | GB/s median [min..max] | STREAM add GB/s median | ratio to add (median) | ratio to add (best/best) |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} |",
+            r.kernel,
+            size_name(r.size),
+            r.bytes,
+            r.t.median * 1e3,
+            r.gbs(r.t.median),
+            r.gbs(r.t.max),
+            r.gbs(r.t.min),
+            r.stream_add,
+            r.gbs(r.t.median) / r.stream_add,
+            r.gbs(r.t.min) / r.stream_add_best,
+        );
+    }
+
+    // Per-call overhead through the C ABI on a tiny model.
+    let n = 1000;
+    let e = Engine::new(&base_config(GACC_OPTIMIZER_ADAMW), n);
+    let g = vec![1e-3f32; n];
+    let calls = 200_000;
+    let mb = time(5, || {
+        for _ in 0..calls {
+            e.mb(g.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0);
+        }
+    });
+    check(unsafe { gacc_zero(e.0) });
+    let pair = time(5, || {
+        for _ in 0..calls / 4 {
+            e.mb(g.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0);
+            e.step();
+        }
+    });
+    let mut numel = 0usize;
+    let lookup = time(5, || {
+        for _ in 0..calls {
+            check(unsafe { gacc_numel(e.0, &mut numel) });
+        }
+        black_box(numel);
+    });
+    let lookup_ns = lookup.median / calls as f64 * 1e9;
+    let mb_ns = mb.median / calls as f64 * 1e9;
+    let pair_ns = pair.median / (calls / 4) as f64 * 1e9;
+    println!("\nPer-call cost through the C ABI, 1000-parameter AdamW engine (median of 5 x {calls} calls):\n");
+    println!("| call | ns per call |");
+    println!("|---|---:|");
+    println!("| gacc_numel (the boundary alone: catch_unwind, handle lookup, engine lock) | {lookup_ns:.0} |");
+    println!("| gacc_microbatch (f32, 1000 elements) | {mb_ns:.0} |");
+    println!("| gacc_step (AdamW, 1000 elements, info NULL) | {:.0} |", pair_ns - mb_ns);
+}
