@@ -360,7 +360,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut gacc_config)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut gacc_config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("lr", Box::new(|c| c.lr = f32::NAN)),
             ("lr", Box::new(|c| c.lr = -1.0)),
             ("momentum", Box::new(|c| c.momentum = f32::INFINITY)),

@@ -1,6 +1,11 @@
 //! The only `extern "C"` code. Every function has the same shape: `guard` (catches
 //! panics, records the error), NULL checks, a handle lookup, then one call into the
 //! engine. Outputs are written only on success. No arithmetic happens here.
+//!
+//! Safety: every `unsafe extern "C"` function here has the same contract, the one
+//! include/gacc.h states: pointer arguments are NULL or point to what the header
+//! says (buffers of the stated length, NUL-terminated strings, writable outputs).
+#![allow(clippy::missing_safety_doc)]
 
 pub mod boundary;
 pub mod registry;
@@ -28,7 +33,7 @@ pub type gacc_status_arg = i32;
 pub extern "C" fn gacc_status_name(s: gacc_status_arg) -> *const c_char {
     match gacc_status::from_raw(i64::from(s)) {
         Some(status) => status.name_cstr().as_ptr() as *const c_char,
-        None => b"GACC_UNKNOWN_STATUS\0".as_ptr() as *const c_char,
+        None => c"GACC_UNKNOWN_STATUS".as_ptr(),
     }
 }
 

@@ -74,6 +74,7 @@ impl<T> SharedMut<T> {
     /// # Safety
     /// `item` must lie inside the buffer, and no other live slice may overlap it.
     #[inline(always)]
+    #[allow(clippy::mut_from_ref)] // disjointness is the caller's contract (see Safety)
     pub unsafe fn slice(&self, item: &WorkItem) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(item.start), item.end - item.start)
     }
