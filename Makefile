@@ -100,7 +100,7 @@ sanitize: $(C_SAN_BINS)
 	 sh tests/c/run.sh $(BUILD)/sanitize.summary "" $(C_SAN_BINS)
 
 valgrind: $(C_TEST_BINS)
-	@GACC_TEST_QUICK=1 sh tests/c/run.sh $(BUILD)/valgrind.summary \
+	@sh tests/c/run.sh $(BUILD)/valgrind.summary \
 	 "$(VALGRIND) $(VALGRIND_FLAGS)" $(C_TEST_BINS)
 
 # The header alone, as C99, C11 and C++17, pedantic, every warning an error; the TU
