@@ -47,7 +47,7 @@ C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 RUST_SRCS    := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock build.rs)
 
-.PHONY: all lib demo test rust-test c-tests c-tests-build header-check readme-check sanitize valgrind clean
+.PHONY: all lib demo test rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
 
 all: lib
 
@@ -68,7 +68,7 @@ demo: $(BUILD)/demo
 # ---- tests ---------------------------------------------------------------------------
 
 test:
-	@failed=""; \
+	@rm -f $(BUILD)/c-tests.summary; failed=""; \
 	for t in $(TEST_TARGETS); do \
 	  echo "==> make $$t"; \
 	  if $(MAKE) --no-print-directory $$t; then echo "==> $$t: ok"; \
@@ -76,7 +76,7 @@ test:
 	done; \
 	if [ -n "$$failed" ]; then echo "make test: failed targets:$$failed"; fi; \
 	if [ -f $(BUILD)/c-tests.summary ]; then cat $(BUILD)/c-tests.summary; \
-	else echo "0 passed, 0 failed"; fi; \
+	else echo "0 passed, $(words $(C_TEST_NAMES)) failed"; fi; \
 	[ -z "$$failed" ]
 
 rust-test:
@@ -92,17 +92,26 @@ $(BUILD)/c-san/%: tests/c/%.c $(C_HELPERS) $(HEADER) $(LIB) | $(BUILD)/c-san
 	$(CC) $(C_STD_FLAGS) $(CFLAGS) $(SAN_FLAGS) $(CPPFLAGS) $< -o $@ $(LDLIBS_GACC)
 
 c-tests-build: $(C_TEST_BINS)
+c-san-build: $(C_SAN_BINS)
 
-# The runner prints one line per program and the closing "N passed, N failed".
-c-tests: $(C_TEST_BINS)
+# Programs are built with -k and stale binaries removed first, so that one that does not
+# compile counts as failed (the runner reports it) while the others still run. The
+# runner prints one line per program and the closing "N passed, N failed".
+c-tests: $(LIB)
+	@rm -f $(C_TEST_BINS) $(BUILD)/c-tests.summary
+	-@$(MAKE) --no-print-directory -k c-tests-build
 	@sh tests/c/run.sh $(BUILD)/c-tests.summary "" $(C_TEST_BINS)
 
-sanitize: $(C_SAN_BINS)
+sanitize: $(LIB)
+	@rm -f $(C_SAN_BINS) $(BUILD)/sanitize.summary
+	-@$(MAKE) --no-print-directory -k c-san-build
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	 sh tests/c/run.sh $(BUILD)/sanitize.summary "" $(C_SAN_BINS)
 
-valgrind: $(C_TEST_BINS)
+valgrind: $(LIB)
+	@rm -f $(BUILD)/valgrind.summary
+	-@$(MAKE) --no-print-directory -k c-tests-build
 	@sh tests/c/run.sh $(BUILD)/valgrind.summary \
 	 "$(VALGRIND) $(VALGRIND_FLAGS)" $(C_TEST_BINS)
 

@@ -6,6 +6,10 @@ passed=0; failed=0; failed_names=""
 for prog in "$@"; do
   name=$(basename "$prog")
   log="$prog.log"
+  if [ ! -x "$prog" ]; then
+    failed=$((failed + 1)); failed_names="$failed_names $name"
+    echo "FAIL  $name  (did not build)"; continue
+  fi
   start=$(date +%s.%N)
   if $runner "./$prog" >"$log" 2>&1; then rc=0; else rc=$?; fi
   secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
