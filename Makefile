@@ -60,7 +60,7 @@ FORCE:
 
 # ---- the main job ----------------------------------------------------------------
 
-$(BUILD)/demo: examples/demo.c tests/c/mlp.h $(HEADER) $(LIB) | $(BUILD)
+$(BUILD)/demo: examples/demo.c $(C_HELPERS) $(HEADER) $(LIB) | $(BUILD)
 	$(CC) $(C_STD_FLAGS) $(CFLAGS) $(CPPFLAGS) $< -o $@ $(LDLIBS_GACC)
 
 demo: $(BUILD)/demo
