@@ -148,16 +148,35 @@ fn physical_memory_bytes() -> Option<u64> {
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
 
-fn create_cpu(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
-    let need = (init.layout.numel as u64).saturating_mul(bytes_per_param(init.config) as u64);
+/// Fails with GACC_ERR_INVALID_ARGUMENT naming numel when `numel * bytes_each` bytes of
+/// `what` cannot fit in this machine's physical memory.
+fn check_host_fits(numel: usize, bytes_each: usize, what: &str) -> Result<()> {
+    let need = (numel as u64).saturating_mul(bytes_each as u64);
     if let Some(have) = physical_memory_bytes() {
         if need > have {
             return Err(crate::status::Error::invalid_argument(format!(
-                "numel: {} parameters need {need} bytes of state, more than this machine's {have} bytes of memory",
-                init.layout.numel
+                "numel: {numel} parameters need {need} bytes of {what}, more than this machine's {have} bytes of memory"
             )));
         }
     }
+    Ok(())
+}
+
+/// Checks, before anything is allocated, that an engine of this size can fit: the
+/// host always holds the fp32 initial values while the engine is built, and an
+/// explicit CPU engine holds all its state on the host. (AUTO may still become a CUDA
+/// engine, whose memory is checked where it is allocated; when it becomes a CPU
+/// engine, `create_cpu` checks the full state.)
+pub fn check_fits(config: &Config, layout: &Layout) -> Result<()> {
+    check_host_fits(layout.numel, 4, "host memory for the initial values")?;
+    if config.device == crate::engine::config::DeviceRequest::Cpu {
+        check_host_fits(layout.numel, bytes_per_param(config), "state")?;
+    }
+    Ok(())
+}
+
+fn create_cpu(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
+    check_host_fits(init.layout.numel, bytes_per_param(init.config), "state")?;
     Ok((Box::new(cpu::CpuBackend::new(init)?), crate::ffi::types::GACC_DEVICE_CPU))
 }
 

@@ -55,6 +55,12 @@ impl Engine {
         Ok(Engine::from_parts(config, layout, backend, device))
     }
 
+    /// Checks, before anything is allocated, that an engine with this configuration
+    /// and layout can fit the machine (GACC_ERR_INVALID_ARGUMENT naming numel if not).
+    pub fn check_fits(config: &Config, layout: &Layout) -> Result<()> {
+        backend::check_fits(config, layout)
+    }
+
     /// Assembles an engine around an already built backend (tests use this to drive
     /// other backends through the same window logic).
     pub fn from_parts(config: Config, layout: Layout, backend: Box<dyn Backend>, device: i32) -> Engine {

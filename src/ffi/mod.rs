@@ -80,7 +80,13 @@ pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
 }
 
 /// Reads the caller's tensor descriptors into (name, numel, decay) and initial values.
-unsafe fn read_tensors(tensors: *const gacc_tensor_desc, n_tensors: usize) -> crate::Result<(Layout, Vec<f32>)> {
+/// Everything is validated, including that the engine fits the machine, before the
+/// initial values are copied (c-api.md: gacc_create validates before allocating).
+unsafe fn read_tensors(
+    config: &Config,
+    tensors: *const gacc_tensor_desc,
+    n_tensors: usize,
+) -> crate::Result<(Layout, Vec<f32>)> {
     if n_tensors == 0 {
         return Err(Error::invalid_argument("n_tensors must be >= 1"));
     }
@@ -108,6 +114,7 @@ unsafe fn read_tensors(tensors: *const gacc_tensor_desc, n_tensors: usize) -> cr
         specs.push((name, d.numel, d.no_weight_decay == 0));
     }
     let layout = Layout::new(specs)?;
+    Engine::check_fits(config, &layout)?;
     let mut params = crate::alloc::try_zeroed::<f32>(layout.numel, "initial parameters")?;
     for (d, t) in descs.iter().zip(&layout.tensors) {
         if !d.init.is_null() {
@@ -136,7 +143,7 @@ pub unsafe extern "C" fn gacc_create(
         require_aligned(cfg, std::mem::align_of::<gacc_config>(), "cfg")?;
         // SAFETY: non-null and aligned; the caller provides a gacc_config.
         let config = Config::validate(unsafe { &*cfg })?;
-        let (layout, params) = unsafe { read_tensors(tensors, n_tensors) }?;
+        let (layout, params) = unsafe { read_tensors(&config, tensors, n_tensors) }?;
         let engine = Engine::new(config, layout, &params)?;
         let handle = registry::insert(engine)?;
         // SAFETY: non-null; the caller provides a writable pointer slot.
