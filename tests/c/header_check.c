@@ -34,6 +34,12 @@ typedef gacc_status (*fn_set_lr)(gacc_engine *, float);
 typedef gacc_status (*fn_get_lr)(const gacc_engine *, float *);
 typedef gacc_status (*fn_set_stream)(gacc_engine *, void *);
 typedef gacc_status (*fn_loss_scale_ptr)(gacc_engine *, const float **);
+typedef gacc_status (*fn_save)(gacc_engine *, const char *);
+typedef gacc_status (*fn_load)(gacc_engine *, const char *);
+typedef gacc_status (*fn_create_from_checkpoint)(const char *, int32_t, gacc_engine **);
+typedef gacc_status (*fn_set_allreduce)(gacc_engine *, gacc_allreduce_fn, void *, int32_t, int32_t);
+typedef gacc_status (*fn_comm_stats)(const gacc_engine *, uint64_t *, uint64_t *);
+typedef gacc_status (*fn_set_mpi)(gacc_engine *, const void *);
 
 int main(void) {
     fn_status_name p_status_name = gacc_status_name;
@@ -59,6 +65,12 @@ int main(void) {
     fn_get_lr p_get_lr = gacc_get_lr;
     fn_set_stream p_set_stream = gacc_set_stream;
     fn_loss_scale_ptr p_loss_scale_ptr = gacc_loss_scale_ptr;
+    fn_save p_save = gacc_save;
+    fn_load p_load = gacc_load;
+    fn_create_from_checkpoint p_create_from_checkpoint = gacc_create_from_checkpoint;
+    fn_set_allreduce p_set_allreduce = gacc_set_allreduce;
+    fn_comm_stats p_comm_stats = gacc_comm_stats;
+    fn_set_mpi p_set_mpi = gacc_set_mpi;
     const void *all[] = {
         (const void *)&p_status_name, (const void *)&p_last_error, (const void *)&p_version,
         (const void *)&p_version_number, (const void *)&p_abi_version, (const void *)&p_config_init,
@@ -67,7 +79,9 @@ int main(void) {
         (const void *)&p_microbatch, (const void *)&p_step, (const void *)&p_zero,
         (const void *)&p_params_read, (const void *)&p_params_write, (const void *)&p_params_ptr,
         (const void *)&p_loss_scale, (const void *)&p_set_lr, (const void *)&p_get_lr,
-        (const void *)&p_set_stream, (const void *)&p_loss_scale_ptr,
+        (const void *)&p_set_stream, (const void *)&p_loss_scale_ptr, (const void *)&p_save,
+        (const void *)&p_load, (const void *)&p_create_from_checkpoint, (const void *)&p_set_allreduce,
+        (const void *)&p_comm_stats, (const void *)&p_set_mpi,
     };
 
     /* constants of c-api.md, with their values */
@@ -82,7 +96,8 @@ int main(void) {
                           GACC_ERR_COMMUNICATION == 10 && GACC_ERR_INTERNAL == 11 &&
                           GACC_VERSION_NUMBER == GACC_VERSION_MAJOR * 10000 + GACC_VERSION_MINOR * 100 +
                                                      GACC_VERSION_PATCH &&
-                          GACC_ABI_VERSION >= 1 && sizeof(GACC_VERSION) > 1;
+                          GACC_ABI_VERSION >= 1 && sizeof(GACC_VERSION) > 1 && GACC_DTYPE_F64 == 3 &&
+                          GACC_CHECKPOINT_FORMAT_VERSION == 1;
 
     /* every struct field, by its c-api.md name */
     gacc_config cfg;
