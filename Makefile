@@ -9,6 +9,13 @@
 #   make readme-check  the C example in README.md compiles (-Werror) and runs
 #   make sanitize      the C tests with AddressSanitizer + UBSan (+ LeakSanitizer)
 #   make valgrind      the C tests under valgrind memcheck
+#   make mpi-test      data parallelism over MPI, 2 and 3 ranks
+#   make fuzz          each cargo-fuzz target for FUZZ_SECONDS (default 30)
+#   make lint          cargo clippy --all-targets -D warnings
+#   make install       PREFIX=/usr/local: library, headers, pkg-config, CMake package
+#   bindings-test, package-test: see bindings/bindings.mk
+#
+# scripts/test.sh installs what the tests need and runs test, sanitize, valgrind, fuzz.
 #
 # Other engineers add test targets by appending to TEST_TARGETS, e.g.
 #   TEST_TARGETS += bindings-test
@@ -38,7 +45,8 @@ VALGRIND    ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --quiet
 
-TEST_TARGETS ?= rust-test header-check readme-check c-tests
+TEST_TARGETS ?= rust-test lint header-check readme-check c-tests bindings-test package-test mpi-test
+FUZZ_SECONDS ?= 30
 
 C_TEST_SRCS  := $(sort $(wildcard tests/c/test_*.c))
 C_TEST_NAMES := $(patsubst tests/c/%.c,%,$(C_TEST_SRCS))
@@ -46,7 +54,7 @@ C_TEST_BINS  := $(addprefix $(BUILD)/c/,$(C_TEST_NAMES))
 C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 
-.PHONY: FORCE all lib demo test rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
+.PHONY: FORCE all lib demo test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
 
 all: lib
 
@@ -80,8 +88,22 @@ test:
 	else echo "0 passed, $(words $(C_TEST_NAMES)) failed"; fi; \
 	[ -z "$$failed" ]
 
+# PYTHONPATH: the safetensors package scripts/install-python-deps.sh put in .deps/python
+# (tests/checkpoint.rs opens a checkpoint with it).
 rust-test:
-	$(CARGO) test --release
+	PYTHONPATH="$(CURDIR)/.deps/python$${PYTHONPATH:+:$$PYTHONPATH}" $(CARGO) test --release
+
+# Data parallelism over MPI on 2 and 3 ranks (builds with --features mpi).
+mpi-test:
+	scripts/test-mpi.sh
+
+# Each cargo-fuzz target for FUZZ_SECONDS.
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# clippy on every target, warnings as errors.
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
 
 $(BUILD) $(BUILD)/c $(BUILD)/c-san $(BUILD)/header:
 	@mkdir -p $@
@@ -135,6 +157,8 @@ readme-check: $(LIB) | $(BUILD)/header
 	@test -s $(BUILD)/header/readme_example.c || { echo "readme-check: no C example in README.md"; exit 1; }
 	$(CC) $(C_STD_FLAGS) $(CFLAGS) -Iinclude $(BUILD)/header/readme_example.c -o $(BUILD)/header/readme_example $(LDLIBS_GACC)
 	./$(BUILD)/header/readme_example
+
+include bindings/bindings.mk
 
 clean:
 	rm -rf $(BUILD)
