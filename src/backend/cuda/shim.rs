@@ -13,7 +13,7 @@ use std::alloc::Layout as AllocLayout;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::runtime::{with_kernel_params, Arg, DevPtr, Runtime};
 use crate::status::{Error, Result};
@@ -22,11 +22,15 @@ type LaunchFn =
     unsafe extern "C" fn(*const c_char, u32, u32, u32, *mut *mut c_void, u32, *mut c_char, usize) -> i32;
 type SizeofFn = unsafe extern "C" fn(*const c_char) -> usize;
 
-/// The loaded shim library.
+/// The loaded shim library, and the memory of its one simulated device.
 pub struct ShimLibrary {
     _lib: libloading::Library,
     launch: LaunchFn,
     sizeof: SizeofFn,
+    /// start -> bytes of every live "device" allocation of every ShimRuntime on
+    /// this library (so a test's gradient buffer counts as device memory for an
+    /// engine's runtime, as cuMemAlloc'd memory does in one CUDA context).
+    device_memory: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl ShimLibrary {
@@ -42,7 +46,7 @@ impl ShimLibrary {
             let sizeof: SizeofFn = *lib
                 .get(b"gacc_shim_sizeof\0")
                 .map_err(|e| Error::device(format!("kernel shim: {e}")))?;
-            Ok(Arc::new(ShimLibrary { _lib: lib, launch, sizeof }))
+            Ok(Arc::new(ShimLibrary { _lib: lib, launch, sizeof, device_memory: Mutex::new(BTreeMap::new()) }))
         }
     }
 
@@ -64,6 +68,10 @@ pub struct ShimRuntime {
     used: u64,
     /// Every launch made, in order (name, grid, block): tests check the counts.
     pub launches: Vec<(String, u32, u32)>,
+    /// Device-to-host copies made (tests check that a step makes none).
+    pub d2h_copies: usize,
+    /// synchronize() calls made.
+    pub syncs: usize,
 }
 
 // SAFETY: the allocations are owned by this value; the library handle is Sync.
@@ -72,15 +80,24 @@ unsafe impl Send for ShimRuntime {}
 impl ShimRuntime {
     /// A shim "device" with `sm_count` multiprocessors and `memory_bytes` of memory.
     pub fn new(lib: Arc<ShimLibrary>, sm_count: u32, memory_bytes: u64) -> ShimRuntime {
-        ShimRuntime { lib, sm_count, memory_bytes, allocations: BTreeMap::new(), used: 0, launches: Vec::new() }
+        ShimRuntime {
+            lib,
+            sm_count,
+            memory_bytes,
+            allocations: BTreeMap::new(),
+            used: 0,
+            launches: Vec::new(),
+            d2h_copies: 0,
+            syncs: 0,
+        }
     }
 }
 
 impl Drop for ShimRuntime {
     fn drop(&mut self) {
-        for (start, (_, layout)) in std::mem::take(&mut self.allocations) {
-            // SAFETY: allocated with this layout in alloc().
-            unsafe { std::alloc::dealloc(start as *mut u8, layout) };
+        for start in self.allocations.keys().copied().collect::<Vec<_>>() {
+            // SAFETY: allocated by alloc() of this runtime.
+            unsafe { self.free(start) };
         }
     }
 }
@@ -108,11 +125,13 @@ impl Runtime for ShimRuntime {
         // SAFETY: p has layout.size() bytes. Poison: all-ones is NaN in f32/f16/bf16.
         unsafe { std::ptr::write_bytes(p, 0xFF, layout.size()) };
         self.allocations.insert(p as u64, (bytes, layout));
+        self.lib.device_memory.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, bytes.max(1));
         self.used += bytes as u64;
         Ok(p as u64)
     }
     unsafe fn free(&mut self, ptr: DevPtr) {
         if let Some((bytes, layout)) = self.allocations.remove(&ptr) {
+            self.lib.device_memory.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr);
             self.used -= bytes as u64;
             std::alloc::dealloc(ptr as *mut u8, layout);
         }
@@ -122,6 +141,7 @@ impl Runtime for ShimRuntime {
         Ok(())
     }
     unsafe fn copy_d2h(&mut self, dst: *mut u8, src: DevPtr, bytes: usize) -> Result<()> {
+        self.d2h_copies += 1;
         std::ptr::copy_nonoverlapping(src as *const u8, dst, bytes);
         Ok(())
     }
@@ -157,9 +177,11 @@ impl Runtime for ShimRuntime {
     }
     fn is_device_pointer(&mut self, ptr: *const c_void) -> Result<bool> {
         let p = ptr as u64;
-        Ok(self.allocations.range(..=p).next_back().is_some_and(|(&start, &(bytes, _))| p < start + bytes as u64))
+        let memory = self.lib.device_memory.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(memory.range(..=p).next_back().is_some_and(|(&start, &bytes)| p < start + bytes as u64))
     }
     fn synchronize(&mut self) -> Result<()> {
+        self.syncs += 1;
         Ok(())
     }
     fn set_stream(&mut self, _stream: *mut c_void) -> Result<()> {
