@@ -11,7 +11,7 @@ use crate::engine::config::Dtype;
 use crate::status::{Error, Result};
 
 /// Threads per block (GACC_BLOCK in kernels/common.cuh).
-pub const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = 256;
 /// Resident blocks per multiprocessor aimed at by the element-wise kernels.
 const BLOCKS_PER_SM: u64 = 8;
 /// Blocks per multiprocessor of the norm pass (one double each to reduce).
