@@ -144,6 +144,11 @@ impl<R: Runtime> CudaBackend<R> {
         &self.rt
     }
 
+    /// The runtime, mutably (benchmarks time and synchronise through it).
+    pub fn runtime_mut(&mut self) -> &mut R {
+        &mut self.rt
+    }
+
     /// Grid of the element-wise kernels and of the norm pass.
     pub fn grids(&self) -> (u32, u32) {
         (self.grid, self.norm_grid)
