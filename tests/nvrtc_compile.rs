@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gacc::backend::cuda::{kernels, nvrtc};
+use gacc::backend::cuda::{cache, kernels, nvrtc};
 
 const ARCHS: [u32; 2] = [80, 90];
 
@@ -153,4 +153,32 @@ fn a_compile_error_carries_the_log_and_versions() {
     assert_eq!(err.status, gacc::gacc_status::GACC_ERR_DEVICE);
     assert!(err.message.contains("undefined_thing"), "{}", err.message);
     assert!(err.message.contains("NVRTC 13.") || err.message.contains("NVRTC 12."), "{}", err.message);
+}
+
+#[test]
+fn compiled_module_is_cached_in_memory_and_on_disk() {
+    if !nvrtc_or_skip("compiled_module_is_cached_in_memory_and_on_disk") {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gacc-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (first, origin) = cache::kernels_cubin_in(Some(&dir), 80, false).unwrap();
+    assert_eq!(origin, cache::Origin::Compiled);
+    let key = cache::cache_key(80).unwrap();
+    assert!(key.contains("sm80") && key.contains(&format!("nvrtc{}.{}", nvrtc::version().unwrap().0, nvrtc::version().unwrap().1)), "{key}");
+    let on_disk = std::fs::read(dir.join(format!("{key}.cubin"))).expect("cubin written to the disk cache");
+    assert_eq!(on_disk, *first);
+    let (second, origin) = cache::kernels_cubin_in(Some(&dir), 80, false).unwrap();
+    assert_eq!(origin, cache::Origin::Memory);
+    assert_eq!(*second, *first);
+    assert_ne!(cache::cache_key(90).unwrap(), key, "the architecture is part of the key");
+    // A corrupt disk entry is replaced by a fresh compile (refresh), never an error.
+    std::fs::write(dir.join(format!("{key}.cubin")), b"garbage").unwrap();
+    let (third, origin) = cache::kernels_cubin_in(Some(&dir), 80, true).unwrap();
+    assert_eq!(origin, cache::Origin::Compiled);
+    assert_eq!(std::fs::read(dir.join(format!("{key}.cubin"))).unwrap(), *third);
+    // An unwritable cache folder costs a compile, not a failure.
+    let unwritable = PathBuf::from("/proc/gacc-cannot-write-here");
+    assert!(cache::kernels_cubin_in(Some(&unwritable), 90, false).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,19 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gacc"))
 }
 
+/// The cache key of the library's kernels for `sm_{arch}`: hash of the sources and
+/// options, the architecture and the NVRTC version. The disk file is
+/// `cache_dir()/<key>.cubin`.
+pub fn cache_key(arch: u32) -> Result<String> {
+    let (major, minor) = nvrtc::version()?;
+    let mut options = nvrtc::base_options(arch);
+    options.extend(nvrtc::kernel_include_options()?);
+    let source = kernels::bundle_source();
+    let mut parts: Vec<&str> = vec![&source, kernels::COMMON_CUH];
+    parts.extend(options.iter().map(String::as_str));
+    Ok(format!("gacc-{}-sm{arch}-nvrtc{major}.{minor}", source_hash(&parts)))
+}
+
 /// Where a cubin came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -58,14 +71,13 @@ pub enum Origin {
 /// `refresh` skips both caches and overwrites them (used when the driver refused a
 /// cached cubin).
 pub fn kernels_cubin(arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)> {
+    kernels_cubin_in(cache_dir().as_deref(), arch, refresh)
+}
+
+/// [`kernels_cubin`] with an explicit disk cache folder (None: memory only).
+pub fn kernels_cubin_in(dir: Option<&std::path::Path>, arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)> {
     static MEMORY: OnceLock<Mutex<HashMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
-    let (major, minor) = nvrtc::version()?;
-    let mut options = nvrtc::base_options(arch);
-    options.extend(nvrtc::kernel_include_options()?);
-    let source = kernels::bundle_source();
-    let mut parts: Vec<&str> = vec![&source, kernels::COMMON_CUH];
-    parts.extend(options.iter().map(String::as_str));
-    let key = format!("gacc-{}-sm{arch}-nvrtc{major}.{minor}", source_hash(&parts));
+    let key = cache_key(arch)?;
 
     let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
     if !refresh {
@@ -73,7 +85,7 @@ pub fn kernels_cubin(arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)>
             return Ok((c.clone(), Origin::Memory));
         }
     }
-    let file = cache_dir().map(|d| d.join(format!("{key}.cubin")));
+    let file = dir.map(|d| d.join(format!("{key}.cubin")));
     let from_disk = if refresh {
         None
     } else {
