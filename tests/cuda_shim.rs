@@ -37,7 +37,17 @@ fn shim() -> Arc<ShimLibrary> {
         let out = out_dir.join(format!("libgacc_shim_{}.so", std::process::id()));
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
         let status = Command::new(&cxx)
-            .args(["-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"])
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-fPIC",
+                "-shared",
+                "-ffp-contract=off",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+            ])
             .arg("-I")
             .arg(root.join("kernels"))
             .arg(root.join("kernels/shim/shim_main.cpp"))
@@ -60,14 +70,19 @@ struct ShimTarget {
 impl ShimTarget {
     fn new() -> ShimTarget {
         let lib = shim();
-        ShimTarget { uploads: RefCell::new(ShimRuntime::new(lib.clone(), SM, SHIM_MEMORY)), lib, live: RefCell::new(Vec::new()) }
+        ShimTarget {
+            uploads: RefCell::new(ShimRuntime::new(lib.clone(), SM, SHIM_MEMORY)),
+            lib,
+            live: RefCell::new(Vec::new()),
+        }
     }
 }
 
 impl Target for ShimTarget {
     fn engine(&self, config: Config, layout: Layout, params: &[f32]) -> Engine {
         let rt = ShimRuntime::new(self.lib.clone(), SM, SHIM_MEMORY);
-        let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params }).expect("shim backend");
+        let backend =
+            CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params }).expect("shim backend");
         Engine::from_parts(config, layout, Box::new(backend), 0)
     }
     fn read_device(&self, ptr: *const c_void, bytes: usize) -> Vec<u8> {
@@ -146,7 +161,9 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     let g = vec![1.0f32; n];
     let before = be.runtime().launches.len();
     // SAFETY: g holds n f32.
-    unsafe { be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0).unwrap() };
+    unsafe {
+        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0).unwrap()
+    };
     assert_eq!(be.runtime().launches.len() - before, 1, "a micro-batch is one launch");
     let (d2h, syncs) = (be.runtime().d2h_copies, be.runtime().syncs);
     let before = be.runtime().launches.len();
@@ -158,7 +175,13 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     assert_eq!(grid, launch::elementwise_grid(n, SM));
     assert_eq!(norm_grid, launch::norm_grid(n, SM));
     for (name, g, block) in &be.runtime().launches[before..] {
-        let expect = if name == "gacc_finalize" { (1, 1) } else if name == "gacc_norm_partials" { (norm_grid, 256) } else { (grid, 256) };
+        let expect = if name == "gacc_finalize" {
+            (1, 1)
+        } else if name == "gacc_norm_partials" {
+            (norm_grid, 256)
+        } else {
+            (grid, 256)
+        };
         assert_eq!((*g, *block), expect, "{name}");
     }
     let report = be.last_report().unwrap();

@@ -18,7 +18,11 @@ fn nvrtc_or_skip(test: &str) -> bool {
     if nvrtc::available() && nvrtc::cuda_include_dir().is_some() {
         return true;
     }
-    let why = if nvrtc::available() { "CUDA headers not found (set GACC_CUDA_INCLUDE)" } else { "NVRTC not found (set GACC_NVRTC_LIB)" };
+    let why = if nvrtc::available() {
+        "CUDA headers not found (set GACC_CUDA_INCLUDE)"
+    } else {
+        "NVRTC not found (set GACC_NVRTC_LIB)"
+    };
     if std::env::var("GACC_REQUIRE_NVRTC").as_deref() == Ok("1") {
         panic!("{test}: GACC_REQUIRE_NVRTC=1 but {why}");
     }
@@ -104,7 +108,8 @@ fn each_kernel_file_compiles_standalone() {
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             assert!(compiled.cubin.starts_with(b"\x7fELF"), "{what}: not a cubin");
             let usage = parse_log(&compiled.log, &what);
-            let names: Vec<&str> = kernels::KERNEL_NAMES.iter().copied().filter(|k| src.contains(&format!("{k}("))).collect();
+            let names: Vec<&str> =
+                kernels::KERNEL_NAMES.iter().copied().filter(|k| src.contains(&format!("{k}("))).collect();
             assert!(!names.is_empty(), "{what}: no kernel found");
             check_usage(&usage, &what, &names);
         }
@@ -136,11 +141,7 @@ fn library_bundle_compiles_for_sm80_and_sm90_without_spills() {
             ));
         }
     }
-    println!(
-        "NVRTC {:?} from {}\n{table}",
-        nvrtc::version().unwrap(),
-        nvrtc::library_path().unwrap()
-    );
+    println!("NVRTC {:?} from {}\n{table}", nvrtc::version().unwrap(), nvrtc::library_path().unwrap());
 }
 
 #[test]
@@ -148,8 +149,9 @@ fn a_compile_error_carries_the_log_and_versions() {
     if !nvrtc_or_skip("a_compile_error_carries_the_log_and_versions") {
         return;
     }
-    let err = nvrtc::compile("extern \"C\" __global__ void k() { undefined_thing(); }", "bad.cu", &[], &options(80, &[]))
-        .unwrap_err();
+    let err =
+        nvrtc::compile("extern \"C\" __global__ void k() { undefined_thing(); }", "bad.cu", &[], &options(80, &[]))
+            .unwrap_err();
     assert_eq!(err.status, gacc::gacc_status::GACC_ERR_DEVICE);
     assert!(err.message.contains("undefined_thing"), "{}", err.message);
     assert!(err.message.contains("NVRTC 13.") || err.message.contains("NVRTC 12."), "{}", err.message);
@@ -165,7 +167,11 @@ fn compiled_module_is_cached_in_memory_and_on_disk() {
     let (first, origin) = cache::kernels_cubin_in(Some(&dir), 80, false).unwrap();
     assert_eq!(origin, cache::Origin::Compiled);
     let key = cache::cache_key(80).unwrap();
-    assert!(key.contains("sm80") && key.contains(&format!("nvrtc{}.{}", nvrtc::version().unwrap().0, nvrtc::version().unwrap().1)), "{key}");
+    assert!(
+        key.contains("sm80")
+            && key.contains(&format!("nvrtc{}.{}", nvrtc::version().unwrap().0, nvrtc::version().unwrap().1)),
+        "{key}"
+    );
     let on_disk = std::fs::read(dir.join(format!("{key}.cubin"))).expect("cubin written to the disk cache");
     assert_eq!(on_disk, *first);
     let (second, origin) = cache::kernels_cubin_in(Some(&dir), 80, false).unwrap();

@@ -67,11 +67,8 @@ pub struct Case {
     pub windows: usize,
 }
 
-pub const SIZES: [&[(usize, bool)]; 3] = [
-    &[(1000, true), (3, false), (517, false), (2579, true)],
-    &[(7, false), (1, true), (6, false)],
-    &[(1, true)],
-];
+pub const SIZES: [&[(usize, bool)]; 3] =
+    [&[(1000, true), (3, false), (517, false), (2579, true)], &[(7, false), (1, true), (6, false)], &[(1, true)]];
 
 /// The matrix of cases: every optimizer x precision x clipping, with gradient
 /// dtypes, sizes, reductions, pointer kinds and non-finite windows rotating.
@@ -199,7 +196,13 @@ pub fn run_case(target: &dyn Target, case: &Case) {
     let tag = |s: &str, w: usize| format!("{}: window {w}: {s}", case.name);
 
     if let Some(d) = working_dtype {
-        assert_eq!(cpu_working_copy(&mut cpu, n), working_copy(target, &mut dut, n), "{}: initial working copy ({})", case.name, d.name());
+        assert_eq!(
+            cpu_working_copy(&mut cpu, n),
+            working_copy(target, &mut dut, n),
+            "{}: initial working copy ({})",
+            case.name,
+            d.name()
+        );
     }
 
     for w in 0..case.windows {
@@ -288,7 +291,12 @@ pub fn run_case(target: &dyn Target, case: &Case) {
     dut.read_params(&mut out).unwrap();
     compare_f32(&format!("{}: write_params", case.name), &fresh, &out, true, 0.0);
     if working_dtype.is_some() {
-        assert_eq!(cpu_working_copy(&mut cpu, n), working_copy(target, &mut dut, n), "{}: working after write", case.name);
+        assert_eq!(
+            cpu_working_copy(&mut cpu, n),
+            working_copy(target, &mut dut, n),
+            "{}: working after write",
+            case.name
+        );
     }
 }
 

@@ -166,11 +166,7 @@ impl<R: Runtime> CudaBackend<R> {
         let mut st = DeviceState::default();
         // SAFETY: state holds one DeviceState; st is plain data.
         unsafe {
-            self.rt.copy_d2h(
-                &mut st as *mut DeviceState as *mut u8,
-                self.state,
-                std::mem::size_of::<DeviceState>(),
-            )?
+            self.rt.copy_d2h(&mut st as *mut DeviceState as *mut u8, self.state, std::mem::size_of::<DeviceState>())?
         };
         Ok(st)
     }

@@ -86,11 +86,8 @@ pub fn kernels_cubin_in(dir: Option<&std::path::Path>, arch: u32, refresh: bool)
         }
     }
     let file = dir.map(|d| d.join(format!("{key}.cubin")));
-    let from_disk = if refresh {
-        None
-    } else {
-        file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(|b| looks_like_cubin(b))
-    };
+    let from_disk =
+        if refresh { None } else { file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(|b| looks_like_cubin(b)) };
     let (cubin, origin) = match from_disk {
         Some(bytes) => (bytes, Origin::Disk),
         None => {
@@ -116,7 +113,11 @@ fn store(path: &PathBuf, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("gacc"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("gacc"),
+        std::process::id()
+    ));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -45,9 +45,7 @@ fn describe_result(r: sys::CUresult) -> String {
 fn check(r: sys::CUresult, what: &str) -> Result<()> {
     match r {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
-        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
-            Err(Error::out_of_memory(format!("{what}: {}", describe_result(r))))
-        }
+        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(Error::out_of_memory(format!("{what}: {}", describe_result(r)))),
         _ => Err(Error::device(format!("{what}: {}", describe_result(r)))),
     }
 }
@@ -369,10 +367,7 @@ impl Runtime for CudaRuntime {
         // SAFETY: event is created, recorded, waited on and destroyed here (the
         // driver keeps it alive until the wait is resolved).
         unsafe {
-            check(
-                sys::cuEventCreate(&mut event, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32),
-                "cuEventCreate",
-            )?;
+            check(sys::cuEventCreate(&mut event, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32), "cuEventCreate")?;
             let r = check(sys::cuEventRecord(event, self.stream), "cuEventRecord")
                 .and_then(|_| check(sys::cuStreamWaitEvent(next, event, 0), "cuStreamWaitEvent"));
             sys::cuEventDestroy_v2(event);

@@ -208,7 +208,8 @@ pub fn compile(source: &str, name: &str, headers: &[(&str, &str)], options: &[St
             check(api, (api.log_size)(prog, &mut log_len), "nvrtcGetProgramLogSize")?;
             let mut log = vec![0u8; log_len.max(1)];
             check(api, (api.log)(prog, log.as_mut_ptr() as *mut c_char), "nvrtcGetProgramLog")?;
-            let log = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())]).into_owned();
+            let log =
+                String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())]).into_owned();
             if r != 0 {
                 let s = CStr::from_ptr((api.error_string)(r)).to_string_lossy().into_owned();
                 return Err(Error::device(format!(
@@ -236,7 +237,12 @@ pub fn compile_kernels(arch: u32, extra: &[String]) -> Result<Compiled> {
     let mut options = base_options(arch);
     options.extend(kernel_include_options()?);
     options.extend(extra.iter().cloned());
-    compile(&super::kernels::bundle_source(), "gacc_kernels.cu", &[("common.cuh", super::kernels::COMMON_CUH)], &options)
+    compile(
+        &super::kernels::bundle_source(),
+        "gacc_kernels.cu",
+        &[("common.cuh", super::kernels::COMMON_CUH)],
+        &options,
+    )
 }
 
 /// -I for the CUDA headers (an error naming GACC_CUDA_INCLUDE when none is found).

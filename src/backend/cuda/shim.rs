@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::runtime::{with_kernel_params, Arg, DevPtr, Runtime};
 use crate::status::{Error, Result};
 
-type LaunchFn =
-    unsafe extern "C" fn(*const c_char, u32, u32, u32, *mut *mut c_void, u32, *mut c_char, usize) -> i32;
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, *mut *mut c_void, u32, *mut c_char, usize) -> i32;
 type SizeofFn = unsafe extern "C" fn(*const c_char) -> usize;
 
 /// The loaded shim library, and the memory of its one simulated device.
@@ -40,12 +39,10 @@ impl ShimLibrary {
         unsafe {
             let lib = libloading::Library::new(path)
                 .map_err(|e| Error::device(format!("cannot load the kernel shim {}: {e}", path.display())))?;
-            let launch: LaunchFn = *lib
-                .get(b"gacc_shim_launch\0")
-                .map_err(|e| Error::device(format!("kernel shim: {e}")))?;
-            let sizeof: SizeofFn = *lib
-                .get(b"gacc_shim_sizeof\0")
-                .map_err(|e| Error::device(format!("kernel shim: {e}")))?;
+            let launch: LaunchFn =
+                *lib.get(b"gacc_shim_launch\0").map_err(|e| Error::device(format!("kernel shim: {e}")))?;
+            let sizeof: SizeofFn =
+                *lib.get(b"gacc_shim_sizeof\0").map_err(|e| Error::device(format!("kernel shim: {e}")))?;
             Ok(Arc::new(ShimLibrary { _lib: lib, launch, sizeof, device_memory: Mutex::new(BTreeMap::new()) }))
         }
     }
@@ -116,7 +113,8 @@ impl Runtime for ShimRuntime {
         if self.used + bytes as u64 > self.memory_bytes {
             return Err(Error::out_of_memory(format!("shim: cannot allocate {bytes} bytes")));
         }
-        let layout = AllocLayout::from_size_align(bytes.max(1), 256).map_err(|e| Error::out_of_memory(e.to_string()))?;
+        let layout =
+            AllocLayout::from_size_align(bytes.max(1), 256).map_err(|e| Error::out_of_memory(e.to_string()))?;
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
