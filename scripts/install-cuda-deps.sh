@@ -10,10 +10,11 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${GACC_DEPS_DIR:-$root/.deps/pypi}"
-# CUDA 13 (NVRTC 13.x): cubins for sm_80..sm_100+, loaded by any CUDA 13 driver.
+# CUDA 13 (NVRTC 13.5, about 135 MB; headers about 5 MB): cubins for sm_75 and newer,
+# loaded by any CUDA 13 driver. For a CUDA 12 driver use nvidia-cuda-nvrtc-cu12 and
+# nvidia-cuda-runtime-cu12 instead (a CUDA 13 cubin does not load on a 12.x driver).
 NVRTC_PKG="nvidia-cuda-nvrtc==13.5.37"
 RUNTIME_PKG="nvidia-cuda-runtime==13.5.37"
-CRT_PKG="nvidia-cuda-crt==13.5.37"
 
 find_nvrtc() {
     find "$target" -name 'libnvrtc.so.*' ! -name '*builtins*' ! -name '*alt*' 2>/dev/null | sort | head -n 1
@@ -27,7 +28,7 @@ find_include() {
 if [ -z "$(find_nvrtc)" ] || [ -z "$(find_include)" ]; then
     mkdir -p "$target"
     python3 -m pip install --disable-pip-version-check --no-deps --upgrade \
-        --target "$target" "$NVRTC_PKG" "$RUNTIME_PKG" "$CRT_PKG" >&2
+        --target "$target" "$NVRTC_PKG" "$RUNTIME_PKG" >&2
 fi
 
 lib="$(find_nvrtc)"
