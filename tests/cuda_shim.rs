@@ -63,16 +63,21 @@ fn shim() -> Arc<ShimLibrary> {
 
 struct ShimTarget {
     lib: Arc<ShimLibrary>,
+    sm: u32,
     uploads: RefCell<ShimRuntime>,
     live: RefCell<Vec<u64>>,
 }
 
 impl ShimTarget {
     fn new() -> ShimTarget {
+        ShimTarget::with_sm(SM)
+    }
+    fn with_sm(sm: u32) -> ShimTarget {
         let lib = shim();
         ShimTarget {
-            uploads: RefCell::new(ShimRuntime::new(lib.clone(), SM, SHIM_MEMORY)),
+            uploads: RefCell::new(ShimRuntime::new(lib.clone(), sm, SHIM_MEMORY)),
             lib,
+            sm,
             live: RefCell::new(Vec::new()),
         }
     }
@@ -80,7 +85,7 @@ impl ShimTarget {
 
 impl Target for ShimTarget {
     fn engine(&self, config: Config, layout: Layout, params: &[f32]) -> Engine {
-        let rt = ShimRuntime::new(self.lib.clone(), SM, SHIM_MEMORY);
+        let rt = ShimRuntime::new(self.lib.clone(), self.sm, SHIM_MEMORY);
         let backend =
             CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params }).expect("shim backend");
         Engine::from_parts(config, layout, Box::new(backend), 0)
@@ -130,6 +135,26 @@ fn shim_matches_cpu_sgd() {
 #[test]
 fn shim_matches_cpu_sgd_momentum_and_nesterov() {
     run_cases(|c| c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_SGD && c.momentum != 0.0);
+}
+
+#[test]
+fn shim_grid_stride_loops_cover_buffers_larger_than_the_grid() {
+    // One simulated multiprocessor: 8 blocks x 256 threads x 4 elements = 8192
+    // elements per sweep of the element-wise kernels, 4096 for the norm pass, so
+    // 20010 parameters take three sweeps (and a scalar tail of 2).
+    let target = ShimTarget::with_sm(1);
+    let tensors = vec![(10007, true), (3, false), (10000, true)];
+    let n: usize = tensors.iter().map(|t| t.0).sum();
+    assert!(n > 2 * 4 * 256 * 8 && n % 4 != 0);
+    let picks = [(0, false), (9, true), (14, false), (22, true)];
+    for (index, device_grads) in picks {
+        let mut case = common::cases()[index].clone();
+        case.tensors = tensors.clone();
+        case.name = format!("{} (n={n}, 1 SM)", case.name);
+        case.device_grads = device_grads;
+        case.windows = 3;
+        common::run_case(&target, &case);
+    }
 }
 
 #[test]
