@@ -111,6 +111,14 @@ int gacc_shim_launch(const char* name, unsigned grid, unsigned block, unsigned s
     return 0;
 }
 
+/// Number of parameters of kernel `name`, or -1 when there is no such kernel.
+int gacc_shim_arity(const char* name) {
+    for (const Entry& e : kKernels) {
+        if (std::strcmp(e.name, name) == 0) return (int)e.n_args;
+    }
+    return -1;
+}
+
 /// sizeof of the structs shared with Rust ("gacc_state", "gacc_hyper"); 0 if unknown.
 size_t gacc_shim_sizeof(const char* name) {
     if (std::strcmp(name, "gacc_state") == 0) return sizeof(gacc_state);

@@ -3,6 +3,8 @@
 //! the real window logic and every element of every buffer is compared.
 #![allow(dead_code)]
 
+pub mod device;
+
 use std::ffi::c_void;
 
 use gacc::backend::{GradInput, ParamBuffer};
