@@ -12,7 +12,8 @@
 //! - [`engine`]: the window as a state machine, configuration validation, tensor
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
-//!   vectorised) and the CUDA backend.
+//!   vectorised) and [`backend::cuda`] (kernels compiled by NVRTC at run time,
+//!   the whole window on the device; see docs/cuda.md).
 //! - [`status`]: status codes and the error type.
 
 #![allow(non_camel_case_types)]

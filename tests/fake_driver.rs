@@ -35,7 +35,17 @@ fn fake_driver(test: &str) -> bool {
         let out = out_dir.join(format!("libfakecuda_{}.so", std::process::id()));
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
         let status = Command::new(&cxx)
-            .args(["-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"])
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-fPIC",
+                "-shared",
+                "-ffp-contract=off",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+            ])
             .arg("-Wl,-soname,libcuda.so")
             .arg("-I")
             .arg(root.join("kernels"))
