@@ -12,7 +12,8 @@
 //! - [`engine`]: the window as a state machine, configuration validation, tensor
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
-//!   vectorised) and the CUDA backend.
+//!   vectorised) and [`backend::cuda`] (kernels compiled by NVRTC at run time,
+//!   the whole window on the device; see docs/cuda.md).
 //! - [`checkpoint`]: save and load the whole state (safetensors, crash-safe).
 //! - [`distributed`]: data parallelism, one all-reduce per window (callback, MPI).
 //! - [`alloc`]: fallible host allocation with a fault-injection hook.

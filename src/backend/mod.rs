@@ -6,6 +6,7 @@
 //! the window's total weight, its micro-batch count and the learning rate.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::os::raw::c_void;
 
@@ -198,11 +199,11 @@ pub fn create(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
 }
 
 fn cuda_probe(ordinal: u32) -> Result<()> {
-    Err(crate::status::Error::device_unavailable(format!(
-        "CUDA device {ordinal} requested, but this build of gacc has no CUDA backend"
-    )))
+    cuda::probe(ordinal)
 }
 
-fn create_cuda(_init: BackendInit<'_>, ordinal: u32) -> Result<(Box<dyn Backend>, i32)> {
-    cuda_probe(ordinal).map(|_| unreachable!())
+fn create_cuda(init: BackendInit<'_>, ordinal: u32) -> Result<(Box<dyn Backend>, i32)> {
+    let device = i32::try_from(ordinal)
+        .map_err(|_| crate::status::Error::invalid_argument(format!("device: ordinal {ordinal} is too large")))?;
+    Ok((cuda::create(init, ordinal)?, device))
 }

@@ -1,0 +1,50 @@
+// norm.cu: per-block partial sums of squares of the unscaled gradient.
+//
+// Math: g[i] = acc[i] * factor with factor = (float)(1.0 / (total * (double)S))
+// (S read from the device state, so no host round trip); each thread adds
+// (double)g * (double)g in f64 over a grid-stride range, the block then reduces its
+// GACC_BLOCK values with a fixed shared-memory tree and writes one double to
+// partials[blockIdx.x]. gacc_finalize (scaler.cu) adds the partials in index order.
+// No float atomics: for a given grid size the result is bit-identical run to run.
+// A non-finite g makes the sum non-finite: that is the found_inf test, no extra pass.
+//
+// Memory traffic per parameter: read acc (4 B). Plus 8 B per block.
+// acc is a device allocation, so the float4 path is always aligned; the scalar tail
+// takes the last n % 4 elements.
+#include "common.cuh"
+
+extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
+gacc_norm_partials(const float* __restrict__ acc, gacc_u64 n, double total_weight, const gacc_state* state,
+                   double* __restrict__ partials) {
+    __shared__ double shared_sum[GACC_BLOCK];
+    const float factor = gacc_unscale_factor(total_weight, state->loss_scale);
+    const gacc_u64 tid = gacc_thread_index();
+    const gacc_u64 stride = gacc_thread_count();
+    const gacc_u64 n4 = n / 4;
+    const float4* acc4 = reinterpret_cast<const float4*>(acc);
+    double sum = 0.0;
+    for (gacc_u64 i = tid; i < n4; i += stride) {
+        const float4 a = acc4[i];
+        const double g0 = (double)(a.x * factor), g1 = (double)(a.y * factor);
+        const double g2 = (double)(a.z * factor), g3 = (double)(a.w * factor);
+        sum = sum + g0 * g0;
+        sum = sum + g1 * g1;
+        sum = sum + g2 * g2;
+        sum = sum + g3 * g3;
+    }
+    for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
+        const double g = (double)(acc[i] * factor);
+        sum = sum + g * g;
+    }
+    shared_sum[threadIdx.x] = sum;
+    __syncthreads();
+    for (unsigned width = GACC_BLOCK / 2; width > 0; width /= 2) {
+        if (threadIdx.x < width) {
+            shared_sum[threadIdx.x] = shared_sum[threadIdx.x] + shared_sum[threadIdx.x + width];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = shared_sum[0];
+    }
+}

@@ -1,0 +1,102 @@
+// scaler.cu: the one-thread decision kernel of a step (gacc_finalize).
+//
+// Runs between the norm pass and the update pass, entirely on the device:
+// 1. sumsq = partials[0] + partials[1] + ... in index order (fixed order: the
+//    reduction is deterministic); found_inf = !isfinite(sumsq);
+//    norm = (float)sqrt(sumsq).
+// 2. factor = (float)(1.0 / (total * (double)S)) with the S this window was scaled by
+//    (the same value the norm pass used).
+// 3. Skipped step (found_inf): applied = 0, clip_coef = 1, the step count stays, and
+//    with FP16 loss scaling S *= backoff, tracker = 0 (torch's _amp_update_scale_).
+// 4. Applied step: clip_coef = min(1, max_norm / (norm + 1e-6)) when clipping, else 1;
+//    t = step + 1; the optimizer's scalars for update t (AdamW bias corrections in
+//    f64 from t, exactly as math::AdamScalars::new; SGD first = (t == 1)); then the
+//    scale grows after growth_interval clean steps (when the grown value is finite).
+// Everything lands in the gacc_state struct that gacc_update_* reads, and that the
+// host reads back only when asked. Memory traffic: 8 B per norm block + the state.
+#include "common.cuh"
+
+// Hyper-parameters that do not change during training (lr is passed per step).
+struct gacc_hyper {
+    float max_norm;        // <= 0: no clipping
+    float beta1, beta2, eps, weight_decay, momentum;
+    unsigned optimizer;    // 0 SGD, 1 AdamW
+    unsigned nesterov;
+    unsigned scales_loss;  // 1: FP16 dynamic loss scaling
+    float growth_factor, backoff_factor;
+    unsigned growth_interval;
+};
+
+GACC_INLINE void gacc_scaler_update(gacc_state* st, float growth_factor, float backoff_factor,
+                                    unsigned growth_interval, bool found_inf) {
+    if (found_inf) {
+        st->loss_scale = st->loss_scale * backoff_factor;
+        st->growth_tracker = 0;
+    } else {
+        const unsigned successful = st->growth_tracker + 1;
+        if (successful == growth_interval) {
+            const float grown = st->loss_scale * growth_factor;
+            if (isfinite(grown)) {
+                st->loss_scale = grown;
+            }
+            st->growth_tracker = 0;
+        } else {
+            st->growth_tracker = successful;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n_partials, double total_weight,
+              float lr, gacc_hyper h) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) {
+        return;
+    }
+    gacc_state st = *state;
+    double sumsq = 0.0;
+    for (unsigned i = 0; i < n_partials; ++i) {
+        sumsq = sumsq + partials[i];
+    }
+    const bool found_inf = !isfinite(sumsq);
+    const float norm = (float)sqrt(sumsq);
+    st.sumsq = sumsq;
+    st.factor = gacc_unscale_factor(total_weight, st.loss_scale);
+    st.grad_norm = norm;
+    if (found_inf) {
+        st.applied = 0;
+        st.clip_coef = 1.0f;
+    } else {
+        float coef = 1.0f;
+        if (h.max_norm > 0.0f) {
+            const float c = h.max_norm / (norm + 1e-6f);
+            coef = c < 1.0f ? c : 1.0f;
+        }
+        st.clip_coef = coef;
+        st.applied = 1;
+        const gacc_u64 t = st.step + 1;
+        if (h.optimizer == 1) {
+            const double dlr = (double)lr, b1 = (double)h.beta1, b2 = (double)h.beta2;
+            const double tt = (double)t;
+            const double bias_correction1 = 1.0 - pow(b1, tt);
+            const double bias_correction2 = 1.0 - pow(b2, tt);
+            st.decay_mult = (float)(1.0 - dlr * (double)h.weight_decay);
+            st.one_minus_beta1 = (float)(1.0 - b1);
+            st.beta2 = h.beta2;
+            st.one_minus_beta2 = (float)(1.0 - b2);
+            st.neg_step_size = (float)(-(dlr / bias_correction1));
+            st.bc2_sqrt = (float)sqrt(bias_correction2);
+            st.eps = h.eps;
+        } else {
+            st.neg_lr = -lr;
+            st.weight_decay = h.weight_decay;
+            st.momentum = h.momentum;
+            st.nesterov = h.nesterov;
+            st.first = t == 1 ? 1u : 0u;
+        }
+        st.step = t;
+    }
+    if (h.scales_loss) {
+        gacc_scaler_update(&st, h.growth_factor, h.backoff_factor, h.growth_interval, found_inf);
+    }
+    *state = st;
+}

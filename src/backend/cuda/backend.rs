@@ -1,0 +1,395 @@
+//! The CUDA backend's orchestration, generic over the device runtime.
+//!
+//! Buffers (all device memory, one flat allocation each): fp32 master, fp32
+//! accumulator, optimizer state (0-2 fp32 buffers), the fp16/bf16 working copy, the
+//! gacc_state struct, the norm partials (one double per norm block), the decay run
+//! ends, and a staging buffer for gradients handed over in host memory (allocated on
+//! first use).
+//!
+//! Launches: a micro-batch is one launch (plus a host-to-device copy when the
+//! gradient is in host memory); a step is three (norm partials, finalize, fused
+//! update), whatever the number of tensors. A step queues its work and returns: no
+//! device-to-host transfer, no synchronisation, so it can be captured in a graph.
+
+use std::ffi::c_void;
+
+use super::launch::{self, UpdateBuffers, UpdateKind};
+use super::runtime::{DevPtr, Runtime};
+use super::state::{bytes_of, DeviceState, Hyper};
+use crate::backend::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
+use crate::engine::config::{Config, Optimizer, Precision};
+use crate::status::{Error, Result};
+
+/// A CUDA engine's device state, driven through runtime `R`.
+pub struct CudaBackend<R: Runtime> {
+    rt: R,
+    n: usize,
+    master: DevPtr,
+    acc: DevPtr,
+    state1: DevPtr,
+    state2: DevPtr,
+    working: DevPtr,
+    working_dtype: i32,
+    state: DevPtr,
+    partials: DevPtr,
+    run_ends: DevPtr,
+    n_runs: u32,
+    first_decay: u32,
+    staging: DevPtr,
+    grid: u32,
+    norm_grid: u32,
+    hyper: Hyper,
+    update_kind: UpdateKind,
+}
+
+/// Device bytes an engine of `n` parameters needs (without the staging buffer).
+pub fn device_bytes(config: &Config, n: usize, runs: usize, norm_blocks: u32) -> u64 {
+    let per_param = crate::backend::bytes_per_param(config) as u64;
+    (n as u64).saturating_mul(per_param)
+        + std::mem::size_of::<DeviceState>() as u64
+        + 8 * u64::from(norm_blocks)
+        + 8 * runs as u64
+        + 6 * 256 // allocation rounding
+}
+
+impl<R: Runtime> CudaBackend<R> {
+    /// Allocates and initialises every buffer on the runtime's device.
+    pub fn new(rt: R, init: BackendInit<'_>) -> Result<CudaBackend<R>> {
+        let config = *init.config;
+        let n = init.layout.numel;
+        let sm = rt.multiprocessor_count();
+        let norm_grid = launch::norm_grid(n, sm);
+        let mut backend = CudaBackend {
+            rt,
+            n,
+            master: 0,
+            acc: 0,
+            state1: 0,
+            state2: 0,
+            working: 0,
+            working_dtype: 0,
+            state: 0,
+            partials: 0,
+            run_ends: 0,
+            n_runs: init.layout.runs.len() as u32,
+            first_decay: u32::from(init.layout.runs.first().is_some_and(|r| r.decay)),
+            staging: 0,
+            grid: launch::elementwise_grid(n, sm),
+            norm_grid,
+            hyper: hyper_of(&config),
+            update_kind: match config.optimizer {
+                Optimizer::AdamW { .. } => UpdateKind::AdamW,
+                Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
+                Optimizer::Sgd { .. } => UpdateKind::Sgd,
+            },
+        };
+        let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
+        let (free, total) = backend.rt.memory_info()?;
+        if need > free {
+            return Err(Error::invalid_argument(format!(
+                "numel: {n} parameters need {need} bytes of device memory, more than the {free} bytes free \
+                 ({total} total) on {}",
+                backend.rt.describe()
+            )));
+        }
+        let f32_bytes = n * 4;
+        backend.master = backend.rt.alloc(f32_bytes)?;
+        backend.acc = backend.rt.alloc(f32_bytes)?;
+        let n_state = config.optimizer.state_buffers();
+        if n_state >= 1 {
+            backend.state1 = backend.rt.alloc(f32_bytes)?;
+        }
+        if n_state >= 2 {
+            backend.state2 = backend.rt.alloc(f32_bytes)?;
+        }
+        if let Some(d) = config.precision.working_dtype() {
+            backend.working = backend.rt.alloc(n * d.size())?;
+            backend.working_dtype = match config.precision {
+                Precision::Fp16 => 1,
+                _ => 2,
+            };
+        }
+        backend.state = backend.rt.alloc(std::mem::size_of::<DeviceState>())?;
+        backend.partials = backend.rt.alloc(8 * norm_grid as usize)?;
+        let run_ends: Vec<u64> = init.layout.runs.iter().map(|r| r.end as u64).collect();
+        backend.run_ends = backend.rt.alloc(8 * run_ends.len())?;
+
+        let initial = DeviceState {
+            loss_scale: if config.precision.scales_loss() { config.scaler.init_scale } else { 1.0 },
+            grad_norm: f32::NAN,
+            clip_coef: 1.0,
+            ..DeviceState::default()
+        };
+        // SAFETY: every destination was just allocated with at least these sizes.
+        unsafe {
+            backend.rt.copy_h2d(backend.master, init.params.as_ptr() as *const u8, f32_bytes)?;
+            backend.rt.memset(backend.acc, 0, f32_bytes)?;
+            for s in [backend.state1, backend.state2] {
+                if s != 0 {
+                    backend.rt.memset(s, 0, f32_bytes)?;
+                }
+            }
+            backend.rt.copy_h2d(backend.state, bytes_of(&initial).as_ptr(), std::mem::size_of::<DeviceState>())?;
+            backend.rt.memset(backend.partials, 0, 8 * norm_grid as usize)?;
+            backend.rt.copy_h2d(backend.run_ends, run_ends.as_ptr() as *const u8, 8 * run_ends.len())?;
+        }
+        backend.refresh_working_copy()?;
+        // Initial uploads are from host memory that dies with this call.
+        backend.rt.synchronize()?;
+        Ok(backend)
+    }
+
+    /// The runtime (tests inspect the shim's launch log).
+    pub fn runtime(&self) -> &R {
+        &self.rt
+    }
+
+    /// The runtime, mutably (benchmarks time and synchronise through it).
+    pub fn runtime_mut(&mut self) -> &mut R {
+        &mut self.rt
+    }
+
+    /// Grid of the element-wise kernels and of the norm pass.
+    pub fn grids(&self) -> (u32, u32) {
+        (self.grid, self.norm_grid)
+    }
+
+    fn refresh_working_copy(&mut self) -> Result<()> {
+        if self.working == 0 {
+            return Ok(());
+        }
+        // SAFETY: master and working hold n elements.
+        unsafe { launch::write_working(&mut self.rt, self.master, self.working, self.working_dtype, self.n, self.grid) }
+    }
+
+    fn read_state(&mut self) -> Result<DeviceState> {
+        let mut st = DeviceState::default();
+        // SAFETY: state holds one DeviceState; st is plain data.
+        unsafe {
+            self.rt.copy_d2h(&mut st as *mut DeviceState as *mut u8, self.state, std::mem::size_of::<DeviceState>())?
+        };
+        Ok(st)
+    }
+
+    fn read_f32(&mut self, src: DevPtr, out: &mut [f32]) -> Result<()> {
+        // SAFETY: src holds out.len() f32 (callers pass engine buffers of n).
+        unsafe { self.rt.copy_d2h(out.as_mut_ptr() as *mut u8, src, out.len() * 4) }
+    }
+
+    fn staging_buffer(&mut self) -> Result<DevPtr> {
+        if self.staging == 0 {
+            self.staging = self.rt.alloc(self.n * 4)?;
+        }
+        Ok(self.staging)
+    }
+}
+
+fn hyper_of(c: &Config) -> Hyper {
+    let mut h = Hyper {
+        max_norm: c.max_grad_norm.unwrap_or(0.0),
+        scales_loss: u32::from(c.precision.scales_loss()),
+        growth_factor: c.scaler.growth_factor,
+        backoff_factor: c.scaler.backoff_factor,
+        growth_interval: c.scaler.growth_interval,
+        ..Hyper::default()
+    };
+    match c.optimizer {
+        Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+            h.optimizer = 1;
+            h.beta1 = beta1;
+            h.beta2 = beta2;
+            h.eps = eps;
+            h.weight_decay = weight_decay;
+        }
+        Optimizer::Sgd { momentum, nesterov, weight_decay } => {
+            h.optimizer = 0;
+            h.momentum = momentum;
+            h.nesterov = u32::from(nesterov);
+            h.weight_decay = weight_decay;
+        }
+    }
+    h
+}
+
+impl<R: Runtime> Drop for CudaBackend<R> {
+    fn drop(&mut self) {
+        let _ = self.rt.synchronize();
+        let ptrs = [
+            self.master,
+            self.acc,
+            self.state1,
+            self.state2,
+            self.working,
+            self.state,
+            self.partials,
+            self.run_ends,
+            self.staging,
+        ];
+        for p in ptrs {
+            if p != 0 {
+                // SAFETY: allocated by this runtime, never used after drop.
+                unsafe { self.rt.free(p) };
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Backend for CudaBackend<R> {
+    fn describe(&self) -> String {
+        self.rt.describe()
+    }
+
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()> {
+        let bytes = grad.numel * grad.dtype.size();
+        let src = if self.rt.is_device_pointer(grad.ptr)? {
+            grad.ptr as DevPtr
+        } else {
+            let staging = self.staging_buffer()?;
+            // SAFETY: the caller provides numel readable elements; staging holds 4n bytes.
+            self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
+            staging
+        };
+        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid)
+    }
+
+    fn zero_window(&mut self) -> Result<()> {
+        // SAFETY: acc holds n f32.
+        unsafe { self.rt.memset(self.acc, 0, self.n * 4) }
+    }
+
+    fn step(&mut self, request: &StepRequest) -> Result<()> {
+        let buffers = UpdateBuffers {
+            acc: self.acc,
+            master: self.master,
+            state1: self.state1,
+            state2: self.state2,
+            working: self.working,
+            working_dtype: self.working_dtype,
+            state: self.state,
+            run_ends: self.run_ends,
+            n_runs: self.n_runs,
+            first_decay: self.first_decay,
+        };
+        // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
+        unsafe {
+            launch::norm_partials(
+                &mut self.rt,
+                self.acc,
+                self.n,
+                request.total_weight,
+                self.state,
+                self.partials,
+                self.norm_grid,
+            )?;
+            launch::finalize(
+                &mut self.rt,
+                self.state,
+                self.partials,
+                self.norm_grid,
+                request.total_weight,
+                request.lr,
+                &self.hyper,
+            )?;
+            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grid)
+        }
+    }
+
+    fn last_report(&mut self) -> Result<StepReport> {
+        let st = self.read_state()?;
+        Ok(StepReport {
+            applied: st.applied != 0,
+            grad_norm: st.grad_norm,
+            clip_coef: st.clip_coef,
+            loss_scale: st.loss_scale,
+            step: st.step,
+        })
+    }
+
+    fn read_params(&mut self, out: &mut [f32]) -> Result<()> {
+        self.read_f32(self.master, out)
+    }
+
+    fn write_params(&mut self, src: &[f32]) -> Result<()> {
+        // SAFETY: master holds n f32; src has n (checked by the engine).
+        unsafe { self.rt.copy_h2d(self.master, src.as_ptr() as *const u8, self.n * 4)? };
+        self.refresh_working_copy()
+    }
+
+    fn param_ptr(&mut self, offset: usize, which: ParamBuffer) -> Option<*mut c_void> {
+        match which {
+            ParamBuffer::Master => Some((self.master + 4 * offset as u64) as *mut c_void),
+            ParamBuffer::Working if self.working != 0 => Some((self.working + 2 * offset as u64) as *mut c_void),
+            ParamBuffer::Working => None,
+        }
+    }
+
+    fn loss_scale(&mut self) -> Result<f32> {
+        Ok(self.read_state()?.loss_scale)
+    }
+
+    fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
+        self.rt.set_stream(stream)
+    }
+
+    fn loss_scale_ptr(&mut self) -> Result<*const f32> {
+        Ok((self.state + std::mem::offset_of!(DeviceState, loss_scale) as u64) as *const f32)
+    }
+
+    fn export_state(&mut self) -> Result<StateSnapshot> {
+        let n = self.n;
+        let mut master = vec![0f32; n];
+        let mut acc = vec![0f32; n];
+        self.read_f32(self.master, &mut master)?;
+        self.read_f32(self.acc, &mut acc)?;
+        let mut state1 = Vec::new();
+        let mut state2 = Vec::new();
+        if self.state1 != 0 {
+            state1 = vec![0f32; n];
+            self.read_f32(self.state1, &mut state1)?;
+        }
+        if self.state2 != 0 {
+            state2 = vec![0f32; n];
+            self.read_f32(self.state2, &mut state2)?;
+        }
+        let st = self.read_state()?;
+        Ok(StateSnapshot {
+            master,
+            acc,
+            state1,
+            state2,
+            loss_scale: st.loss_scale,
+            growth_tracker: st.growth_tracker,
+            applied_steps: st.step,
+        })
+    }
+
+    fn import_state(&mut self, s: &StateSnapshot) -> Result<()> {
+        let n = self.n;
+        let expect = |v: &Vec<f32>, present: bool| v.len() == if present { n } else { 0 };
+        if !(s.master.len() == n
+            && s.acc.len() == n
+            && expect(&s.state1, self.state1 != 0)
+            && expect(&s.state2, self.state2 != 0))
+        {
+            return Err(Error::internal("state snapshot does not match this backend's buffers"));
+        }
+        let mut st = self.read_state()?;
+        st.loss_scale = s.loss_scale;
+        st.growth_tracker = s.growth_tracker;
+        st.step = s.applied_steps;
+        // SAFETY: every destination holds n f32 (state: one DeviceState).
+        unsafe {
+            self.rt.copy_h2d(self.master, s.master.as_ptr() as *const u8, n * 4)?;
+            self.rt.copy_h2d(self.acc, s.acc.as_ptr() as *const u8, n * 4)?;
+            if self.state1 != 0 {
+                self.rt.copy_h2d(self.state1, s.state1.as_ptr() as *const u8, n * 4)?;
+            }
+            if self.state2 != 0 {
+                self.rt.copy_h2d(self.state2, s.state2.as_ptr() as *const u8, n * 4)?;
+            }
+            self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>())?;
+        }
+        self.refresh_working_copy()?;
+        self.rt.synchronize()
+    }
+}

@@ -1,0 +1,233 @@
+//! One launcher per kernel: preconditions checked, grid from a ceil-div capped by
+//! the multiprocessor count, the argument list in the kernel's order.
+//!
+//! Every element-wise kernel uses grid-stride loops, so the grid size changes only
+//! speed; the norm pass's grid is fixed per engine (its partial sums are added in
+//! index order, so a fixed grid gives bit-identical norms run to run).
+
+use super::runtime::{Arg, DevPtr, Runtime};
+use super::state::{bytes_of, Hyper};
+use crate::engine::config::Dtype;
+use crate::status::{Error, Result};
+
+/// Threads per block (GACC_BLOCK in kernels/common.cuh).
+pub(crate) const BLOCK: u32 = 256;
+/// Resident blocks per multiprocessor aimed at by the element-wise kernels.
+const BLOCKS_PER_SM: u64 = 8;
+/// Blocks per multiprocessor of the norm pass (one double each to reduce).
+const NORM_BLOCKS_PER_SM: u64 = 4;
+
+pub fn ceil_div(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+/// Grid of an element-wise pass over `n` elements (4 per thread and iteration).
+pub fn elementwise_grid(n: usize, sm_count: u32) -> u32 {
+    let blocks = ceil_div(ceil_div(n as u64, 4), u64::from(BLOCK));
+    blocks.clamp(1, u64::from(sm_count.max(1)) * BLOCKS_PER_SM) as u32
+}
+
+/// Grid (and number of partial sums) of the norm pass.
+pub fn norm_grid(n: usize, sm_count: u32) -> u32 {
+    let blocks = ceil_div(ceil_div(n as u64, 4), u64::from(BLOCK));
+    blocks.clamp(1, u64::from(sm_count.max(1)) * NORM_BLOCKS_PER_SM) as u32
+}
+
+fn require(cond: bool, what: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::internal(format!("kernel launch precondition failed: {what}")))
+    }
+}
+
+/// Whether a gradient at `ptr` may take the vector path (16 bytes of f32, or four
+/// f16/bf16 in 8 bytes).
+pub fn vector_aligned(ptr: DevPtr, dtype: Dtype) -> bool {
+    let need = match dtype {
+        Dtype::F32 => 16,
+        Dtype::F16 | Dtype::BF16 => 8,
+    };
+    ptr % need == 0
+}
+
+/// acc += mul * grad (accumulate.cu).
+///
+/// # Safety
+/// `acc` holds `n` f32 and `grad` `n` elements of `dtype`, both device memory.
+pub unsafe fn accumulate<R: Runtime + ?Sized>(
+    rt: &mut R,
+    acc: DevPtr,
+    grad: DevPtr,
+    dtype: Dtype,
+    n: usize,
+    mul: f32,
+    grid: u32,
+) -> Result<()> {
+    require(n > 0 && acc % 16 == 0 && grad != 0, "accumulate: n > 0, acc 16-byte aligned")?;
+    let name = match dtype {
+        Dtype::F32 => "gacc_accumulate_f32",
+        Dtype::F16 => "gacc_accumulate_f16",
+        Dtype::BF16 => "gacc_accumulate_bf16",
+    };
+    let vec = i32::from(vector_aligned(grad, dtype));
+    rt.launch(name, grid, BLOCK, 0, &[Arg::Ptr(acc), Arg::Ptr(grad), Arg::U64(n as u64), Arg::F32(mul), Arg::I32(vec)])
+}
+
+/// Per-block partial sums of squares (norm.cu); writes `grid` doubles.
+///
+/// # Safety
+/// `acc` holds `n` f32, `state` a gacc_state, `partials` at least `grid` doubles.
+pub unsafe fn norm_partials<R: Runtime + ?Sized>(
+    rt: &mut R,
+    acc: DevPtr,
+    n: usize,
+    total_weight: f64,
+    state: DevPtr,
+    partials: DevPtr,
+    grid: u32,
+) -> Result<()> {
+    require(n > 0 && acc % 16 == 0 && total_weight > 0.0, "norm: n > 0, acc aligned, total > 0")?;
+    rt.launch(
+        "gacc_norm_partials",
+        grid,
+        BLOCK,
+        0,
+        &[Arg::Ptr(acc), Arg::U64(n as u64), Arg::F64(total_weight), Arg::Ptr(state), Arg::Ptr(partials)],
+    )
+}
+
+/// The step's decision kernel (scaler.cu): one thread.
+///
+/// # Safety
+/// `state` is a gacc_state and `partials` holds `n_partials` doubles.
+pub unsafe fn finalize<R: Runtime + ?Sized>(
+    rt: &mut R,
+    state: DevPtr,
+    partials: DevPtr,
+    n_partials: u32,
+    total_weight: f64,
+    lr: f32,
+    hyper: &Hyper,
+) -> Result<()> {
+    require(n_partials > 0 && total_weight > 0.0, "finalize: partials > 0, total > 0")?;
+    rt.launch(
+        "gacc_finalize",
+        1,
+        1,
+        0,
+        &[
+            Arg::Ptr(state),
+            Arg::Ptr(partials),
+            Arg::U32(n_partials),
+            Arg::F64(total_weight),
+            Arg::F32(lr),
+            Arg::Bytes(bytes_of(hyper)),
+        ],
+    )
+}
+
+/// Which fused update kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateKind {
+    AdamW,
+    SgdMomentum,
+    Sgd,
+}
+
+/// The buffers of the fused update pass.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateBuffers {
+    pub acc: DevPtr,
+    pub master: DevPtr,
+    pub state1: DevPtr,
+    pub state2: DevPtr,
+    /// 0 when there is no working copy.
+    pub working: DevPtr,
+    /// GACC_DTYPE of the working copy, 0 (none) otherwise.
+    pub working_dtype: i32,
+    pub state: DevPtr,
+    pub run_ends: DevPtr,
+    pub n_runs: u32,
+    pub first_decay: u32,
+}
+
+/// The fused update pass (update.cu).
+///
+/// # Safety
+/// Every buffer holds `n` elements (run_ends `n_runs`), all device memory.
+pub unsafe fn update<R: Runtime + ?Sized>(
+    rt: &mut R,
+    kind: UpdateKind,
+    b: &UpdateBuffers,
+    n: usize,
+    grid: u32,
+) -> Result<()> {
+    let aligned = [b.acc, b.master, b.state1, b.state2].iter().all(|p| p % 16 == 0) && b.working % 8 == 0;
+    require(n > 0 && b.n_runs > 0 && aligned, "update: n > 0, runs > 0, buffers aligned")?;
+    require((b.working == 0) == (b.working_dtype == 0), "update: working copy and its dtype agree")?;
+    let n = n as u64;
+    let tail = [
+        Arg::Ptr(b.working),
+        Arg::I32(b.working_dtype),
+        Arg::U64(n),
+        Arg::Ptr(b.state),
+        Arg::Ptr(b.run_ends),
+        Arg::U32(b.n_runs),
+        Arg::U32(b.first_decay),
+    ];
+    let mut args = vec![Arg::Ptr(b.acc), Arg::Ptr(b.master)];
+    let name = match kind {
+        UpdateKind::AdamW => {
+            require(b.state1 != 0 && b.state2 != 0, "update: AdamW state allocated")?;
+            args.extend([Arg::Ptr(b.state1), Arg::Ptr(b.state2)]);
+            "gacc_update_adamw"
+        }
+        UpdateKind::SgdMomentum => {
+            require(b.state1 != 0, "update: momentum buffer allocated")?;
+            args.push(Arg::Ptr(b.state1));
+            "gacc_update_sgd_momentum"
+        }
+        UpdateKind::Sgd => "gacc_update_sgd",
+    };
+    args.extend(tail);
+    rt.launch(name, grid, BLOCK, 0, &args)
+}
+
+/// working = RNE(master) (convert.cu).
+///
+/// # Safety
+/// `master` holds `n` f32 and `working` `n` 16-bit values, device memory.
+pub unsafe fn write_working<R: Runtime + ?Sized>(
+    rt: &mut R,
+    master: DevPtr,
+    working: DevPtr,
+    working_dtype: i32,
+    n: usize,
+    grid: u32,
+) -> Result<()> {
+    require(n > 0 && master % 16 == 0 && working % 8 == 0 && working_dtype != 0, "write_working: aligned, dtype")?;
+    rt.launch(
+        "gacc_write_working",
+        grid,
+        BLOCK,
+        0,
+        &[Arg::Ptr(master), Arg::Ptr(working), Arg::I32(working_dtype), Arg::U64(n as u64)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_are_capped_and_nonzero() {
+        assert_eq!(elementwise_grid(1, 132), 1);
+        assert_eq!(elementwise_grid(1024, 132), 1);
+        assert_eq!(elementwise_grid(1025, 132), 2);
+        assert_eq!(elementwise_grid(1 << 30, 132), 132 * 8);
+        assert_eq!(norm_grid(1 << 30, 132), 132 * 4);
+        assert!(vector_aligned(32, Dtype::F32) && !vector_aligned(8, Dtype::F32));
+        assert!(vector_aligned(8, Dtype::F16) && !vector_aligned(2, Dtype::BF16));
+    }
+}

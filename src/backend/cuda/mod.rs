@@ -1,0 +1,37 @@
+//! The CUDA backend: the whole window on the GPU.
+//!
+//! Modules:
+//! - [`driver`]: probe and the real runtime (CUDA driver through cudarc, loaded at
+//!   run time: the library builds without a toolkit and runs CPU engines without a
+//!   driver).
+//! - [`nvrtc`]: NVRTC found at run time (`GACC_NVRTC_LIB`), kernels compiled to a
+//!   cubin for the device's architecture; [`cache`]: in-memory and on-disk cache.
+//! - [`kernels`]: kernels/*.cu embedded in the library.
+//! - [`runtime`]: the small device-runtime trait the orchestration is written
+//!   against; [`shim`]: its host implementation (kernels compiled by g++).
+//! - [`launch`]: one launcher per kernel; [`backend`]: the orchestration;
+//!   [`state`]: host mirrors of the device structs.
+
+pub mod backend;
+pub mod cache;
+pub mod driver;
+pub mod kernels;
+pub mod launch;
+pub mod nvrtc;
+pub mod runtime;
+pub mod shim;
+pub mod state;
+
+pub use backend::CudaBackend;
+pub use driver::{probe, CudaRuntime};
+pub use runtime::Runtime;
+pub use shim::{ShimLibrary, ShimRuntime};
+
+use crate::backend::{Backend, BackendInit};
+use crate::status::Result;
+
+/// Builds a CUDA engine's backend on device `ordinal` (probed first).
+pub fn create(init: BackendInit<'_>, ordinal: u32) -> Result<Box<dyn Backend>> {
+    let rt = CudaRuntime::new(ordinal)?;
+    Ok(Box::new(CudaBackend::new(rt, init)?))
+}

@@ -1,0 +1,139 @@
+//! The bodies of the device tests, shared by tests/gpu.rs (a real GPU) and
+//! tests/fake_driver.rs (gacc's real CUDA runtime on a fake libcuda whose kernels
+//! run on the host shim). They talk to the driver through cudarc's sys layer.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+
+use super::Target;
+use cudarc::driver::sys;
+use gacc::engine::config::{Config, DeviceRequest};
+use gacc::engine::layout::Layout;
+use gacc::engine::Engine;
+use gacc::ffi::types::*;
+use gacc::ffi::*;
+use gacc::gacc_status;
+
+pub fn ok(r: sys::CUresult, what: &str) {
+    assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "{what}");
+}
+
+/// Makes device 0's primary context current on this thread (the engine uses it).
+pub fn make_current() {
+    // SAFETY: plain driver calls with out-pointers to locals.
+    unsafe {
+        let mut dev = 0;
+        ok(sys::cuDeviceGet(&mut dev, 0), "cuDeviceGet");
+        let mut ctx = std::ptr::null_mut();
+        ok(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "retain");
+        ok(sys::cuCtxSetCurrent(ctx), "set current");
+    }
+}
+
+pub struct GpuTarget {
+    pub live: RefCell<Vec<u64>>,
+}
+
+impl Target for GpuTarget {
+    fn engine(&self, mut config: Config, layout: Layout, params: &[f32]) -> Engine {
+        config.device = DeviceRequest::Cuda(0);
+        let e = Engine::new(config, layout, params).unwrap_or_else(|e| panic!("CUDA engine: {e}"));
+        make_current();
+        e
+    }
+    fn read_device(&self, ptr: *const c_void, bytes: usize) -> Vec<u8> {
+        make_current();
+        let mut out = vec![0xA5u8; bytes];
+        // SAFETY: ptr is device memory of at least `bytes`; the copy is synchronous
+        // with respect to the legacy default stream, and the engine's work is waited
+        // for by the synchronisation before it.
+        unsafe {
+            ok(sys::cuCtxSynchronize(), "sync");
+            ok(sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, ptr as u64, bytes), "dtoh");
+        }
+        out
+    }
+    fn upload(&self, data: &[u8], offset: usize) -> *const c_void {
+        make_current();
+        let mut p = 0u64;
+        // SAFETY: p gets data.len() + offset bytes.
+        unsafe {
+            ok(sys::cuMemAlloc_v2(&mut p, data.len() + offset), "alloc");
+            ok(sys::cuMemcpyHtoD_v2(p + offset as u64, data.as_ptr() as *const c_void, data.len()), "htod");
+        }
+        self.live.borrow_mut().push(p);
+        (p + offset as u64) as *const c_void
+    }
+    fn release(&self) {
+        make_current();
+        for p in self.live.borrow_mut().drain(..) {
+            // SAFETY: allocated by upload(); cuMemFree waits for work using it.
+            unsafe {
+                sys::cuCtxSynchronize();
+                sys::cuMemFree_v2(p);
+            }
+        }
+    }
+}
+
+/// Every case of the matrix, against the CPU backend.
+pub fn matches_cpu_on_every_case() {
+    let target = GpuTarget { live: RefCell::new(Vec::new()) };
+    for case in super::cases() {
+        super::run_case(&target, &case);
+    }
+}
+
+/// Same inputs twice: bit-identical results.
+pub fn deterministic() {
+    super::run_determinism(&GpuTarget { live: RefCell::new(Vec::new()) });
+}
+
+/// The C API on a CUDA engine: host and device gradients, the caller's stream,
+/// the device loss-scale pointer.
+pub fn c_api_stream_loss_scale_ptr_and_pointer_kinds() {
+    let n = 10_000usize;
+    unsafe {
+        let mut cfg = std::mem::zeroed::<gacc_config>();
+        gacc_config_init(&mut cfg);
+        cfg.device = 0;
+        cfg.precision = GACC_PRECISION_FP16;
+        let init = vec![0.25f32; n];
+        let desc = gacc_tensor_desc { name: std::ptr::null(), numel: n, init: init.as_ptr(), no_weight_decay: 0 };
+        let mut e: *mut gacc_engine = std::ptr::null_mut();
+        assert_eq!(gacc_create(&cfg, &desc, 1, &mut e), gacc_status::GACC_OK);
+        let mut device = -5;
+        assert_eq!(gacc_device(e, &mut device), gacc_status::GACC_OK);
+        assert_eq!(device, 0);
+        make_current();
+        let mut stream: sys::CUstream = std::ptr::null_mut();
+        ok(sys::cuStreamCreate(&mut stream, 0), "stream");
+        assert_eq!(gacc_set_stream(e, stream as *mut c_void), gacc_status::GACC_OK);
+
+        let host = vec![1.0f32; n];
+        let mut dev = 0u64;
+        ok(sys::cuMemAlloc_v2(&mut dev, 4 * n), "alloc");
+        ok(sys::cuMemcpyHtoD_v2(dev, host.as_ptr() as *const c_void, 4 * n), "htod");
+        assert_eq!(gacc_microbatch(e, host.as_ptr() as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+        assert_eq!(gacc_microbatch(e, dev as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+        assert_eq!(gacc_step(e, std::ptr::null_mut()), gacc_status::GACC_OK);
+
+        let mut sp: *const f32 = std::ptr::null();
+        assert_eq!(gacc_loss_scale_ptr(e, &mut sp), gacc_status::GACC_OK);
+        ok(sys::cuStreamSynchronize(stream), "sync");
+        let mut on_device = f32::NAN;
+        ok(sys::cuMemcpyDtoH_v2(&mut on_device as *mut f32 as *mut c_void, sp as u64, 4), "dtoh");
+        let mut s = f32::NAN;
+        assert_eq!(gacc_loss_scale(e, &mut s), gacc_status::GACC_OK);
+        assert_eq!(s.to_bits(), on_device.to_bits());
+
+        let mut out = vec![f32::NAN; n];
+        assert_eq!(gacc_params_read(e, out.as_mut_ptr(), n), gacc_status::GACC_OK);
+        // One AdamW step on a constant gradient moves every parameter by ~lr.
+        assert!(out.iter().all(|&p| (p - (0.25 * (1.0 - 1e-3 * 0.01) - 1e-3)).abs() < 1e-5), "{}", out[0]);
+        assert_eq!(gacc_set_stream(e, std::ptr::null_mut()), gacc_status::GACC_OK);
+        gacc_destroy(e);
+        sys::cuMemFree_v2(dev);
+        sys::cuStreamDestroy_v2(stream);
+    }
+}

@@ -1,0 +1,330 @@
+//! Test bodies shared by the host-shim tests (tests/cuda_shim.rs) and the real-GPU
+//! tests (tests/gpu.rs): an engine under test is driven next to a CPU engine through
+//! the real window logic and every element of every buffer is compared.
+#![allow(dead_code)]
+
+pub mod device;
+
+use std::ffi::c_void;
+
+use gacc::backend::{GradInput, ParamBuffer};
+use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::layout::Layout;
+use gacc::engine::Engine;
+use gacc::ffi::types::*;
+use half::{bf16, f16};
+
+/// Where the engine under test runs.
+pub trait Target {
+    /// Builds the engine under test.
+    fn engine(&self, config: Config, layout: Layout, params: &[f32]) -> Engine;
+    /// Copies `bytes` bytes of the target's device memory to the host.
+    fn read_device(&self, ptr: *const c_void, bytes: usize) -> Vec<u8>;
+    /// Puts `data` in device memory, `offset` bytes past an aligned allocation; the
+    /// memory lives until `release`.
+    fn upload(&self, data: &[u8], offset: usize) -> *const c_void;
+    /// Frees what `upload` allocated.
+    fn release(&self);
+}
+
+/// xorshift64*: deterministic inputs.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    pub fn symmetric(&mut self, scale: f32) -> f32 {
+        (self.unit() * 2.0 - 1.0) * scale
+    }
+}
+
+/// One comparison scenario.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    /// GACC_OPTIMIZER_*
+    pub optimizer: u32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    /// GACC_PRECISION_*
+    pub precision: u32,
+    pub clip: bool,
+    pub grad_dtype: Dtype,
+    /// (numel, decay) per tensor
+    pub tensors: Vec<(usize, bool)>,
+    pub reduction: u32,
+    /// Window whose first micro-batch carries inf/NaN.
+    pub nonfinite_window: Option<usize>,
+    /// Hand gradients over in device memory (else host memory).
+    pub device_grads: bool,
+    /// Device gradients one element past an aligned address (scalar path).
+    pub misaligned: bool,
+    pub windows: usize,
+}
+
+pub const SIZES: [&[(usize, bool)]; 3] =
+    [&[(1000, true), (3, false), (517, false), (2579, true)], &[(7, false), (1, true), (6, false)], &[(1, true)]];
+
+/// The matrix of cases: every optimizer x precision x clipping, with gradient
+/// dtypes, sizes, reductions, pointer kinds and non-finite windows rotating.
+pub fn cases() -> Vec<Case> {
+    let optimizers: [(&str, u32, f32, bool); 4] = [
+        ("adamw", GACC_OPTIMIZER_ADAMW, 0.0, false),
+        ("sgd", GACC_OPTIMIZER_SGD, 0.0, false),
+        ("sgd_momentum", GACC_OPTIMIZER_SGD, 0.9, false),
+        ("sgd_nesterov", GACC_OPTIMIZER_SGD, 0.9, true),
+    ];
+    let precisions = [("fp32", GACC_PRECISION_FP32), ("fp16", GACC_PRECISION_FP16), ("bf16", GACC_PRECISION_BF16)];
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::BF16];
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    for (oname, opt, momentum, nesterov) in optimizers {
+        for (pname, precision) in precisions {
+            for clip in [false, true] {
+                let grad_dtype = dtypes[i % 3];
+                let sizes = SIZES[if i % 5 == 4 { 1 + (i / 5) % 2 } else { 0 }];
+                let device_grads = i % 2 == 1;
+                let misaligned = device_grads && i % 4 == 3;
+                out.push(Case {
+                    name: format!(
+                        "{oname}/{pname}/clip={clip}/grad={}/n={}/{}{}",
+                        grad_dtype.name(),
+                        sizes.iter().map(|t| t.0).sum::<usize>(),
+                        if device_grads { "device" } else { "host" },
+                        if misaligned { "+misaligned" } else { "" }
+                    ),
+                    optimizer: opt,
+                    momentum,
+                    nesterov,
+                    precision,
+                    clip,
+                    grad_dtype,
+                    tensors: sizes.to_vec(),
+                    reduction: if i % 3 == 2 { GACC_GRADS_SUM } else { GACC_GRADS_MEAN },
+                    nonfinite_window: if i % 2 == 0 { Some(1) } else { None },
+                    device_grads,
+                    misaligned,
+                    windows: 4,
+                });
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+pub fn config_for(case: &Case) -> Config {
+    let mut raw = default_raw_config();
+    raw.device = GACC_DEVICE_CPU;
+    raw.optimizer = case.optimizer;
+    raw.lr = 0.01;
+    raw.momentum = case.momentum;
+    raw.nesterov = u32::from(case.nesterov);
+    raw.weight_decay = 0.05;
+    raw.precision = case.precision;
+    raw.max_grad_norm = if case.clip { 0.5 } else { 0.0 };
+    raw.init_scale = 1024.0;
+    raw.growth_interval = 2;
+    raw.grad_reduction = case.reduction;
+    Config::validate(&raw).expect("valid config")
+}
+
+pub fn layout_for(case: &Case) -> Layout {
+    Layout::new(case.tensors.iter().map(|&(n, decay)| (None, n, decay)).collect()).expect("layout")
+}
+
+fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+        Dtype::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+    }
+}
+
+fn close(a: f32, b: f32, rel: f32) -> bool {
+    if a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) {
+        return true;
+    }
+    (a - b).abs() <= rel * a.abs().max(b.abs()) + 1e-7
+}
+
+/// Compares two f32 buffers element by element: bit-exact, or within `rel`.
+pub fn compare_f32(what: &str, expected: &[f32], got: &[f32], exact: bool, rel: f32) {
+    assert_eq!(expected.len(), got.len(), "{what}: lengths");
+    for (i, (&e, &g)) in expected.iter().zip(got).enumerate() {
+        let ok = if exact { e.to_bits() == g.to_bits() || (e.is_nan() && g.is_nan()) } else { close(e, g, rel) };
+        assert!(ok, "{what}[{i}]: expected {e:e} ({:#010x}), got {g:e} ({:#010x})", e.to_bits(), g.to_bits());
+    }
+}
+
+fn working_copy(target: &dyn Target, engine: &mut Engine, n: usize) -> Vec<u16> {
+    let ptr = engine.backend_mut().param_ptr(0, ParamBuffer::Working).expect("working copy");
+    let bytes = target.read_device(ptr, 2 * n);
+    bytes.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+fn cpu_working_copy(engine: &mut Engine, n: usize) -> Vec<u16> {
+    let ptr = engine.backend_mut().param_ptr(0, ParamBuffer::Working).expect("working copy") as *const u16;
+    // SAFETY: the CPU backend's working copy holds n elements in host memory.
+    unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec()
+}
+
+fn rne(dtype: Dtype, x: f32) -> u16 {
+    match dtype {
+        Dtype::F16 => f16::from_f32(x).to_bits(),
+        _ => bf16::from_f32(x).to_bits(),
+    }
+}
+
+/// Runs `case` on the CPU and on `target`, comparing everything after every
+/// micro-batch window and step.
+pub fn run_case(target: &dyn Target, case: &Case) {
+    let config = config_for(case);
+    let layout = layout_for(case);
+    let n = layout.numel;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case.name.len() as u64 * 7919));
+    let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
+    let mut cpu = Engine::new(config, layout.clone(), &params).expect("cpu engine");
+    let mut dut = target.engine(config, layout, &params);
+    let exact = !case.clip;
+    let working_dtype = config.precision.working_dtype();
+    let tag = |s: &str, w: usize| format!("{}: window {w}: {s}", case.name);
+
+    if let Some(d) = working_dtype {
+        assert_eq!(
+            cpu_working_copy(&mut cpu, n),
+            working_copy(target, &mut dut, n),
+            "{}: initial working copy ({})",
+            case.name,
+            d.name()
+        );
+    }
+
+    for w in 0..case.windows {
+        let k = 1 + w % 3;
+        for mb in 0..k {
+            let scale = if w % 2 == 0 { 1.0 } else { 30.0 };
+            let mut grad: Vec<f32> = (0..n).map(|_| rng.symmetric(scale)).collect();
+            if case.nonfinite_window == Some(w) && mb == 0 {
+                grad[n / 2] = if w % 2 == 0 { f32::INFINITY } else { f32::NAN };
+            }
+            let weight = 0.25 + 3.0 * f64::from(rng.unit());
+            let bytes = to_bytes(&grad, case.grad_dtype);
+            let input_cpu = GradInput { ptr: bytes.as_ptr() as *const c_void, dtype: case.grad_dtype, numel: n };
+            let ptr = if case.device_grads {
+                let offset = if case.misaligned { case.grad_dtype.size() } else { 0 };
+                target.upload(&bytes, offset)
+            } else {
+                bytes.as_ptr() as *const c_void
+            };
+            let input_dut = GradInput { ptr, dtype: case.grad_dtype, numel: n };
+            // SAFETY: both pointers hold n elements of grad_dtype.
+            unsafe {
+                cpu.microbatch(&input_cpu, weight).expect("cpu microbatch");
+                dut.microbatch(&input_dut, weight).unwrap_or_else(|e| panic!("{}: {e}", tag("microbatch", w)));
+            }
+        }
+        // The accumulators agree bit for bit whatever the clipping.
+        let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+        compare_f32(&tag("acc before step", w), &sc.acc, &sd.acc, true, 0.0);
+
+        let ic = cpu.step(true).unwrap().unwrap();
+        let id = dut.step(true).unwrap().unwrap();
+        target.release();
+        let t = tag("step info", w);
+        assert_eq!(ic.applied, id.applied, "{t}: applied");
+        assert_eq!(ic.step, id.step, "{t}: step");
+        assert_eq!(ic.loss_scale.to_bits(), id.loss_scale.to_bits(), "{t}: loss_scale");
+        assert_eq!(ic.microbatches, id.microbatches, "{t}: microbatches");
+        assert_eq!(ic.total_weight.to_bits(), id.total_weight.to_bits(), "{t}: total_weight");
+        assert!(close(ic.grad_norm, id.grad_norm, 1e-6), "{t}: grad_norm {} vs {}", ic.grad_norm, id.grad_norm);
+        assert_eq!(ic.grad_norm.is_finite(), id.grad_norm.is_finite(), "{t}: grad_norm finiteness");
+        if exact {
+            assert_eq!(ic.clip_coef.to_bits(), id.clip_coef.to_bits(), "{t}: clip_coef");
+        } else {
+            assert!(close(ic.clip_coef, id.clip_coef, 1e-5), "{t}: clip_coef {} vs {}", ic.clip_coef, id.clip_coef);
+        }
+        if case.nonfinite_window == Some(w) {
+            assert_eq!(id.applied, 0, "{t}: a non-finite window must be skipped");
+        }
+
+        let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+        let rel = 2e-5;
+        compare_f32(&tag("master", w), &sc.master, &sd.master, exact, rel);
+        compare_f32(&tag("state1", w), &sc.state1, &sd.state1, exact, rel);
+        compare_f32(&tag("state2", w), &sc.state2, &sd.state2, exact, rel);
+        compare_f32(&tag("acc after step", w), &sc.acc, &sd.acc, true, 0.0);
+        assert!(sd.acc.iter().all(|&a| a.to_bits() == 0), "{}", tag("acc zeroed", w));
+        assert_eq!(
+            (sc.loss_scale.to_bits(), sc.growth_tracker, sc.applied_steps),
+            (sd.loss_scale.to_bits(), sd.growth_tracker, sd.applied_steps),
+            "{}",
+            tag("scaler", w)
+        );
+        assert_eq!(dut.loss_scale().unwrap().to_bits(), sc.loss_scale.to_bits());
+
+        // read_params into a poisoned buffer.
+        let mut out = vec![f32::from_bits(0x7FC0_DEAD); n];
+        dut.read_params(&mut out).unwrap();
+        compare_f32(&tag("read_params", w), &sd.master, &out, true, 0.0);
+
+        if let Some(d) = working_dtype {
+            let got = working_copy(target, &mut dut, n);
+            let from_master: Vec<u16> = sd.master.iter().map(|&x| rne(d, x)).collect();
+            assert_eq!(got, from_master, "{}", tag("working copy == RNE(master)", w));
+            if exact {
+                assert_eq!(cpu_working_copy(&mut cpu, n), got, "{}", tag("working copy vs CPU", w));
+            }
+        }
+    }
+
+    // write_params rewrites master and working copy.
+    let fresh: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
+    cpu.write_params(&fresh).unwrap();
+    dut.write_params(&fresh).unwrap();
+    let mut out = vec![f32::NAN; n];
+    dut.read_params(&mut out).unwrap();
+    compare_f32(&format!("{}: write_params", case.name), &fresh, &out, true, 0.0);
+    if working_dtype.is_some() {
+        assert_eq!(
+            cpu_working_copy(&mut cpu, n),
+            working_copy(target, &mut dut, n),
+            "{}: working after write",
+            case.name
+        );
+    }
+}
+
+/// Same inputs twice on the target: bit-identical results (norm included).
+pub fn run_determinism(target: &dyn Target) {
+    let mut case = cases().into_iter().find(|c| c.clip && c.optimizer == GACC_OPTIMIZER_ADAMW).unwrap();
+    case.nonfinite_window = None;
+    case.windows = 2;
+    let run = || {
+        let config = config_for(&case);
+        let layout = layout_for(&case);
+        let n = layout.numel;
+        let mut rng = Rng(42);
+        let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
+        let mut e = target.engine(config, layout, &params);
+        let mut norms = Vec::new();
+        for _ in 0..case.windows {
+            let g: Vec<f32> = (0..n).map(|_| rng.symmetric(3.0)).collect();
+            let input = GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n };
+            // SAFETY: g holds n f32.
+            unsafe { e.microbatch(&input, 1.5).unwrap() };
+            norms.push(e.step(true).unwrap().unwrap().grad_norm.to_bits());
+        }
+        (norms, e.backend_mut().export_state().unwrap())
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.0, b.0, "norms differ run to run");
+    assert!(a.1.master.iter().zip(&b.1.master).all(|(x, y)| x.to_bits() == y.to_bits()), "params differ run to run");
+}
