@@ -27,7 +27,7 @@ GACC_BINDINGS_BUILD := $(GACC_ROOT)/build/bindings
 # module has no dependencies.
 GACC_GO_ENV := GOCACHE="$${GOCACHE:-$(GACC_ROOT)/build/go-cache}" GOPATH="$${GOPATH:-$(GACC_ROOT)/build/gopath}" \
                GOFLAGS=-mod=mod GOPROXY=off
-# tree-sitter-julia for the Julia syntax check, when scripts/ci-bindings.sh installed it.
+# tree-sitter-julia for the Julia syntax check, when scripts/install-test-deps.sh installed it.
 GACC_JULIA_SYNTAX_PY := $(firstword $(wildcard $(GACC_ROOT)/build/pyenv/bin/python) $(PYTHON))
 
 .PHONY: install bindings-test package-test gacc-release \
