@@ -26,6 +26,11 @@
 
 
 /**
+ * splitmix64's increment (the golden ratio in 64 bits).
+ */
+#define SR_GOLDEN 11400714819323198485ull
+
+/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0
@@ -252,6 +257,52 @@ typedef struct gacc_config {
    * GACC_GRADS_MEAN or GACC_GRADS_SUM.
    */
   uint32_t grad_reduction;
+  /**
+   * Loss-scale hysteresis (FP16), >= 1: the number of overflows tolerated before
+   * the scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default):
+   * back off at the first overflow, as torch.amp.GradScaler does.
+   */
+  uint32_t hysteresis;
+  /**
+   * 0 (default): the hysteresis budget is restored only when the scale grows
+   * (overflows need not be consecutive to use it up); 1: restored by every clean
+   * step (only consecutive overflows use it up). DeepSpeed's consecutive_hysteresis.
+   */
+  uint32_t consecutive_hysteresis;
+  /**
+   * Floor of the loss scale on backoff (FP16), finite and >= 0, <= init_scale;
+   * 0 (default): no floor.
+   */
+  float min_loss_scale;
+  /**
+   * Cap of the loss scale on growth (FP16), finite; 0 (default): no cap; otherwise
+   * >= init_scale.
+   */
+  float max_loss_scale;
+  /**
+   * 1: a micro-batch gradient holding inf/NaN is left out of the accumulator and
+   * of the total weight (decided on the device, no host sync), the window goes on,
+   * and gacc_step_info.dropped_microbatches counts it; the loss scale backs off
+   * (FP16) as for an overflow. 0 (default): it poisons the window, whose step is
+   * skipped.
+   */
+  uint32_t drop_nonfinite_microbatches;
+  /**
+   * 1: Kahan-compensated accumulation (one more fp32 buffer, +4 B per parameter;
+   * +8 B of traffic per parameter and micro-batch): the window's rounding error no
+   * longer grows with the number of micro-batches. 0 (default): plain fp32 sums.
+   */
+  uint32_t compensated_accumulation;
+  /**
+   * 1: the FP16/BF16 working copy is written with stochastic rounding (unbiased,
+   * reproducible from `seed` and the applied-step count); needs precision FP16 or
+   * BF16. 0 (default): round to nearest even.
+   */
+  uint32_t stochastic_rounding;
+  /**
+   * Seed of the stochastic rounding (any value; default 0).
+   */
+  uint64_t seed;
 } gacc_config;
 
 /**
@@ -306,9 +357,15 @@ typedef struct gacc_step_info {
    */
   uint32_t microbatches;
   /**
-   * Sum of the weights of the window just closed.
+   * Sum of the weights of the window just closed (without the dropped
+   * micro-batches when drop_nonfinite_microbatches is on).
    */
   double total_weight;
+  /**
+   * Micro-batches of the window just closed that were dropped because their
+   * gradient was not finite (always 0 unless drop_nonfinite_microbatches is on).
+   */
+  uint32_t dropped_microbatches;
 } gacc_step_info;
 
 /**

@@ -133,7 +133,7 @@ impl Engine {
         };
         // MEAN with weight 0 adds nothing: no pass over memory.
         if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
-            self.backend.accumulate(grad, mul)?;
+            self.backend.accumulate(grad, mul, weight)?;
         }
         self.total_weight = new_total;
         self.microbatches = self.microbatches.saturating_add(1);
@@ -166,6 +166,9 @@ impl Engine {
             return Ok(None);
         }
         let r = self.backend.last_report()?;
+        // Drop mode: the total without the dropped micro-batches is the backend's
+        // (summed on the device for CUDA), read back only now.
+        let drop_mode = self.config.numerics.drop_nonfinite;
         Ok(Some(gacc_step_info {
             applied: u32::from(r.applied),
             grad_norm: r.grad_norm,
@@ -173,7 +176,8 @@ impl Engine {
             loss_scale: r.loss_scale,
             step: r.step,
             microbatches,
-            total_weight,
+            total_weight: if drop_mode { r.window_total } else { total_weight },
+            dropped_microbatches: r.dropped,
         }))
     }
 
@@ -288,6 +292,13 @@ impl Engine {
     /// are sent to every rank (one all-reduce where the other ranks contribute zeros),
     /// so all ranks start identical.
     pub fn set_collective(&mut self, mut comm: Box<dyn Collective>) -> Result<()> {
+        if self.config.numerics.drop_nonfinite {
+            // The global window total would need the device totals on the host
+            // before the collective: not implemented.
+            return Err(Error::invalid_argument(
+                "drop_nonfinite_microbatches is not supported with data parallelism (create the engine without it)",
+            ));
+        }
         if self.microbatches != 0 || self.total_weight != 0.0 {
             return Err(Error::invalid_state(
                 "set the data-parallel transport before the first micro-batch of a window",
