@@ -4,6 +4,8 @@
 //! reference for K = 1 ... 4096), and stochastic rounding (unbiased, reproducible).
 //! tests/cuda_shim.rs runs the same bodies on the CUDA backend's kernels.
 
+#![allow(clippy::needless_range_loop)] // per-element reference code reads clearer indexed
+
 #[path = "cuda_common/mod.rs"]
 mod common;
 

@@ -104,7 +104,7 @@ fn each_kernel_file_compiles_standalone() {
         for (file, _) in kernels::KERNEL_FILES {
             let src = std::fs::read_to_string(kernel_dir.join(file)).unwrap();
             let what = format!("{file} for sm_{arch}");
-            let compiled = nvrtc::compile(&src, file, &[], &options(arch, &[kernel_dir.clone()]))
+            let compiled = nvrtc::compile(&src, file, &[], &options(arch, std::slice::from_ref(&kernel_dir)))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             assert!(compiled.cubin.starts_with(b"\x7fELF"), "{what}: not a cubin");
             let usage = parse_log(&compiled.log, &what);

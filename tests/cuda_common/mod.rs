@@ -497,6 +497,7 @@ impl DeepSpeedScaler {
 /// model's gradients do), and checks after every step that its loss scale equals
 /// the DeepSpeed transcription's, bit for bit, and that exactly the overflowing
 /// windows were skipped. Returns the number of overflows seen.
+#[allow(clippy::too_many_arguments)]
 pub fn run_scaler_against_deepspeed(
     make: &dyn Fn(Config, Layout, &[f32]) -> Engine,
     seed: u64,

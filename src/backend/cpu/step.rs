@@ -276,7 +276,7 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
     let buffers = Buffers {
         master: SharedMut(be.master.as_mut_ptr()),
         acc: SharedMut(be.acc.as_mut_ptr()),
-        comp: (!be.comp.is_empty()).then(|| SharedMut(be.comp.as_mut_ptr())),
+        comp: (!be.comp.is_empty()).then_some(SharedMut(be.comp.as_mut_ptr())),
         state1: SharedMut(be.state1.as_mut_ptr()),
         state2: SharedMut(be.state2.as_mut_ptr()),
         f16,
