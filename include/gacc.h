@@ -258,9 +258,9 @@ typedef struct gacc_config {
    */
   uint32_t grad_reduction;
   /**
-   * Loss-scale hysteresis (FP16), >= 1: the number of overflows tolerated before
-   * the scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default):
-   * back off at the first overflow, as torch.amp.GradScaler does.
+   * Loss-scale hysteresis (FP16): the number of overflows tolerated before the
+   * scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default; 0
+   * means the same): back off at the first overflow, as torch.amp.GradScaler does.
    */
   uint32_t hysteresis;
   /**

@@ -303,9 +303,9 @@ impl Config {
                 )))
             }
         };
-        if raw.hysteresis < 1 {
-            return Err(Error::invalid_argument("hysteresis must be >= 1 (got 0; 1 backs off at the first overflow)"));
-        }
+        // 0 means 1 (back off at the first overflow), so a zero-filled struct keeps
+        // GradScaler's rule.
+        let hysteresis = raw.hysteresis.max(1);
         let consecutive_hysteresis = flag(raw.consecutive_hysteresis, "consecutive_hysteresis")?;
         let min_scale = finite_nonneg(raw.min_loss_scale, "min_loss_scale")?;
         if min_scale > raw.init_scale {
@@ -344,7 +344,7 @@ impl Config {
                 growth_factor: raw.growth_factor,
                 backoff_factor: raw.backoff_factor,
                 growth_interval: raw.growth_interval,
-                hysteresis: raw.hysteresis,
+                hysteresis,
                 consecutive_hysteresis,
                 min_scale,
                 max_scale,
@@ -452,6 +452,10 @@ mod tests {
             (1, false, 0.0, 0.0)
         );
         assert_eq!(cfg.numerics, Numerics::default());
+        // A zero-filled numerics block is the same as the defaults.
+        let mut zeroed = default_raw_config();
+        zeroed.hysteresis = 0;
+        assert_eq!(Config::validate(&zeroed).unwrap(), cfg);
     }
 
     #[test]
@@ -476,7 +480,6 @@ mod tests {
             ("grad_reduction", Box::new(|c| c.grad_reduction = 2)),
             ("nesterov", Box::new(|c| c.nesterov = 2)),
             ("device", Box::new(|c| c.device = -3)),
-            ("hysteresis", Box::new(|c| c.hysteresis = 0)),
             ("consecutive_hysteresis", Box::new(|c| c.consecutive_hysteresis = 2)),
             ("min_loss_scale", Box::new(|c| c.min_loss_scale = -1.0)),
             ("min_loss_scale", Box::new(|c| c.min_loss_scale = f32::NAN)),

@@ -93,9 +93,9 @@ pub struct gacc_config {
     pub growth_interval: u32,
     /// GACC_GRADS_MEAN or GACC_GRADS_SUM.
     pub grad_reduction: u32,
-    /// Loss-scale hysteresis (FP16), >= 1: the number of overflows tolerated before
-    /// the scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default):
-    /// back off at the first overflow, as torch.amp.GradScaler does.
+    /// Loss-scale hysteresis (FP16): the number of overflows tolerated before the
+    /// scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default; 0
+    /// means the same): back off at the first overflow, as torch.amp.GradScaler does.
     pub hysteresis: u32,
     /// 0 (default): the hysteresis budget is restored only when the scale grows
     /// (overflows need not be consecutive to use it up); 1: restored by every clean
