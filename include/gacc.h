@@ -26,11 +26,6 @@
 
 
 /**
- * splitmix64's increment (the golden ratio in 64 bits).
- */
-#define SR_GOLDEN 11400714819323198485ull
-
-/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0

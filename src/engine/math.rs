@@ -97,7 +97,7 @@ pub fn mix64(z: u64) -> u64 {
 }
 
 /// splitmix64's increment (the golden ratio in 64 bits).
-pub const SR_GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+const SR_GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The stochastic-rounding key of one rewrite of the working copy: a function of the
 /// seed and the applied-step count only (mirrored by gacc_sr_key in common.cuh).
