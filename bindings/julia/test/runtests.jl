@@ -78,9 +78,13 @@ end
         @test c.optimizer == GACC_OPTIMIZER_ADAMW
         @test c.lr == 1f-3
         @test c.init_scale == 65536
-        @test sizeof(Gacc.Config) == 64
+        @test c.hysteresis == 1 && c.consecutive_hysteresis == 0
+        @test c.min_loss_scale == 0 && c.max_loss_scale == 0
+        @test c.drop_nonfinite_microbatches == 0 && c.compensated_accumulation == 0
+        @test c.stochastic_rounding == 0 && c.seed == 0
+        @test sizeof(Gacc.Config) == 104
         @test sizeof(Gacc.TensorDesc) == 32
-        @test sizeof(Gacc.StepInfo) == 40
+        @test sizeof(Gacc.StepInfo) == 48
     end
 
     @testset "micro-batches equal one batch" begin
