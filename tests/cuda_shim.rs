@@ -206,6 +206,12 @@ fn drop_mode_adds_one_launch_per_microbatch_and_none_per_step() {
     assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "no transfer, no sync");
     let report = be.last_report().unwrap();
     assert_eq!((report.applied, report.dropped, report.window_total), (true, 1, 3.0));
+    // The device counts as data parallelism reads and replaces them.
+    assert_eq!(be.window_counts().unwrap(), (0.0, 0), "reset by the step");
+    be.set_window_counts(7.5, 3).unwrap();
+    assert_eq!(be.window_counts().unwrap(), (7.5, 3));
+    be.zero_window().unwrap();
+    assert_eq!(be.window_counts().unwrap(), (0.0, 0), "gacc_zero clears them (two memsets)");
 }
 
 #[test]

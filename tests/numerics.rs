@@ -180,19 +180,6 @@ fn an_all_dropped_window_is_skipped_and_a_drop_backs_the_scale_off() {
     assert_eq!((i.applied, i.dropped_microbatches), (0, 0));
 }
 
-#[test]
-fn drop_mode_is_refused_with_data_parallelism() {
-    let layout = Layout::new(vec![(None, 4, true)]).unwrap();
-    let mut e = cpu(drop_config(GACC_PRECISION_FP32, true), layout, &[0.0; 4]);
-    unsafe extern "C" fn identity(_: *mut c_void, _: usize, _: u32, _: *mut c_void) -> i32 {
-        0
-    }
-    let comm = Box::new(gacc::distributed::callback::CallbackCollective::new(identity, std::ptr::null_mut(), 0, 1));
-    let err = e.set_collective(comm).unwrap_err();
-    assert_eq!(err.status, gacc::gacc_status::GACC_ERR_INVALID_ARGUMENT);
-    assert!(err.message.contains("drop_nonfinite_microbatches"), "{}", err.message);
-}
-
 /// RMS error of the window's fp32 sum (acc - comp, rounded once: what the step
 /// reads) against an f64 reference, relative to the reference's RMS, after K
 /// micro-batches of `n` elements. GACC_GRADS_SUM (products exact): what is measured

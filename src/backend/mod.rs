@@ -150,6 +150,22 @@ pub trait Backend: Send {
         self.import_state(&state)
     }
 
+    /// Drop mode: the open window's total weight and dropped count as the backend
+    /// keeps them (waits for the device). Data parallelism sums them across ranks.
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        let s = self.export_state()?;
+        Ok((s.window_total, s.window_dropped))
+    }
+
+    /// Drop mode: replaces the open window's total weight and dropped count (with the
+    /// global ones, under data parallelism).
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        let mut s = self.export_state()?;
+        s.window_total = total;
+        s.window_dropped = dropped;
+        self.import_state(&s)
+    }
+
     /// Copies all state to the host (waits for the device).
     fn export_state(&mut self) -> Result<StateSnapshot>;
 

@@ -188,8 +188,18 @@ impl Engine {
         let Some(comm) = self.comm.as_mut() else {
             return Err(Error::internal("data-parallel step without a transport"));
         };
-        let mut totals = [self.total_weight, f64::from(self.microbatches)];
-        comm.allreduce_f64(&mut totals)?;
+        // Drop mode: the backend's window total (dropped micro-batches left out) and
+        // dropped count travel with the host's totals (this waits for the device; a
+        // data-parallel step waits for its collectives anyway).
+        let drop_mode = self.config.numerics.drop_nonfinite;
+        let local_counts = if drop_mode { Some(self.backend.window_counts()?) } else { None };
+        let mut totals = [self.total_weight, f64::from(self.microbatches), 0.0, 0.0];
+        if let Some((total, dropped)) = local_counts {
+            totals[2] = total;
+            totals[3] = f64::from(dropped);
+        }
+        let totals = &mut totals[..if drop_mode { 4 } else { 2 }];
+        comm.allreduce_f64(totals)?;
         let (global_weight, global_count) = (totals[0], totals[1]);
         if !(global_weight > 0.0 && global_weight.is_finite()) {
             return Err(Error::invalid_state(format!(
@@ -197,7 +207,16 @@ impl Engine {
                 comm.world_size()
             )));
         }
-        self.backend.allreduce_accumulator(comm.as_mut())?;
+        if drop_mode {
+            self.backend.set_window_counts(totals[2], totals[3].min(f64::from(u32::MAX)) as u32)?;
+        }
+        if let Err(e) = self.backend.allreduce_accumulator(comm.as_mut()) {
+            // The window stays this rank's own.
+            if let Some((total, dropped)) = local_counts {
+                self.backend.set_window_counts(total, dropped)?;
+            }
+            return Err(e);
+        }
         self.comm_stats.collectives += 2;
         self.comm_stats.bytes += (self.layout.numel * 4 + totals.len() * 8) as u64;
         // From here the window is the global one (accumulator and totals agree).
@@ -292,13 +311,6 @@ impl Engine {
     /// are sent to every rank (one all-reduce where the other ranks contribute zeros),
     /// so all ranks start identical.
     pub fn set_collective(&mut self, mut comm: Box<dyn Collective>) -> Result<()> {
-        if self.config.numerics.drop_nonfinite {
-            // The global window total would need the device totals on the host
-            // before the collective: not implemented.
-            return Err(Error::invalid_argument(
-                "drop_nonfinite_microbatches is not supported with data parallelism (create the engine without it)",
-            ));
-        }
         if self.microbatches != 0 || self.total_weight != 0.0 {
             return Err(Error::invalid_state(
                 "set the data-parallel transport before the first micro-batch of a window",

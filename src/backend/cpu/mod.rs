@@ -243,6 +243,16 @@ impl Backend for CpuBackend {
         Ok(&self.scaler.scale as *const f32)
     }
 
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        Ok((self.window_total, self.window_dropped))
+    }
+
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        self.window_total = total;
+        self.window_dropped = dropped;
+        Ok(())
+    }
+
     fn export_state(&mut self) -> Result<StateSnapshot> {
         Ok(StateSnapshot {
             master: try_copy(&self.master, "checkpoint copy of the master weights")?,

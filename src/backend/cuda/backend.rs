@@ -395,6 +395,19 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.rt.set_stream(stream)
     }
 
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        let st = self.read_state()?;
+        Ok((st.window_total, st.window_dropped))
+    }
+
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        let mut st = self.read_state()?;
+        st.window_total = total;
+        st.window_dropped = dropped;
+        // SAFETY: state holds one DeviceState (the copy waits for the host source).
+        unsafe { self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>()) }
+    }
+
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {
         Ok((self.state + std::mem::offset_of!(DeviceState, loss_scale) as u64) as *const f32)
     }
