@@ -408,7 +408,10 @@ uint32_t gacc_abi_version(void);
  * Fills `cfg` with the defaults: device AUTO; AdamW lr 1e-3, betas 0.9/0.999, eps
  * 1e-8, weight_decay 0.01; momentum 0, nesterov 0; precision FP32; no clipping;
  * init_scale 65536, growth_factor 2, backoff_factor 0.5, growth_interval 2000;
- * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults).
+ * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
+ * numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
+ * or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
+ * stochastic_rounding 0, seed 0 (docs/numerics.md).
  * NULL: no effect (the failure is recorded for gacc_last_error).
  */
 void gacc_config_init(struct gacc_config *cfg);
@@ -461,7 +464,9 @@ enum gacc_status gacc_device(const struct gacc_engine *e, int32_t *out);
  * elements of `dtype`. CPU engine: host memory; CUDA engine: device or host memory.
  * `weight` (finite, >= 0) is the number of samples or tokens behind it.
  * GACC_GRADS_MEAN: acc += weight * grad; GACC_GRADS_SUM: acc += grad; both: total +=
- * weight. A rejected call leaves the window as it was.
+ * weight. A rejected call leaves the window as it was. With
+ * drop_nonfinite_microbatches a gradient holding inf/NaN is left out (decided on the
+ * device, no sync); with compensated_accumulation the sum is Kahan-compensated.
  */
 enum gacc_status gacc_microbatch(struct gacc_engine *e,
                                  const void *grad,
@@ -475,6 +480,9 @@ enum gacc_status gacc_microbatch(struct gacc_engine *e,
  * growth_interval clean steps, rewrite the working copy. acc and total are zeroed
  * either way. total == 0 is GACC_ERR_INVALID_STATE. With `info` NULL the call does
  * not wait for the device; with `info` it does, and fills it.
+ * With drop_nonfinite_microbatches the total is the device's (dropped micro-batches
+ * left out); a window whose micro-batches were all dropped is skipped (applied 0),
+ * not an error. The loss scale follows hysteresis/min/max_loss_scale (docs/numerics.md).
  */
 enum gacc_status gacc_step(struct gacc_engine *e, struct gacc_step_info *info);
 
