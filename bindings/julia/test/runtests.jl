@@ -159,6 +159,23 @@ end
         close(e)
     end
 
+    @testset "numerics options" begin
+        e = Engine(Config(device = GACC_DEVICE_CPU, precision = GACC_PRECISION_FP16, init_scale = 1024,
+                          hysteresis = 2, drop_nonfinite_microbatches = 1, compensated_accumulation = 1,
+                          stochastic_rounding = 1, seed = 7), 3)
+        microbatch!(e, Float32[1, NaN, 0], 1)
+        microbatch!(e, Float32[0.5, -0.25, 1], 2)
+        info = step!(e)
+        @test info.applied == 1
+        @test info.dropped_microbatches == 1
+        @test info.microbatches == 2
+        @test info.total_weight == 2
+        @test info.loss_scale == 1024   # hysteresis 2: the first overflow is tolerated
+        close(e)
+        expect_error(() -> Engine(Config(device = GACC_DEVICE_CPU, stochastic_rounding = 1), 3),
+                     GACC_ERR_INVALID_ARGUMENT, "stochastic_rounding")
+    end
+
     @testset "params, lr, finalizer" begin
         e = Engine(cpu_sgd(0.1), model_tensors())
         @test ntensors(e) == 2
