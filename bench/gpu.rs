@@ -73,7 +73,7 @@ fn main() {
     let accumulate = |ptr: u64, dtype: Dtype| {
         move |be: &mut CudaBackend<CudaRuntime>| {
             let g = GradInput { ptr: ptr as *const c_void, dtype, numel: n };
-            unsafe { be.accumulate(&g, 1.0).unwrap() };
+            unsafe { be.accumulate(&g, 1.0, 1.0).unwrap() };
         }
     };
     let acc16_s = measure(&mut be, iters, accumulate(grad16, Dtype::F16));

@@ -252,6 +252,52 @@ typedef struct gacc_config {
    * GACC_GRADS_MEAN or GACC_GRADS_SUM.
    */
   uint32_t grad_reduction;
+  /**
+   * Loss-scale hysteresis (FP16): the number of overflows tolerated before the
+   * scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default; 0
+   * means the same): back off at the first overflow, as torch.amp.GradScaler does.
+   */
+  uint32_t hysteresis;
+  /**
+   * 0 (default): the hysteresis budget is restored only when the scale grows
+   * (overflows need not be consecutive to use it up); 1: restored by every clean
+   * step (only consecutive overflows use it up). DeepSpeed's consecutive_hysteresis.
+   */
+  uint32_t consecutive_hysteresis;
+  /**
+   * Floor of the loss scale on backoff (FP16), finite and >= 0, <= init_scale;
+   * 0 (default): no floor.
+   */
+  float min_loss_scale;
+  /**
+   * Cap of the loss scale on growth (FP16), finite; 0 (default): no cap; otherwise
+   * >= init_scale.
+   */
+  float max_loss_scale;
+  /**
+   * 1: a micro-batch gradient holding inf/NaN is left out of the accumulator and
+   * of the total weight (decided on the device, no host sync), the window goes on,
+   * and gacc_step_info.dropped_microbatches counts it; the loss scale backs off
+   * (FP16) as for an overflow. 0 (default): it poisons the window, whose step is
+   * skipped.
+   */
+  uint32_t drop_nonfinite_microbatches;
+  /**
+   * 1: Kahan-compensated accumulation (one more fp32 buffer, +4 B per parameter;
+   * +8 B of traffic per parameter and micro-batch): the window's rounding error no
+   * longer grows with the number of micro-batches. 0 (default): plain fp32 sums.
+   */
+  uint32_t compensated_accumulation;
+  /**
+   * 1: the FP16/BF16 working copy is written with stochastic rounding (unbiased,
+   * reproducible from `seed` and the applied-step count); needs precision FP16 or
+   * BF16. 0 (default): round to nearest even.
+   */
+  uint32_t stochastic_rounding;
+  /**
+   * Seed of the stochastic rounding (any value; default 0).
+   */
+  uint64_t seed;
 } gacc_config;
 
 /**
@@ -306,9 +352,15 @@ typedef struct gacc_step_info {
    */
   uint32_t microbatches;
   /**
-   * Sum of the weights of the window just closed.
+   * Sum of the weights of the window just closed (without the dropped
+   * micro-batches when drop_nonfinite_microbatches is on).
    */
   double total_weight;
+  /**
+   * Micro-batches of the window just closed that were dropped because their
+   * gradient was not finite (always 0 unless drop_nonfinite_microbatches is on).
+   */
+  uint32_t dropped_microbatches;
 } gacc_step_info;
 
 /**
@@ -356,7 +408,10 @@ uint32_t gacc_abi_version(void);
  * Fills `cfg` with the defaults: device AUTO; AdamW lr 1e-3, betas 0.9/0.999, eps
  * 1e-8, weight_decay 0.01; momentum 0, nesterov 0; precision FP32; no clipping;
  * init_scale 65536, growth_factor 2, backoff_factor 0.5, growth_interval 2000;
- * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults).
+ * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
+ * numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
+ * or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
+ * stochastic_rounding 0, seed 0 (docs/numerics.md).
  * NULL: no effect (the failure is recorded for gacc_last_error).
  */
 void gacc_config_init(struct gacc_config *cfg);
@@ -409,7 +464,9 @@ enum gacc_status gacc_device(const struct gacc_engine *e, int32_t *out);
  * elements of `dtype`. CPU engine: host memory; CUDA engine: device or host memory.
  * `weight` (finite, >= 0) is the number of samples or tokens behind it.
  * GACC_GRADS_MEAN: acc += weight * grad; GACC_GRADS_SUM: acc += grad; both: total +=
- * weight. A rejected call leaves the window as it was.
+ * weight. A rejected call leaves the window as it was. With
+ * drop_nonfinite_microbatches a gradient holding inf/NaN is left out (decided on the
+ * device, no sync); with compensated_accumulation the sum is Kahan-compensated.
  */
 enum gacc_status gacc_microbatch(struct gacc_engine *e,
                                  const void *grad,
@@ -423,6 +480,9 @@ enum gacc_status gacc_microbatch(struct gacc_engine *e,
  * growth_interval clean steps, rewrite the working copy. acc and total are zeroed
  * either way. total == 0 is GACC_ERR_INVALID_STATE. With `info` NULL the call does
  * not wait for the device; with `info` it does, and fills it.
+ * With drop_nonfinite_microbatches the total is the device's (dropped micro-batches
+ * left out); a window whose micro-batches were all dropped is skipped (applied 0),
+ * not an error. The loss scale follows hysteresis/min/max_loss_scale (docs/numerics.md).
  */
 enum gacc_status gacc_step(struct gacc_engine *e, struct gacc_step_info *info);
 

@@ -38,6 +38,8 @@ typedef unsigned long long gacc_u64;
 struct gacc_state {
     gacc_u64 step;            // applied updates so far
     double sumsq;             // last step: sum of squares of g, in f64
+    double window_total;      // drop mode: the open window's total weight (dropped left out)
+    double last_total;        // drop mode: the last closed window's total (for the step info)
     float loss_scale;         // S for the next window (read by callers' loss kernels)
     unsigned growth_tracker;  // clean steps in a row since the last growth/backoff
     unsigned applied;         // last step: 1 applied, 0 skipped
@@ -57,6 +59,11 @@ struct gacc_state {
     float momentum;           // SGD
     unsigned nesterov;        // SGD
     unsigned first;           // SGD: 1 on the first applied update
+    unsigned hysteresis_left; // overflows still tolerated before the scale backs off
+    unsigned window_dropped;  // drop mode: micro-batches of the open window left out
+    unsigned last_dropped;    // drop mode: the same, for the last closed window
+    unsigned bad_seq;         // drop mode: sequence number of the last micro-batch
+                              // found non-finite (gacc_check_finite's flag word)
 };
 
 // --- conversions -----------------------------------------------------------------
@@ -76,6 +83,53 @@ GACC_INLINE float gacc_unscale_factor(double total_weight, float scale) {
 // math::lerp (torch.lerp's CPU formula).
 GACC_INLINE float gacc_lerp(float start, float end, float weight) {
     return fabsf(weight) < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.0f - weight);
+}
+
+// --- stochastic rounding (math.rs: mix64, sr_key, sr_bits, f32_to_*_sr) ------------
+
+// splitmix64's output function.
+GACC_INLINE gacc_u64 gacc_mix64(gacc_u64 z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+#define GACC_SR_GOLDEN 0x9E3779B97F4A7C15ull
+// Key of one rewrite of the working copy: seed and applied-step count.
+GACC_INLINE gacc_u64 gacc_sr_key(gacc_u64 seed, gacc_u64 step) { return gacc_mix64(seed ^ gacc_mix64(step + GACC_SR_GOLDEN)); }
+// 64 random bits for element `index`.
+GACC_INLINE gacc_u64 gacc_sr_bits(gacc_u64 key, gacc_u64 index) {
+    return gacc_mix64(key + (index + 1ull) * GACC_SR_GOLDEN);
+}
+// bf16: add 16 random low bits to the magnitude's pattern, cut them; inf/NaN: RNE.
+GACC_INLINE unsigned short gacc_f32_to_bf16_sr(float x, gacc_u64 r) {
+    if (!isfinite(x)) return gacc_f32_to_bf16(x);
+    return (unsigned short)((__float_as_uint(x) + (unsigned)(r & 0xFFFFull)) >> 16);
+}
+// f16: normal range: 13 random low bits added to |x|'s pattern, cut, then (exact or
+// inf) RNE; subnormal range: floor(|x| 2^24) + (24 random bits < frac * 2^24).
+GACC_INLINE unsigned short gacc_f32_to_f16_sr(float x, gacc_u64 r) {
+    if (!isfinite(x)) return gacc_f32_to_f16(x);
+    const unsigned short sign = (unsigned short)((__float_as_uint(x) >> 16) & 0x8000u);
+    const float a = fabsf(x);
+    unsigned short mag;
+    if (a >= 6.103515625e-5f) {
+        const unsigned t = (__float_as_uint(a) + (unsigned)(r & 0x1FFFull)) & ~0x1FFFu;
+        mag = gacc_f32_to_f16(__uint_as_float(t));
+    } else {
+        const float s = a * 16777216.0f;
+        const float fl = floorf(s);
+        const unsigned frac = (unsigned)((s - fl) * 16777216.0f);
+        mag = (unsigned short)((unsigned)fl + (((unsigned)(r & 0xFFFFFFull)) < frac ? 1u : 0u));
+    }
+    return (unsigned short)(sign | mag);
+}
+// The working copy element `index` of value p: RNE, or stochastic under `key`.
+GACC_INLINE unsigned short gacc_to_working_sr(float p, int working, unsigned sr, gacc_u64 key, gacc_u64 index) {
+    if (sr) {
+        const gacc_u64 r = gacc_sr_bits(key, index);
+        return working == GACC_WORKING_F16 ? gacc_f32_to_f16_sr(p, r) : gacc_f32_to_bf16_sr(p, r);
+    }
+    return working == GACC_WORKING_F16 ? gacc_f32_to_f16(p) : gacc_f32_to_bf16(p);
 }
 
 // --- indexing ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // convert.cu: working copy = RNE(master), for gacc_params_write and checkpoint
-// import (a step rewrites the working copy inside its fused update pass instead).
+// import (a step rewrites the working copy inside its fused update pass instead);
+// stochastic rounding (sr = 1) keyed by gacc_sr_key(seed, state->step).
 //
 // Math: f16 via __float2half_rn, bf16 via __float2bfloat16_rn (round to nearest even),
 // as the CPU backend's conversions. Memory traffic per parameter: read 4 B, write 2 B.
@@ -8,7 +9,8 @@
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_write_working(const float* __restrict__ master, unsigned short* __restrict__ working, int working_dtype,
-                   gacc_u64 n) {
+                   gacc_u64 n, const gacc_state* state, unsigned sr, gacc_u64 seed) {
+    const gacc_u64 key = sr ? gacc_sr_key(seed, state->step) : 0ull;
     const gacc_u64 tid = gacc_thread_index();
     const gacc_u64 stride = gacc_thread_count();
     const gacc_u64 n4 = n / 4;
@@ -18,7 +20,13 @@ gacc_write_working(const float* __restrict__ master, unsigned short* __restrict_
     for (gacc_u64 i = tid; i < n4; i += stride) {
         const float4 p = p4[i];
         uint2 w;
-        if (f16) {
+        const gacc_u64 e = i * 4;
+        if (sr) {
+            w.x = (unsigned)gacc_to_working_sr(p.x, working_dtype, 1u, key, e + 0) |
+                  ((unsigned)gacc_to_working_sr(p.y, working_dtype, 1u, key, e + 1) << 16);
+            w.y = (unsigned)gacc_to_working_sr(p.z, working_dtype, 1u, key, e + 2) |
+                  ((unsigned)gacc_to_working_sr(p.w, working_dtype, 1u, key, e + 3) << 16);
+        } else if (f16) {
             w.x = (unsigned)gacc_f32_to_f16(p.x) | ((unsigned)gacc_f32_to_f16(p.y) << 16);
             w.y = (unsigned)gacc_f32_to_f16(p.z) | ((unsigned)gacc_f32_to_f16(p.w) << 16);
         } else {
@@ -28,6 +36,6 @@ gacc_write_working(const float* __restrict__ master, unsigned short* __restrict_
         w4[i] = w;
     }
     for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
-        working[i] = f16 ? gacc_f32_to_f16(master[i]) : gacc_f32_to_bf16(master[i]);
+        working[i] = gacc_to_working_sr(master[i], working_dtype, sr, key, i);
     }
 }

@@ -7,6 +7,10 @@
 // partials[blockIdx.x]. gacc_finalize (scaler.cu) adds the partials in index order.
 // No float atomics: for a given grid size the result is bit-identical run to run.
 // A non-finite g makes the sum non-finite: that is the found_inf test, no extra pass.
+// Compensated accumulation (comp != NULL): g[i] = (acc[i] - comp[i]) * factor (+4 B).
+// Drop mode (device_total = 1): total is state->window_total, summed on the device;
+// when every micro-batch was dropped it is 0, factor is inf and g = 0 * inf is NaN:
+// the step is skipped, as on the CPU.
 //
 // Memory traffic per parameter: read acc (4 B). Plus 8 B per block.
 // acc is a device allocation, so the float4 path is always aligned; the scalar tail
@@ -14,17 +18,26 @@
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
-gacc_norm_partials(const float* __restrict__ acc, gacc_u64 n, double total_weight, const gacc_state* state,
-                   double* __restrict__ partials) {
+gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp, gacc_u64 n, double total_weight,
+                   unsigned device_total, const gacc_state* state, double* __restrict__ partials) {
     __shared__ double shared_sum[GACC_BLOCK];
-    const float factor = gacc_unscale_factor(total_weight, state->loss_scale);
+    const double total = device_total ? state->window_total : total_weight;
+    const float factor = gacc_unscale_factor(total, state->loss_scale);
+    const float4* comp4 = reinterpret_cast<const float4*>(comp);
     const gacc_u64 tid = gacc_thread_index();
     const gacc_u64 stride = gacc_thread_count();
     const gacc_u64 n4 = n / 4;
     const float4* acc4 = reinterpret_cast<const float4*>(acc);
     double sum = 0.0;
     for (gacc_u64 i = tid; i < n4; i += stride) {
-        const float4 a = acc4[i];
+        float4 a = acc4[i];
+        if (comp) {
+            const float4 c = comp4[i];
+            a.x = a.x - c.x;
+            a.y = a.y - c.y;
+            a.z = a.z - c.z;
+            a.w = a.w - c.w;
+        }
         const double g0 = (double)(a.x * factor), g1 = (double)(a.y * factor);
         const double g2 = (double)(a.z * factor), g3 = (double)(a.w * factor);
         sum = sum + g0 * g0;
@@ -33,7 +46,8 @@ gacc_norm_partials(const float* __restrict__ acc, gacc_u64 n, double total_weigh
         sum = sum + g3 * g3;
     }
     for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
-        const double g = (double)(acc[i] * factor);
+        const float a = comp ? acc[i] - comp[i] : acc[i];
+        const double g = (double)(a * factor);
         sum = sum + g * g;
     }
     shared_sum[threadIdx.x] = sum;

@@ -12,6 +12,16 @@
 //    t = step + 1; the optimizer's scalars for update t (AdamW bias corrections in
 //    f64 from t, exactly as math::AdamScalars::new; SGD first = (t == 1)); then the
 //    scale grows after growth_interval clean steps (when the grown value is finite).
+// 5. Drop mode: the window's total is the device's (state->window_total) and a
+//    window with every micro-batch dropped (total 0) is skipped; a dropped
+//    micro-batch counts as an overflow for the loss scale even when the step is
+//    applied. The window's total and dropped count move to last_total/last_dropped
+//    (the step info) and the open-window ones are reset.
+// The scaler rule (math::ScalerState::update): overflow: if hysteresis_left <= 1
+// { S = max(S * backoff, min_scale) } else { hysteresis_left -= 1 }; tracker = 0.
+// Clean: if consecutive { hysteresis_left = hysteresis }; tracker += 1; at
+// growth_interval: grown = S * growth, taken if finite (capped at max_scale when
+// max_scale > 0); tracker = 0; if !consecutive { hysteresis_left = hysteresis }.
 // Everything lands in the gacc_state struct that gacc_update_* reads, and that the
 // host reads back only when asked. Memory traffic: 8 B per norm block + the state.
 #include "common.cuh"
@@ -25,21 +35,36 @@ struct gacc_hyper {
     unsigned scales_loss;  // 1: FP16 dynamic loss scaling
     float growth_factor, backoff_factor;
     unsigned growth_interval;
+    unsigned hysteresis;              // >= 1
+    unsigned consecutive_hysteresis;  // 0 or 1
+    float min_scale;                  // 0: no floor
+    float max_scale;                  // 0: no cap
+    unsigned drop_nonfinite;          // 1: drop mode (device window total)
 };
 
-GACC_INLINE void gacc_scaler_update(gacc_state* st, float growth_factor, float backoff_factor,
-                                    unsigned growth_interval, bool found_inf) {
+GACC_INLINE void gacc_scaler_update(gacc_state* st, const gacc_hyper& h, bool found_inf) {
     if (found_inf) {
-        st->loss_scale = st->loss_scale * backoff_factor;
+        if (st->hysteresis_left <= 1u) {
+            const float backed_off = st->loss_scale * h.backoff_factor;
+            st->loss_scale = backed_off < h.min_scale ? h.min_scale : backed_off;
+        } else {
+            st->hysteresis_left = st->hysteresis_left - 1u;
+        }
         st->growth_tracker = 0;
     } else {
+        if (h.consecutive_hysteresis) {
+            st->hysteresis_left = h.hysteresis;
+        }
         const unsigned successful = st->growth_tracker + 1;
-        if (successful == growth_interval) {
-            const float grown = st->loss_scale * growth_factor;
+        if (successful == h.growth_interval) {
+            const float grown = st->loss_scale * h.growth_factor;
             if (isfinite(grown)) {
-                st->loss_scale = grown;
+                st->loss_scale = (h.max_scale > 0.0f && grown > h.max_scale) ? h.max_scale : grown;
             }
             st->growth_tracker = 0;
+            if (!h.consecutive_hysteresis) {
+                st->hysteresis_left = h.hysteresis;
+            }
         } else {
             st->growth_tracker = successful;
         }
@@ -57,10 +82,20 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
     for (unsigned i = 0; i < n_partials; ++i) {
         sumsq = sumsq + partials[i];
     }
-    const bool found_inf = !isfinite(sumsq);
+    double total = total_weight;
+    unsigned dropped = 0;
+    if (h.drop_nonfinite) {
+        total = st.window_total;
+        dropped = st.window_dropped;
+        st.window_total = 0.0;
+        st.window_dropped = 0;
+    }
+    st.last_total = h.drop_nonfinite ? total : 0.0;
+    st.last_dropped = dropped;
+    const bool found_inf = !isfinite(sumsq) || !(total > 0.0);
     const float norm = (float)sqrt(sumsq);
     st.sumsq = sumsq;
-    st.factor = gacc_unscale_factor(total_weight, st.loss_scale);
+    st.factor = gacc_unscale_factor(total, st.loss_scale);
     st.grad_norm = norm;
     if (found_inf) {
         st.applied = 0;
@@ -96,7 +131,7 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
         st.step = t;
     }
     if (h.scales_loss) {
-        gacc_scaler_update(&st, h.growth_factor, h.backoff_factor, h.growth_interval, found_inf);
+        gacc_scaler_update(&st, h, found_inf || dropped > 0u);
     }
     *state = st;
 }

@@ -6,7 +6,11 @@
 //          v = v*b2 + (1 - b2)*g*g; p += (-lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
 //   SGD:   d = g + wd*p (decaying tensors); buf = first ? d : buf*momentum + d;
 //          d = nesterov ? d + momentum*buf : buf; p += -lr * d
-//   working copy = RNE(p) (f16 or bf16); acc = 0.
+//   working copy = RNE(p) (f16 or bf16), or stochastic rounding (sr = 1) keyed by
+//   gacc_sr_key(seed, step) and the element index; acc = 0.
+// Compensated accumulation (comp != NULL): the gradient is the compensated sum,
+// a = acc - comp (rounded once to f32), and comp = 0 with acc (+4 B read, +4 B
+// written per parameter).
 // Exactly src/engine/math.rs, operation for operation (no FMA contraction).
 // Skipped step (state->applied == 0): only acc = 0 is written; p, m, v, the working
 // copy and the step count are untouched.
@@ -90,32 +94,32 @@ struct gacc_op_sgd {
     }
 };
 
-GACC_INLINE unsigned short gacc_to_working(float p, int working) {
-    return working == GACC_WORKING_F16 ? gacc_f32_to_f16(p) : gacc_f32_to_bf16(p);
-}
-
 template <class Op>
-GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ master, float* __restrict__ s1,
-                                  float* __restrict__ s2, unsigned short* __restrict__ working, int working_dtype,
-                                  gacc_u64 n, const gacc_state* state, const gacc_u64* run_ends, unsigned n_runs,
-                                  unsigned first_decay) {
+GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ comp, float* __restrict__ master,
+                                  float* __restrict__ s1, float* __restrict__ s2, unsigned short* __restrict__ working,
+                                  int working_dtype, gacc_u64 n, const gacc_state* state, const gacc_u64* run_ends,
+                                  unsigned n_runs, unsigned first_decay, unsigned sr, gacc_u64 seed) {
     const gacc_u64 tid = gacc_thread_index();
     const gacc_u64 stride = gacc_thread_count();
     const gacc_u64 n4 = n / 4;
     float4* acc4 = reinterpret_cast<float4*>(acc);
+    float4* comp4 = reinterpret_cast<float4*>(comp);
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (state->applied == 0) {
         // Skipped step: the window is dropped, nothing else changes.
         for (gacc_u64 i = tid; i < n4; i += stride) {
             acc4[i] = zero4;
+            if (comp) comp4[i] = zero4;
         }
         for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
             acc[i] = 0.0f;
+            if (comp) comp[i] = 0.0f;
         }
         return;
     }
     const gacc_state s = *state;
     const float factor = s.factor, coef = s.clip_coef;
+    const gacc_u64 key = sr ? gacc_sr_key(seed, s.step) : 0ull;
     gacc_runs runs = {run_ends, n_runs, first_decay, 0u, 0ull, 0ull};
     runs.seek(0);
     float4* p4 = reinterpret_cast<float4*>(master);
@@ -123,7 +127,15 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ m
     float4* v4 = reinterpret_cast<float4*>(s2);
     uint2* w4 = reinterpret_cast<uint2*>(working);
     for (gacc_u64 i = tid; i < n4; i += stride) {
-        const float4 a = acc4[i];
+        float4 a = acc4[i];
+        if (comp) {
+            const float4 c = comp4[i];
+            a.x = a.x - c.x;
+            a.y = a.y - c.y;
+            a.z = a.z - c.z;
+            a.w = a.w - c.w;
+            comp4[i] = zero4;
+        }
         float4 p = p4[i];
         float4 m = zero4, v = zero4;
         if (Op::states >= 1) m = m4[i];
@@ -138,8 +150,10 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ m
         if (Op::states >= 2) v4[i] = v;
         if (working_dtype != GACC_WORKING_NONE) {
             uint2 w;
-            w.x = (unsigned)gacc_to_working(p.x, working_dtype) | ((unsigned)gacc_to_working(p.y, working_dtype) << 16);
-            w.y = (unsigned)gacc_to_working(p.z, working_dtype) | ((unsigned)gacc_to_working(p.w, working_dtype) << 16);
+            w.x = (unsigned)gacc_to_working_sr(p.x, working_dtype, sr, key, e + 0) |
+                  ((unsigned)gacc_to_working_sr(p.y, working_dtype, sr, key, e + 1) << 16);
+            w.y = (unsigned)gacc_to_working_sr(p.z, working_dtype, sr, key, e + 2) |
+                  ((unsigned)gacc_to_working_sr(p.w, working_dtype, sr, key, e + 3) << 16);
             w4[i] = w;
         }
         acc4[i] = zero4;
@@ -149,34 +163,40 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ m
         float m = 0.0f, v = 0.0f;
         if (Op::states >= 1) m = s1[i];
         if (Op::states >= 2) v = s2[i];
-        Op::apply(p, m, v, (acc[i] * factor) * coef, runs.decay(i), s);
+        float a = acc[i];
+        if (comp) {
+            a = a - comp[i];
+            comp[i] = 0.0f;
+        }
+        Op::apply(p, m, v, (a * factor) * coef, runs.decay(i), s);
         master[i] = p;
         if (Op::states >= 1) s1[i] = m;
         if (Op::states >= 2) s2[i] = v;
-        if (working_dtype != GACC_WORKING_NONE) working[i] = gacc_to_working(p, working_dtype);
+        if (working_dtype != GACC_WORKING_NONE) working[i] = gacc_to_working_sr(p, working_dtype, sr, key, i);
         acc[i] = 0.0f;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
-gacc_update_adamw(float* acc, float* master, float* exp_avg, float* exp_avg_sq, unsigned short* working,
+gacc_update_adamw(float* acc, float* comp, float* master, float* exp_avg, float* exp_avg_sq, unsigned short* working,
                   int working_dtype, gacc_u64 n, const gacc_state* state, const gacc_u64* run_ends, unsigned n_runs,
-                  unsigned first_decay) {
-    gacc_update_body<gacc_op_adamw>(acc, master, exp_avg, exp_avg_sq, working, working_dtype, n, state, run_ends,
-                                    n_runs, first_decay);
+                  unsigned first_decay, unsigned sr, gacc_u64 seed) {
+    gacc_update_body<gacc_op_adamw>(acc, comp, master, exp_avg, exp_avg_sq, working, working_dtype, n, state,
+                                    run_ends, n_runs, first_decay, sr, seed);
 }
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
-gacc_update_sgd_momentum(float* acc, float* master, float* momentum_buffer, unsigned short* working,
+gacc_update_sgd_momentum(float* acc, float* comp, float* master, float* momentum_buffer, unsigned short* working,
                          int working_dtype, gacc_u64 n, const gacc_state* state, const gacc_u64* run_ends,
-                         unsigned n_runs, unsigned first_decay) {
-    gacc_update_body<gacc_op_sgd_momentum>(acc, master, momentum_buffer, (float*)0, working, working_dtype, n,
-                                           state, run_ends, n_runs, first_decay);
+                         unsigned n_runs, unsigned first_decay, unsigned sr, gacc_u64 seed) {
+    gacc_update_body<gacc_op_sgd_momentum>(acc, comp, master, momentum_buffer, (float*)0, working, working_dtype, n,
+                                           state, run_ends, n_runs, first_decay, sr, seed);
 }
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
-gacc_update_sgd(float* acc, float* master, unsigned short* working, int working_dtype, gacc_u64 n,
-                const gacc_state* state, const gacc_u64* run_ends, unsigned n_runs, unsigned first_decay) {
-    gacc_update_body<gacc_op_sgd>(acc, master, (float*)0, (float*)0, working, working_dtype, n, state, run_ends,
-                                  n_runs, first_decay);
+gacc_update_sgd(float* acc, float* comp, float* master, unsigned short* working, int working_dtype, gacc_u64 n,
+                const gacc_state* state, const gacc_u64* run_ends, unsigned n_runs, unsigned first_decay, unsigned sr,
+                gacc_u64 seed) {
+    gacc_update_body<gacc_op_sgd>(acc, comp, master, (float*)0, (float*)0, working, working_dtype, n, state, run_ends,
+                                  n_runs, first_decay, sr, seed);
 }

@@ -133,11 +133,24 @@ fn load(e: &Engine, p: &Path) -> gacc_status {
 }
 
 fn resume_is_exact(optimizer: u32, precision: u32, tag: &str) {
+    resume_is_exact_with(config(optimizer, precision), false, tag);
+}
+
+fn resume_is_exact_with(cfg: gacc_config, poison: bool, tag: &str) {
     let dir = tmpdir(tag);
     let ckpt = dir.join("state.safetensors");
-    let cfg = config(optimizer, precision);
     let init = Rng(5).vec(numel(), 1.0);
-    let data = gradients(11, 10, 4);
+    let mut data = gradients(11, 10, 4);
+    if poison {
+        // Scattered non-finite micro-batches (window 6, saved mid-window, has one).
+        for (w, window) in data.iter_mut().enumerate() {
+            for (m, (g, _)) in window.iter_mut().enumerate() {
+                if (w * 4 + m) % 7 == 3 {
+                    g[m + 1] = f32::NAN;
+                }
+            }
+        }
+    }
     let (stop_window, stop_micro) = (6, 2);
 
     // Uninterrupted run.
@@ -205,6 +218,25 @@ fn resume_mid_window_is_bit_identical_sgd_bf16() {
 }
 
 /// Damaged files are rejected with GACC_ERR_CORRUPT and leave the engine untouched.
+#[test]
+fn resume_mid_window_is_bit_identical_with_every_numerics_option() {
+    // Hysteresis (its counter is state), drop mode (the window's total and dropped
+    // count are state), Kahan compensation (comp.<i> tensors), stochastic rounding
+    // (a function of seed and step: the working copy after resume must match too).
+    for (precision, tag) in [(GACC_PRECISION_FP16, "numerics-fp16"), (GACC_PRECISION_BF16, "numerics-bf16")] {
+        let mut cfg = config(GACC_OPTIMIZER_ADAMW, precision);
+        cfg.hysteresis = 2;
+        cfg.consecutive_hysteresis = 1;
+        cfg.min_loss_scale = 1.0;
+        cfg.max_loss_scale = 1e6;
+        cfg.drop_nonfinite_microbatches = 1;
+        cfg.compensated_accumulation = 1;
+        cfg.stochastic_rounding = 1;
+        cfg.seed = 1234;
+        resume_is_exact_with(cfg, true, tag);
+    }
+}
+
 #[test]
 fn damaged_checkpoints_are_rejected_and_change_nothing() {
     let dir = tmpdir("damage");

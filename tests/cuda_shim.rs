@@ -139,6 +139,82 @@ fn shim_matches_cpu_sgd_momentum_and_nesterov() {
 }
 
 #[test]
+fn shim_matches_cpu_with_numerics_options() {
+    // Hysteresis (floor, cap), dropping non-finite micro-batches (all-dropped windows
+    // included), Kahan compensation and stochastic rounding, alone and together, over
+    // every optimizer x precision x clipping: bit-identical to the CPU backend where
+    // the CPU is (no clipping), including acc, comp, the device window total, the
+    // dropped count, the scaler state and the working copy.
+    let target = ShimTarget::new();
+    let cases = common::option_cases();
+    for case in &cases {
+        common::run_case(&target, case);
+    }
+    println!("{} option cases compared with the CPU backend", cases.len());
+}
+
+#[test]
+fn shim_loss_scale_follows_deepspeed() {
+    let make = |config: Config, layout: Layout, params: &[f32]| ShimTarget::new().engine(config, layout, params);
+    let mut overflows = 0;
+    for hysteresis in 1..=4u32 {
+        for consecutive in [false, true] {
+            let (window, min) = if consecutive { (3, 1.0) } else { (2, 0.5) };
+            overflows += common::run_scaler_against_deepspeed(
+                &make,
+                u64::from(hysteresis) * 2 + u64::from(consecutive),
+                150,
+                hysteresis,
+                consecutive,
+                window,
+                min,
+                0.3,
+            );
+        }
+    }
+    assert!(overflows > 100);
+}
+
+#[test]
+fn shim_is_deterministic_with_numerics_options() {
+    common::run_determinism_with_options(&ShimTarget::new());
+}
+
+#[test]
+fn drop_mode_adds_one_launch_per_microbatch_and_none_per_step() {
+    let mut case = common::cases()[0].clone();
+    case.tensors = (0..20).map(|i| (3 + i % 7, i % 2 == 0)).collect();
+    case.drop_nonfinite = true;
+    case.compensated = true;
+    let (mut be, n) = shim_backend(&case);
+    let mut g = vec![1.0f32; n];
+    g[3] = f32::NAN;
+    let (d2h, syncs) = (be.runtime().d2h_copies, be.runtime().syncs);
+    let before = be.runtime().launches.len();
+    // SAFETY: g holds n f32.
+    unsafe {
+        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 2.0).unwrap();
+        g[3] = 1.0;
+        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 3.0).unwrap();
+    }
+    let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(names, ["gacc_check_finite", "gacc_accumulate_f32", "gacc_check_finite", "gacc_accumulate_f32"]);
+    let before = be.runtime().launches.len();
+    be.step(&StepRequest { total_weight: 5.0, lr: 0.01 }).unwrap();
+    let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(names, ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
+    assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "no transfer, no sync");
+    let report = be.last_report().unwrap();
+    assert_eq!((report.applied, report.dropped, report.window_total), (true, 1, 3.0));
+    // The device counts as data parallelism reads and replaces them.
+    assert_eq!(be.window_counts().unwrap(), (0.0, 0), "reset by the step");
+    be.set_window_counts(7.5, 3).unwrap();
+    assert_eq!(be.window_counts().unwrap(), (7.5, 3));
+    be.zero_window().unwrap();
+    assert_eq!(be.window_counts().unwrap(), (0.0, 0), "gacc_zero clears them (two memsets)");
+}
+
+#[test]
 fn shim_grid_stride_loops_cover_buffers_larger_than_the_grid() {
     // One simulated multiprocessor: 8 blocks x 256 threads x 4 elements = 8192
     // elements per sweep of the element-wise kernels, 4096 for the norm pass, so
@@ -188,7 +264,7 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     let before = be.runtime().launches.len();
     // SAFETY: g holds n f32.
     unsafe {
-        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0).unwrap()
+        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap()
     };
     assert_eq!(be.runtime().launches.len() - before, 1, "a micro-batch is one launch");
     let (d2h, syncs) = (be.runtime().d2h_copies, be.runtime().syncs);
@@ -224,9 +300,9 @@ fn host_and_device_gradients_are_told_apart() {
     let device = target.upload(&bytes, 0);
     // SAFETY: both hold n f32.
     unsafe {
-        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0).unwrap();
+        be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap();
         let staged = be.runtime().d2h_copies;
-        be.accumulate(&GradInput { ptr: device, dtype: Dtype::F32, numel: n }, 1.0).unwrap();
+        be.accumulate(&GradInput { ptr: device, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap();
         assert_eq!(be.runtime().d2h_copies, staged);
     }
     let s = be.export_state().unwrap();
@@ -264,8 +340,31 @@ fn too_large_for_the_device_is_invalid_argument_naming_numel() {
 /// continues bit-identically too (no clipping: the backends round alike).
 #[test]
 fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
+    let case = common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
+    checkpoint_resume_case(case, "plain");
+}
+
+/// The same with every numerics option on (hysteresis counter, device window total
+/// and dropped count, comp.<i> tensors, stochastic rounding).
+#[test]
+fn checkpoint_resume_with_numerics_options_is_exact_and_portable() {
+    let mut case = common::cases()
+        .into_iter()
+        .find(|c| {
+            !c.clip
+                && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW
+                && c.precision == gacc::ffi::types::GACC_PRECISION_FP16
+        })
+        .unwrap();
+    case.hysteresis = 3;
+    case.drop_nonfinite = true;
+    case.compensated = true;
+    case.stochastic_rounding = true;
+    checkpoint_resume_case(case, "options");
+}
+
+fn checkpoint_resume_case(mut case: Case, tag: &str) {
     let target = ShimTarget::new();
-    let mut case = common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
     case.tensors = vec![(300, true), (7, false), (45, true)];
     let config = common::config_for(&case);
     let layout = common::layout_for(&case);
@@ -274,8 +373,8 @@ fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
     let grads: Vec<(Vec<f32>, f64)> = (0..24)
         .map(|k| {
             let mut g: Vec<f32> = (0..n).map(|i| (((i * 13 + k * 7) % 29) as f32 - 14.0) / 16.0).collect();
-            if k == 9 {
-                g[5] = f32::NAN; // one skipped window inside the run
+            if k == 9 || (case.drop_nonfinite && k % 5 == 2) {
+                g[5] = f32::NAN; // a skipped window inside the run (drop mode: dropped)
             }
             (g, 1.0 + (k % 5) as f64)
         })
@@ -299,7 +398,7 @@ fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
     let mut whole = target.engine(config, layout.clone(), &init);
     feed(&mut whole, 0..24);
 
-    let dir = std::env::temp_dir().join(format!("gacc-shim-ckpt-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gacc-shim-ckpt-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cuda.safetensors");
     let mut first = target.engine(config, layout.clone(), &init);

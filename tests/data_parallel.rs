@@ -248,6 +248,36 @@ fn ranks_skip_together_when_one_overflows() {
     assert!(dp.rank_params.iter().all(|p| p == &dp.rank_params[0]));
 }
 
+/// drop_nonfinite_microbatches under data parallelism: rank 1's poisoned micro-batch
+/// is left out on rank 1 only, the global window total and dropped count are summed
+/// with the other totals, every rank applies the window, backs the FP16 scale off and
+/// stays identical to the others; and the run matches one engine that sees every
+/// micro-batch with the option on.
+#[test]
+fn ranks_drop_only_the_poisoned_microbatch() {
+    let mut c = config(GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP16);
+    c.drop_nonfinite_microbatches = 1;
+    c.compensated_accumulation = 1;
+    let poison = Some((3, 1));
+    let dp = run_ranks(3, 2, 6, c, poison);
+    let (reference, ref_infos) = single_engine(3, 2, 6, c, poison);
+    for infos in &dp.infos {
+        let applied: Vec<u32> = infos.iter().map(|i| i.applied).collect();
+        assert_eq!(applied, vec![1; 6], "the window goes on");
+        let dropped: Vec<u32> = infos.iter().map(|i| i.dropped_microbatches).collect();
+        assert_eq!(dropped, vec![0, 0, 0, 1, 0, 0], "the global dropped count");
+        assert_eq!(infos[3].loss_scale, infos[2].loss_scale / 2.0, "every rank backs off");
+        for (a, b) in infos.iter().zip(&ref_infos) {
+            assert_eq!((a.microbatches, a.dropped_microbatches), (b.microbatches, b.dropped_microbatches));
+            assert_eq!(a.total_weight, b.total_weight, "global weight without the dropped micro-batch");
+            assert_eq!(a.loss_scale, b.loss_scale);
+        }
+    }
+    assert!(dp.rank_params.iter().all(|p| p == &dp.rank_params[0]));
+    let diff = max_rel_diff(&dp.rank_params[0], &reference);
+    assert!(diff < 2e-4, "data-parallel drop mode differs from one engine by {diff}");
+}
+
 /// The transport fails on every rank (as an aborted NCCL/MPI communicator does):
 /// each rank gets GACC_ERR_COMMUNICATION, its parameters and window are intact, and
 /// once the transport works again the retried step equals a run that never failed.

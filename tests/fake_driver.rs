@@ -80,6 +80,13 @@ fn fake_driver_matches_cpu_on_every_case() {
 }
 
 #[test]
+fn fake_driver_matches_cpu_with_numerics_options() {
+    if fake_driver("fake_driver_matches_cpu_with_numerics_options") {
+        device::matches_cpu_with_numerics_options();
+    }
+}
+
+#[test]
 fn fake_driver_is_deterministic() {
     if fake_driver("fake_driver_is_deterministic") {
         device::deterministic();

@@ -29,6 +29,13 @@ fn gpu_matches_cpu_on_every_case() {
 }
 
 #[test]
+fn gpu_matches_cpu_with_numerics_options() {
+    if gpu_or_skip("gpu_matches_cpu_with_numerics_options") {
+        device::matches_cpu_with_numerics_options();
+    }
+}
+
+#[test]
 fn gpu_is_deterministic() {
     if gpu_or_skip("gpu_is_deterministic") {
         device::deterministic();

@@ -891,11 +891,27 @@ fn zero_drops_the_window() {
 // Determinism and threads.
 
 fn deterministic_run(threads: Option<usize>) -> (Vec<u32>, Vec<gacc_step_info>) {
+    deterministic_run_with(threads, false)
+}
+
+/// `options`: every numerics option on (hysteresis, floor and cap, dropping a
+/// non-finite micro-batch, Kahan compensation, stochastic rounding), and one
+/// poisoned micro-batch per window.
+fn deterministic_run_with(threads: Option<usize>, options: bool) -> (Vec<u32>, Vec<gacc_step_info>) {
     let body = || {
         let mut c = config(GACC_OPTIMIZER_ADAMW);
         c.precision = GACC_PRECISION_FP16;
         c.max_grad_norm = 0.5;
         c.lr = 1e-2;
+        if options {
+            c.hysteresis = 2;
+            c.min_loss_scale = 1.0;
+            c.max_loss_scale = 1e9;
+            c.drop_nonfinite_microbatches = 1;
+            c.compensated_accumulation = 1;
+            c.stochastic_rounding = 1;
+            c.seed = 0xDEAD_BEEF;
+        }
         let mut rng = Rng::new(123);
         let tensors: Vec<TensorSpec> = [150_001usize, 3, 170_017]
             .iter()
@@ -909,6 +925,11 @@ fn deterministic_run(threads: Option<usize>) -> (Vec<u32>, Vec<gacc_step_info>) 
             for k in 0..2 {
                 let g = random_grad(&mut rng, [GACC_DTYPE_F32, GACC_DTYPE_F16][k], e.n, -14, -3, s);
                 e.mb(&g, (k + 3) as f64);
+                if options {
+                    let mut bad = vec![0.5f32; e.n];
+                    bad[e.n / 3] = f32::NAN;
+                    e.mb(&Grad::F32(bad), 1.0);
+                }
             }
             infos.push(e.step());
         }
@@ -932,6 +953,25 @@ fn bit_identical_on_1_and_2_threads_and_run_to_run() {
     for (name, other) in [("2 threads", &two), ("3 threads", &three), ("global pool, second run", &again)] {
         assert_eq!(one.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(), other.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(), "{name}: grad_norm");
         assert!(one.0 == other.0, "{name}: parameters differ from the 1-thread run");
+    }
+}
+
+#[test]
+fn bit_identical_across_threads_and_runs_with_every_numerics_option() {
+    let one = deterministic_run_with(Some(1), true);
+    assert!(one.1.iter().all(|i| i.applied == 1 && i.dropped_microbatches == 2), "{:?}", one.1);
+    for (name, other) in [
+        ("2 threads", deterministic_run_with(Some(2), true)),
+        ("3 threads", deterministic_run_with(Some(3), true)),
+        ("global pool, second run", deterministic_run_with(None, true)),
+    ] {
+        let key = |r: &(Vec<u32>, Vec<gacc_step_info>)| {
+            r.1.iter()
+                .map(|i| (i.grad_norm.to_bits(), i.loss_scale.to_bits(), i.dropped_microbatches))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&one), key(&other), "{name}: step infos");
+        assert!(one.0 == other.0, "{name}: parameters or working copy differ from the 1-thread run");
     }
 }
 

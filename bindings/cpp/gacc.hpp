@@ -348,6 +348,37 @@ public:
     }
     Config& reduction(Reduction r) noexcept { cfg_.grad_reduction = static_cast<std::uint32_t>(r); return *this; }
 
+    // Numerics options (README "Numerics options"); the defaults keep today's behaviour.
+    /// Loss-scale hysteresis (DeepSpeed): overflows tolerated before backing off
+    /// (1: GradScaler); `consecutive`: every clean step restores the budget.
+    Config& hysteresis(std::uint32_t n, bool consecutive = false) noexcept {
+        cfg_.hysteresis = n;
+        cfg_.consecutive_hysteresis = consecutive ? 1u : 0u;
+        return *this;
+    }
+    /// Floor (on backoff) and cap (on growth) of the loss scale; 0: none.
+    Config& loss_scale_bounds(float min_scale, float max_scale = 0.0f) noexcept {
+        cfg_.min_loss_scale = min_scale;
+        cfg_.max_loss_scale = max_scale;
+        return *this;
+    }
+    /// Leave a micro-batch holding inf/NaN out of the window (decided on the device).
+    Config& drop_nonfinite_microbatches(bool v = true) noexcept {
+        cfg_.drop_nonfinite_microbatches = v ? 1u : 0u;
+        return *this;
+    }
+    /// Kahan-compensated accumulation (+4 B per parameter).
+    Config& compensated_accumulation(bool v = true) noexcept {
+        cfg_.compensated_accumulation = v ? 1u : 0u;
+        return *this;
+    }
+    /// Stochastic rounding of the FP16/BF16 working copy, reproducible from `seed`.
+    Config& stochastic_rounding(bool v = true, std::uint64_t seed = 0) noexcept {
+        cfg_.stochastic_rounding = v ? 1u : 0u;
+        cfg_.seed = seed;
+        return *this;
+    }
+
     const gacc_config& raw() const noexcept { return cfg_; }
     gacc_config& raw() noexcept { return cfg_; }
 
@@ -378,7 +409,8 @@ struct StepInfo {
     float loss_scale = 1.0f;
     std::uint64_t step = 0;
     std::uint32_t microbatches = 0;
-    double total_weight = 0.0;
+    double total_weight = 0.0;  // without the dropped micro-batches
+    std::uint32_t dropped_microbatches = 0;
 
     static StepInfo from_c(const gacc_step_info& i) noexcept {
         StepInfo s;
@@ -389,6 +421,7 @@ struct StepInfo {
         s.step = i.step;
         s.microbatches = i.microbatches;
         s.total_weight = i.total_weight;
+        s.dropped_microbatches = i.dropped_microbatches;
         return s;
     }
 };

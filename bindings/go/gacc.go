@@ -158,6 +158,22 @@ type Config struct {
 	BackoffFactor  float32
 	GrowthInterval uint32
 	GradReduction  Reduction
+	// Numerics options (README "Numerics options"); the defaults keep today's behaviour.
+	Hysteresis                uint32  // overflows tolerated before backing off (FP16); 0 or 1: GradScaler
+	ConsecutiveHysteresis     bool    // every clean step restores the hysteresis budget (DeepSpeed)
+	MinLossScale              float32 // floor on backoff; 0: none
+	MaxLossScale              float32 // cap on growth; 0: none
+	DropNonfiniteMicrobatches bool    // leave an inf/NaN micro-batch out instead of skipping the window
+	CompensatedAccumulation   bool    // Kahan-compensated accumulator (+4 B per parameter)
+	StochasticRounding        bool    // FP16/BF16 working copy rounded stochastically (needs FP16/BF16)
+	Seed                      uint64  // seed of the stochastic rounding
+}
+
+func b2u(b bool) C.uint32_t {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // DefaultConfig returns the library's defaults (gacc_config_init): device auto,
@@ -182,6 +198,15 @@ func DefaultConfig() Config {
 		BackoffFactor:  float32(c.backoff_factor),
 		GrowthInterval: uint32(c.growth_interval),
 		GradReduction:  Reduction(c.grad_reduction),
+
+		Hysteresis:                uint32(c.hysteresis),
+		ConsecutiveHysteresis:     c.consecutive_hysteresis != 0,
+		MinLossScale:              float32(c.min_loss_scale),
+		MaxLossScale:              float32(c.max_loss_scale),
+		DropNonfiniteMicrobatches: c.drop_nonfinite_microbatches != 0,
+		CompensatedAccumulation:   c.compensated_accumulation != 0,
+		StochasticRounding:        c.stochastic_rounding != 0,
+		Seed:                      uint64(c.seed),
 	}
 }
 
@@ -208,6 +233,14 @@ func (cfg *Config) toC() C.gacc_config {
 	c.backoff_factor = C.float(cfg.BackoffFactor)
 	c.growth_interval = C.uint32_t(cfg.GrowthInterval)
 	c.grad_reduction = C.uint32_t(cfg.GradReduction)
+	c.hysteresis = C.uint32_t(cfg.Hysteresis)
+	c.consecutive_hysteresis = b2u(cfg.ConsecutiveHysteresis)
+	c.min_loss_scale = C.float(cfg.MinLossScale)
+	c.max_loss_scale = C.float(cfg.MaxLossScale)
+	c.drop_nonfinite_microbatches = b2u(cfg.DropNonfiniteMicrobatches)
+	c.compensated_accumulation = b2u(cfg.CompensatedAccumulation)
+	c.stochastic_rounding = b2u(cfg.StochasticRounding)
+	c.seed = C.uint64_t(cfg.Seed)
 	return c
 }
 
@@ -228,7 +261,8 @@ type StepInfo struct {
 	LossScale    float32 // S for the next window
 	Step         uint64  // applied updates so far
 	Microbatches uint32  // micro-batches in the window just closed
-	TotalWeight  float64
+	TotalWeight  float64 // without the dropped micro-batches (DropNonfiniteMicrobatches)
+	Dropped      uint32  // micro-batches left out because not finite (DropNonfiniteMicrobatches)
 }
 
 // Engine owns one gacc_engine. Release it with Close; a finalizer releases it if
@@ -431,6 +465,7 @@ func (e *Engine) Step() (StepInfo, error) {
 		Step:         uint64(info.step),
 		Microbatches: uint32(info.microbatches),
 		TotalWeight:  float64(info.total_weight),
+		Dropped:      uint32(info.dropped_microbatches),
 	}, nil
 }
 

@@ -133,6 +133,48 @@ func TestDefaultConfig(t *testing.T) {
 	}
 }
 
+func TestNumericsOptions(t *testing.T) {
+	c := DefaultConfig()
+	if c.Hysteresis != 1 || c.ConsecutiveHysteresis || c.MinLossScale != 0 || c.MaxLossScale != 0 ||
+		c.DropNonfiniteMicrobatches || c.CompensatedAccumulation || c.StochasticRounding || c.Seed != 0 {
+		t.Fatalf("unexpected numerics defaults %+v", c)
+	}
+	c.Device = DeviceCPU
+	c.Precision = PrecisionFP16
+	c.InitScale = 1024
+	c.Hysteresis = 2
+	c.MinLossScale = 1
+	c.DropNonfiniteMicrobatches = true
+	c.CompensatedAccumulation = true
+	c.StochasticRounding = true
+	c.Seed = 7
+	eng, err := New(c, Tensor{Name: "w", Numel: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	nan := float32(math.NaN())
+	if err := eng.Microbatch([]float32{1, nan, 0}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Microbatch([]float32{0.5, -0.25, 1}, 2); err != nil {
+		t.Fatal(err)
+	}
+	info, err := eng.Step()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Applied || info.Dropped != 1 || info.Microbatches != 2 || info.TotalWeight != 2 || info.LossScale != 1024 {
+		t.Fatalf("drop mode with hysteresis: %+v", info)
+	}
+	bad := DefaultConfig()
+	bad.Device = DeviceCPU
+	bad.StochasticRounding = true
+	if _, err := New(bad, Tensor{Name: "w", Numel: 3}); err == nil || !strings.Contains(err.Error(), "stochastic_rounding") {
+		t.Fatalf("stochastic rounding with FP32 must be refused, got %v", err)
+	}
+}
+
 // K micro-batches weighted by their sizes give the same update as one batch.
 func TestMicrobatchEquivalence(t *testing.T) {
 	d := makeData(48, 1)

@@ -55,6 +55,17 @@ using std::pow;
 using std::sqrt;
 inline float sqrtf(float x) { return std::sqrt(x); }
 inline float fabsf(float x) { return std::fabs(x); }
+inline float floorf(float x) { return std::floor(x); }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 // --- fp16 / bf16 as bit containers ----------------------------------------------
 struct __half {

@@ -56,7 +56,7 @@ const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_accumulate_bf16), GACC_SHIM_KERNEL(gacc_norm_partials),
     GACC_SHIM_KERNEL(gacc_finalize),       GACC_SHIM_KERNEL(gacc_update_adamw),
     GACC_SHIM_KERNEL(gacc_update_sgd_momentum), GACC_SHIM_KERNEL(gacc_update_sgd),
-    GACC_SHIM_KERNEL(gacc_write_working),
+    GACC_SHIM_KERNEL(gacc_write_working),  GACC_SHIM_KERNEL(gacc_check_finite),
 };
 
 std::mutex launch_lock;

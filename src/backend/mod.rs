@@ -44,6 +44,11 @@ pub struct StepReport {
     pub loss_scale: f32,
     /// Applied updates so far.
     pub step: u64,
+    /// Drop mode: the window's total weight without the dropped micro-batches, as
+    /// the backend summed it (on the device for CUDA). 0 otherwise.
+    pub window_total: f64,
+    /// Drop mode: micro-batches of the window left out. 0 otherwise.
+    pub dropped: u32,
 }
 
 /// Every piece of state a backend holds, on the host: what a checkpoint stores.
@@ -58,7 +63,26 @@ pub struct StateSnapshot {
     pub state2: Vec<f32>,
     pub loss_scale: f32,
     pub growth_tracker: u32,
+    /// Overflows still tolerated before the next backoff (the scaler's hysteresis).
+    pub hysteresis_left: u32,
     pub applied_steps: u64,
+    /// Kahan compensation of the accumulator (empty unless compensated_accumulation).
+    pub comp: Vec<f32>,
+    /// Drop mode: the open window's total weight and dropped count as the backend
+    /// keeps them (0 otherwise).
+    pub window_total: f64,
+    pub window_dropped: u32,
+}
+
+impl StateSnapshot {
+    /// Folds the Kahan compensation into the accumulator (acc = acc - comp, comp = 0):
+    /// what a data-parallel reduction sums.
+    pub fn fold_compensation(&mut self) {
+        for (a, c) in self.acc.iter_mut().zip(self.comp.iter_mut()) {
+            *a -= *c;
+            *c = 0.0;
+        }
+    }
 }
 
 /// Which parameter buffer `param_ptr` returns.
@@ -73,14 +97,18 @@ pub trait Backend: Send {
     /// "cpu" or "cuda:N (device name)".
     fn describe(&self) -> String;
 
-    /// acc += mul * grad, converting the gradient to fp32 on the fly.
+    /// acc += mul * grad, converting the gradient to fp32 on the fly (Kahan-
+    /// compensated when configured). In drop mode (drop_nonfinite_microbatches) the
+    /// backend first checks the gradient and, if it holds inf/NaN, leaves it out and
+    /// counts it as dropped; otherwise it adds it and adds `weight` to its own window
+    /// total (the host cannot know which happened without waiting for the device).
     ///
     /// # Safety
     /// `grad.ptr` must point to `grad.numel` readable elements of `grad.dtype`, in
     /// memory this backend can read (host memory for the CPU backend).
-    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()>;
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()>;
 
-    /// acc = 0.
+    /// acc = 0 (and the compensation, and the drop-mode window total and count).
     fn zero_window(&mut self) -> Result<()>;
 
     /// Unscale, check, clip, update, rescale, rewrite the working copy and zero the
@@ -117,8 +145,25 @@ pub trait Backend: Send {
     /// whole state; backends override it with a direct path.
     fn allreduce_accumulator(&mut self, comm: &mut dyn crate::distributed::Collective) -> Result<()> {
         let mut state = self.export_state()?;
+        state.fold_compensation();
         comm.allreduce_f32(&mut state.acc)?;
         self.import_state(&state)
+    }
+
+    /// Drop mode: the open window's total weight and dropped count as the backend
+    /// keeps them (waits for the device). Data parallelism sums them across ranks.
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        let s = self.export_state()?;
+        Ok((s.window_total, s.window_dropped))
+    }
+
+    /// Drop mode: replaces the open window's total weight and dropped count (with the
+    /// global ones, under data parallelism).
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        let mut s = self.export_state()?;
+        s.window_total = total;
+        s.window_dropped = dropped;
+        self.import_state(&s)
     }
 
     /// Copies all state to the host (waits for the device).
@@ -140,7 +185,8 @@ pub struct BackendInit<'a> {
 /// Bytes of per-parameter state an engine with this configuration keeps.
 pub fn bytes_per_param(config: &Config) -> usize {
     let working = config.precision.working_dtype().map_or(0, |d| d.size());
-    4 /* master */ + 4 /* acc */ + 4 * config.optimizer.state_buffers() + working
+    let comp = if config.numerics.compensated { 4 } else { 0 };
+    4 /* master */ + 4 /* acc */ + comp + 4 * config.optimizer.state_buffers() + working
 }
 
 fn physical_memory_bytes() -> Option<u64> {

@@ -6,7 +6,8 @@
 //! resume in the middle of a window and end bit-identical to an uninterrupted run.
 //!
 //! Tensors are named `master.<i>`, `acc.<i>`, and by optimizer `momentum_buffer.<i>`
-//! (SGD with momentum) or `exp_avg.<i>` / `exp_avg_sq.<i>` (AdamW), with `<i>` the
+//! (SGD with momentum) or `exp_avg.<i>` / `exp_avg_sq.<i>` (AdamW), plus `comp.<i>`
+//! (the Kahan compensation, with compensated_accumulation), with `<i>` the
 //! tensor index; scalars and the layout live in the string metadata. Every tensor
 //! has a CRC-32 (zlib.crc32 of its bytes) and the metadata has one of its own.
 
@@ -33,18 +34,25 @@ pub const FORMAT_NAME: &str = "gacc-checkpoint";
 pub(crate) const FORMAT_VERSION: u32 = crate::ffi::types::GACC_CHECKPOINT_FORMAT_VERSION;
 
 /// The per-tensor buffers of a snapshot, with their checkpoint names.
-fn buffer_names(optimizer: &Optimizer) -> &'static [&'static str] {
-    match optimizer {
-        Optimizer::AdamW { .. } => &["master", "acc", "exp_avg", "exp_avg_sq"],
-        Optimizer::Sgd { momentum, .. } if *momentum != 0.0 => &["master", "acc", "momentum_buffer"],
-        Optimizer::Sgd { .. } => &["master", "acc"],
+fn buffer_names(config: &Config) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = match config.optimizer {
+        Optimizer::AdamW { .. } => vec!["master", "acc", "exp_avg", "exp_avg_sq"],
+        Optimizer::Sgd { momentum, .. } if momentum != 0.0 => {
+            vec!["master", "acc", "momentum_buffer"]
+        }
+        Optimizer::Sgd { .. } => vec!["master", "acc"],
+    };
+    if config.numerics.compensated {
+        names.push("comp");
     }
+    names
 }
 
 fn buffer<'a>(state: &'a StateSnapshot, kind: &str) -> &'a [f32] {
     match kind {
         "master" => &state.master,
         "acc" => &state.acc,
+        "comp" => &state.comp,
         "exp_avg" | "momentum_buffer" => &state.state1,
         _ => &state.state2,
     }
@@ -63,7 +71,7 @@ fn metadata_crc(metadata: &BTreeMap<String, String>) -> String {
 
 fn config_metadata(config: &Config, meta: &mut BTreeMap<String, String>) {
     let raw = config.to_raw();
-    let fields: [(&str, String); 15] = [
+    let fields: [(&str, String); 23] = [
         ("optimizer", raw.optimizer.to_string()),
         ("lr", raw.lr.to_string()),
         ("momentum", raw.momentum.to_string()),
@@ -79,6 +87,14 @@ fn config_metadata(config: &Config, meta: &mut BTreeMap<String, String>) {
         ("backoff_factor", raw.backoff_factor.to_string()),
         ("growth_interval", raw.growth_interval.to_string()),
         ("grad_reduction", raw.grad_reduction.to_string()),
+        ("hysteresis", raw.hysteresis.to_string()),
+        ("consecutive_hysteresis", raw.consecutive_hysteresis.to_string()),
+        ("min_loss_scale", raw.min_loss_scale.to_string()),
+        ("max_loss_scale", raw.max_loss_scale.to_string()),
+        ("drop_nonfinite_microbatches", raw.drop_nonfinite_microbatches.to_string()),
+        ("compensated_accumulation", raw.compensated_accumulation.to_string()),
+        ("stochastic_rounding", raw.stochastic_rounding.to_string()),
+        ("seed", raw.seed.to_string()),
     ];
     for (k, v) in fields {
         meta.insert(format!("config.{k}"), v);
@@ -96,6 +112,9 @@ pub fn save_snapshot(snap: &EngineSnapshot, path: &Path) -> Result<()> {
     meta.insert("lr".to_string(), snap.lr.to_string());
     meta.insert("loss_scale".to_string(), snap.state.loss_scale.to_string());
     meta.insert("growth_tracker".to_string(), snap.state.growth_tracker.to_string());
+    meta.insert("hysteresis_left".to_string(), snap.state.hysteresis_left.to_string());
+    meta.insert("window_device_total".to_string(), snap.state.window_total.to_string());
+    meta.insert("window_dropped".to_string(), snap.state.window_dropped.to_string());
     meta.insert("applied_steps".to_string(), snap.state.applied_steps.to_string());
     meta.insert("total_weight".to_string(), snap.total_weight.to_string());
     meta.insert("microbatches".to_string(), snap.microbatches.to_string());
@@ -108,7 +127,7 @@ pub fn save_snapshot(snap: &EngineSnapshot, path: &Path) -> Result<()> {
     meta.insert("layout".to_string(), Value::Array(layout).to_string());
 
     let mut tensors = Vec::new();
-    for kind in buffer_names(&snap.config.optimizer) {
+    for kind in buffer_names(&snap.config) {
         let flat = buffer(&snap.state, kind);
         for (i, t) in snap.layout.tensors.iter().enumerate() {
             let data = &flat[t.offset..t.offset + t.numel];
@@ -131,6 +150,14 @@ fn parse<T: std::str::FromStr>(meta: &BTreeMap<String, String>, key: &str) -> Re
     text.parse().map_err(|_| corrupt(format!("metadata {key:?} = {text:?} does not parse")))
 }
 
+/// Parses `key` into `out` when present; leaves `out` (the default) otherwise.
+fn parse_or<T: std::str::FromStr>(meta: &BTreeMap<String, String>, key: &str, out: &mut T) -> Result<()> {
+    if meta.contains_key(key) {
+        *out = parse(meta, key)?;
+    }
+    Ok(())
+}
+
 fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Config> {
     let mut raw = default_raw_config();
     raw.device = crate::ffi::types::GACC_DEVICE_CPU;
@@ -149,6 +176,15 @@ fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Config> {
     raw.backoff_factor = parse(meta, "config.backoff_factor")?;
     raw.growth_interval = parse(meta, "config.growth_interval")?;
     raw.grad_reduction = parse(meta, "config.grad_reduction")?;
+    // Numerics options (absent from files written before they existed: defaults).
+    parse_or(meta, "config.hysteresis", &mut raw.hysteresis)?;
+    parse_or(meta, "config.consecutive_hysteresis", &mut raw.consecutive_hysteresis)?;
+    parse_or(meta, "config.min_loss_scale", &mut raw.min_loss_scale)?;
+    parse_or(meta, "config.max_loss_scale", &mut raw.max_loss_scale)?;
+    parse_or(meta, "config.drop_nonfinite_microbatches", &mut raw.drop_nonfinite_microbatches)?;
+    parse_or(meta, "config.compensated_accumulation", &mut raw.compensated_accumulation)?;
+    parse_or(meta, "config.stochastic_rounding", &mut raw.stochastic_rounding)?;
+    parse_or(meta, "config.seed", &mut raw.seed)?;
     Config::validate(&raw).map_err(|e| corrupt(format!("saved configuration is invalid: {}", e.message)))
 }
 
@@ -201,7 +237,7 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     }
     let config = config_from_metadata(meta)?;
     let layout = layout_from_metadata(meta)?;
-    let names = buffer_names(&config.optimizer);
+    let names = buffer_names(&config);
     let expected = names.len() * layout.tensors.len();
     if header.tensors.len() != expected {
         return Err(corrupt(format!("file holds {} tensors, expected {expected}", header.tensors.len())));
@@ -222,7 +258,7 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     order.sort();
     let data_start = file_len - header.data_len;
     let mut flats: Vec<Vec<f32>> = Vec::with_capacity(names.len());
-    for kind in names {
+    for kind in &names {
         flats.push(crate::alloc::try_zeroed::<f32>(layout.numel, kind)?);
     }
     input.seek(SeekFrom::Start(data_start)).map_err(|e| io_error("seeking to the tensor data", e))?;
@@ -239,8 +275,9 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     let mut flats = flats.into_iter();
     let master = flats.next().unwrap_or_default();
     let acc = flats.next().unwrap_or_default();
-    let state1 = flats.next().unwrap_or_default();
-    let state2 = flats.next().unwrap_or_default();
+    let state1 = if config.optimizer.state_buffers() >= 1 { flats.next().unwrap_or_default() } else { Vec::new() };
+    let state2 = if config.optimizer.state_buffers() >= 2 { flats.next().unwrap_or_default() } else { Vec::new() };
+    let comp = if config.numerics.compensated { flats.next().unwrap_or_default() } else { Vec::new() };
     let total_weight: f64 = parse(meta, "total_weight")?;
     if !(total_weight.is_finite() && total_weight >= 0.0) {
         return Err(corrupt(format!("total_weight {total_weight} is not finite and >= 0")));
@@ -248,6 +285,20 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
     let loss_scale: f32 = parse(meta, "loss_scale")?;
     if !(loss_scale.is_finite() && loss_scale > 0.0) {
         return Err(corrupt(format!("loss_scale {loss_scale} is not finite and > 0")));
+    }
+    let window_total = if meta.contains_key("window_device_total") { parse(meta, "window_device_total")? } else { 0.0 };
+    if !(f64::is_finite(window_total) && window_total >= 0.0) {
+        return Err(corrupt(format!("window_device_total {window_total} is not finite and >= 0")));
+    }
+    let mut window_dropped = 0u32;
+    parse_or(meta, "window_dropped", &mut window_dropped)?;
+    let mut hysteresis_left = config.scaler.hysteresis;
+    parse_or(meta, "hysteresis_left", &mut hysteresis_left)?;
+    if hysteresis_left < 1 || hysteresis_left > config.scaler.hysteresis {
+        return Err(corrupt(format!(
+            "hysteresis_left {hysteresis_left} is not in [1, hysteresis = {}]",
+            config.scaler.hysteresis
+        )));
     }
     let lr: f32 = parse(meta, "lr")?;
     crate::engine::config::validate_lr(lr).map_err(|e| corrupt(format!("saved {}", e.message)))?;
@@ -264,7 +315,11 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
             state2,
             loss_scale,
             growth_tracker: parse(meta, "growth_tracker")?,
+            hysteresis_left,
             applied_steps: parse(meta, "applied_steps")?,
+            comp,
+            window_total,
+            window_dropped,
         },
     })
 }
@@ -304,10 +359,20 @@ fn check_compatible(engine: &Engine, snap: &EngineSnapshot) -> Result<()> {
     let cfg = engine.config();
     let same_kind = std::mem::discriminant(&cfg.optimizer) == std::mem::discriminant(&snap.config.optimizer)
         && cfg.optimizer.state_buffers() == snap.config.optimizer.state_buffers();
-    if !same_kind || cfg.precision != snap.config.precision || cfg.reduction != snap.config.reduction {
+    let same_buffers = cfg.numerics.compensated == snap.config.numerics.compensated
+        && cfg.numerics.drop_nonfinite == snap.config.numerics.drop_nonfinite;
+    if !same_kind || !same_buffers || cfg.precision != snap.config.precision || cfg.reduction != snap.config.reduction
+    {
         return Err(corrupt(format!(
-            "checkpoint configuration ({:?}, {:?}, {:?}) does not match the engine's ({:?}, {:?}, {:?})",
-            snap.config.optimizer, snap.config.precision, snap.config.reduction, cfg.optimizer, cfg.precision, cfg.reduction
+            "checkpoint configuration ({:?}, {:?}, {:?}, {:?}) does not match the engine's ({:?}, {:?}, {:?}, {:?})",
+            snap.config.optimizer,
+            snap.config.precision,
+            snap.config.reduction,
+            snap.config.numerics,
+            cfg.optimizer,
+            cfg.precision,
+            cfg.reduction,
+            cfg.numerics
         )));
     }
     Ok(())

@@ -127,6 +127,28 @@ pub struct ScalerConfig {
     pub growth_factor: f32,
     pub backoff_factor: f32,
     pub growth_interval: u32,
+    /// Overflows tolerated before backing off (>= 1; 1 = GradScaler).
+    pub hysteresis: u32,
+    /// Every clean step restores the hysteresis budget (DeepSpeed's
+    /// consecutive_hysteresis); otherwise only a growth does.
+    pub consecutive_hysteresis: bool,
+    /// Floor of the scale on backoff (0: none).
+    pub min_scale: f32,
+    /// Cap of the scale on growth (0: none).
+    pub max_scale: f32,
+}
+
+/// The numerics options of the accumulation window and the working copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Numerics {
+    /// Leave a non-finite micro-batch out of the window instead of poisoning it.
+    pub drop_nonfinite: bool,
+    /// Kahan-compensated accumulation.
+    pub compensated: bool,
+    /// Stochastic rounding of the FP16/BF16 working copy.
+    pub stochastic_rounding: bool,
+    /// Seed of the stochastic rounding.
+    pub seed: u64,
 }
 
 /// A configuration that passed validation.
@@ -140,6 +162,7 @@ pub struct Config {
     pub max_grad_norm: Option<f32>,
     pub scaler: ScalerConfig,
     pub reduction: Reduction,
+    pub numerics: Numerics,
 }
 
 /// The defaults of c-api.md (PyTorch's AdamW and GradScaler defaults).
@@ -161,6 +184,22 @@ pub fn default_raw_config() -> gacc_config {
         backoff_factor: 0.5,
         growth_interval: 2000,
         grad_reduction: GACC_GRADS_MEAN,
+        hysteresis: 1,
+        consecutive_hysteresis: 0,
+        min_loss_scale: 0.0,
+        max_loss_scale: 0.0,
+        drop_nonfinite_microbatches: 0,
+        compensated_accumulation: 0,
+        stochastic_rounding: 0,
+        seed: 0,
+    }
+}
+
+fn flag(value: u32, field: &str) -> Result<bool> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        n => Err(Error::invalid_argument(format!("{field} must be 0 or 1 (got {n})"))),
     }
 }
 
@@ -264,6 +303,36 @@ impl Config {
                 )))
             }
         };
+        // 0 means 1 (back off at the first overflow), so a zero-filled struct keeps
+        // GradScaler's rule.
+        let hysteresis = raw.hysteresis.max(1);
+        let consecutive_hysteresis = flag(raw.consecutive_hysteresis, "consecutive_hysteresis")?;
+        let min_scale = finite_nonneg(raw.min_loss_scale, "min_loss_scale")?;
+        if min_scale > raw.init_scale {
+            return Err(Error::invalid_argument(format!(
+                "min_loss_scale ({min_scale}) must be <= init_scale ({})",
+                raw.init_scale
+            )));
+        }
+        let max_scale = finite_nonneg(raw.max_loss_scale, "max_loss_scale")?;
+        if max_scale != 0.0 && max_scale < raw.init_scale {
+            return Err(Error::invalid_argument(format!(
+                "max_loss_scale ({max_scale}) must be 0 (no cap) or >= init_scale ({})",
+                raw.init_scale
+            )));
+        }
+        let stochastic_rounding = flag(raw.stochastic_rounding, "stochastic_rounding")?;
+        if stochastic_rounding && precision == Precision::Fp32 {
+            return Err(Error::invalid_argument(
+                "stochastic_rounding needs precision FP16 or BF16 (FP32 has no working copy to round)",
+            ));
+        }
+        let numerics = Numerics {
+            drop_nonfinite: flag(raw.drop_nonfinite_microbatches, "drop_nonfinite_microbatches")?,
+            compensated: flag(raw.compensated_accumulation, "compensated_accumulation")?,
+            stochastic_rounding,
+            seed: raw.seed,
+        };
         Ok(Config {
             device,
             optimizer,
@@ -275,8 +344,13 @@ impl Config {
                 growth_factor: raw.growth_factor,
                 backoff_factor: raw.backoff_factor,
                 growth_interval: raw.growth_interval,
+                hysteresis,
+                consecutive_hysteresis,
+                min_scale,
+                max_scale,
             },
             reduction,
+            numerics,
         })
     }
 }
@@ -321,6 +395,14 @@ impl Config {
             Reduction::Mean => GACC_GRADS_MEAN,
             Reduction::Sum => GACC_GRADS_SUM,
         };
+        raw.hysteresis = self.scaler.hysteresis;
+        raw.consecutive_hysteresis = u32::from(self.scaler.consecutive_hysteresis);
+        raw.min_loss_scale = self.scaler.min_scale;
+        raw.max_loss_scale = self.scaler.max_scale;
+        raw.drop_nonfinite_microbatches = u32::from(self.numerics.drop_nonfinite);
+        raw.compensated_accumulation = u32::from(self.numerics.compensated);
+        raw.stochastic_rounding = u32::from(self.numerics.stochastic_rounding);
+        raw.seed = self.numerics.seed;
         raw
     }
 }
@@ -337,6 +419,14 @@ mod tests {
         raw.max_grad_norm = 1.5;
         raw.grad_reduction = GACC_GRADS_SUM;
         raw.device = GACC_DEVICE_CPU;
+        raw.hysteresis = 3;
+        raw.consecutive_hysteresis = 1;
+        raw.min_loss_scale = 1.0;
+        raw.max_loss_scale = 1e9;
+        raw.drop_nonfinite_microbatches = 1;
+        raw.compensated_accumulation = 1;
+        raw.stochastic_rounding = 1;
+        raw.seed = u64::MAX - 5;
         let cfg = Config::validate(&raw).unwrap();
         assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
     }
@@ -356,6 +446,16 @@ mod tests {
         assert_eq!(cfg.scaler.growth_interval, 2000);
         assert_eq!(cfg.reduction, Reduction::Mean);
         assert_eq!(cfg.device, DeviceRequest::Auto);
+        // The numerics options default to today's behaviour (GradScaler's rule).
+        assert_eq!(
+            (cfg.scaler.hysteresis, cfg.scaler.consecutive_hysteresis, cfg.scaler.min_scale, cfg.scaler.max_scale),
+            (1, false, 0.0, 0.0)
+        );
+        assert_eq!(cfg.numerics, Numerics::default());
+        // A zero-filled numerics block is the same as the defaults.
+        let mut zeroed = default_raw_config();
+        zeroed.hysteresis = 0;
+        assert_eq!(Config::validate(&zeroed).unwrap(), cfg);
     }
 
     #[test]
@@ -380,6 +480,16 @@ mod tests {
             ("grad_reduction", Box::new(|c| c.grad_reduction = 2)),
             ("nesterov", Box::new(|c| c.nesterov = 2)),
             ("device", Box::new(|c| c.device = -3)),
+            ("consecutive_hysteresis", Box::new(|c| c.consecutive_hysteresis = 2)),
+            ("min_loss_scale", Box::new(|c| c.min_loss_scale = -1.0)),
+            ("min_loss_scale", Box::new(|c| c.min_loss_scale = f32::NAN)),
+            ("min_loss_scale", Box::new(|c| c.min_loss_scale = 1e6)),
+            ("max_loss_scale", Box::new(|c| c.max_loss_scale = 2.0)),
+            ("max_loss_scale", Box::new(|c| c.max_loss_scale = f32::INFINITY)),
+            ("drop_nonfinite_microbatches", Box::new(|c| c.drop_nonfinite_microbatches = 2)),
+            ("compensated_accumulation", Box::new(|c| c.compensated_accumulation = 5)),
+            ("stochastic_rounding", Box::new(|c| c.stochastic_rounding = 2)),
+            ("stochastic_rounding", Box::new(|c| c.stochastic_rounding = 1)),
         ];
         for (field, mutate) in cases {
             let mut raw = default_raw_config();

@@ -26,37 +26,137 @@ pub fn clip_coef(max_norm: f32, norm: f32) -> f32 {
     }
 }
 
-/// Dynamic loss scale and its growth tracker (torch's _amp_update_scale_).
+/// Dynamic loss scale, its growth tracker and its hysteresis budget.
+///
+/// One rule, which is torch's `_amp_update_scale_` with the default options
+/// (hysteresis 1, no floor, no cap) and DeepSpeed's DynamicLossScaler.update_scale
+/// (deepspeed/runtime/fp16/loss_scaler.py: delayed_shift = hysteresis,
+/// consecutive_hysteresis, min_scale; scale_window = growth_interval) otherwise:
+///
+/// - overflow: if hysteresis_left <= 1 { scale = max(scale * backoff, min_scale) }
+///   else { hysteresis_left -= 1 }; tracker = 0 (the step is skipped either way);
+/// - clean step: if consecutive { hysteresis_left = hysteresis }; tracker += 1; when
+///   tracker reaches growth_interval: grown = scale * growth, taken (capped at
+///   max_scale when there is a cap) only if finite; tracker = 0; if !consecutive
+///   { hysteresis_left = hysteresis }.
+///
+/// Mirrored by gacc_scaler_update in kernels/scaler.cu.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScalerState {
     pub scale: f32,
     pub growth_tracker: u32,
+    pub hysteresis_left: u32,
 }
 
 impl ScalerState {
     pub fn new(cfg: &ScalerConfig, enabled: bool) -> ScalerState {
-        ScalerState { scale: if enabled { cfg.init_scale } else { 1.0 }, growth_tracker: 0 }
+        ScalerState {
+            scale: if enabled { cfg.init_scale } else { 1.0 },
+            growth_tracker: 0,
+            hysteresis_left: cfg.hysteresis,
+        }
     }
 
-    /// One update after a window: back off on overflow, grow after growth_interval
-    /// clean steps in a row (only when the grown value is finite).
+    /// One update after a window (see the type's documentation).
     pub fn update(&mut self, cfg: &ScalerConfig, found_inf: bool) {
         if found_inf {
-            self.scale *= cfg.backoff_factor;
+            if self.hysteresis_left <= 1 {
+                let backed_off = self.scale * cfg.backoff_factor;
+                self.scale = if backed_off < cfg.min_scale { cfg.min_scale } else { backed_off };
+            } else {
+                self.hysteresis_left -= 1;
+            }
             self.growth_tracker = 0;
         } else {
+            if cfg.consecutive_hysteresis {
+                self.hysteresis_left = cfg.hysteresis;
+            }
             let successful = self.growth_tracker + 1;
             if successful == cfg.growth_interval {
                 let grown = self.scale * cfg.growth_factor;
                 if grown.is_finite() {
-                    self.scale = grown;
+                    self.scale = if cfg.max_scale > 0.0 && grown > cfg.max_scale { cfg.max_scale } else { grown };
                 }
                 self.growth_tracker = 0;
+                if !cfg.consecutive_hysteresis {
+                    self.hysteresis_left = cfg.hysteresis;
+                }
             } else {
                 self.growth_tracker = successful;
             }
         }
     }
+}
+
+/// splitmix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
+#[inline(always)]
+pub fn mix64(z: u64) -> u64 {
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// splitmix64's increment (the golden ratio in 64 bits).
+const SR_GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The stochastic-rounding key of one rewrite of the working copy: a function of the
+/// seed and the applied-step count only (mirrored by gacc_sr_key in common.cuh).
+#[inline(always)]
+pub fn sr_key(seed: u64, step: u64) -> u64 {
+    mix64(seed ^ mix64(step.wrapping_add(SR_GOLDEN)))
+}
+
+/// 64 uniform random bits for element `index` under `key`: splitmix64's stream
+/// started at `key`, element index + 1 (counter-based: any element, any order).
+#[inline(always)]
+pub fn sr_bits(key: u64, index: u64) -> u64 {
+    mix64(key.wrapping_add(index.wrapping_add(1).wrapping_mul(SR_GOLDEN)))
+}
+
+/// f32 -> bf16 with stochastic rounding: the low 16 bits of `r` are added to the
+/// magnitude's bit pattern, then the low 16 bits are cut. Within a binade the bf16
+/// neighbours are 2^16 f32 patterns apart, so x rounds away from zero with
+/// probability exactly (distance to the lower neighbour) / (gap): unbiased. inf and
+/// NaN take the round-to-nearest-even path (they have no neighbours); a finite value
+/// above the largest bf16 may round to inf (as far as the gap allows).
+#[inline(always)]
+pub fn f32_to_bf16_sr(x: f32, r: u64) -> u16 {
+    if !x.is_finite() {
+        return crate::backend::cpu::convert::f32_to_bf16_bits(x);
+    }
+    let bits = x.to_bits();
+    (bits.wrapping_add((r & 0xFFFF) as u32) >> 16) as u16
+}
+
+/// f16's smallest normal, 2^-14.
+const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// f32 -> f16 with stochastic rounding between the two neighbouring f16 values,
+/// with probability proportional to the distance (exact, integer arithmetic):
+/// - |x| >= 2^-14 (f16 normal range): f16 neighbours are 2^13 f32 patterns apart
+///   inside a binade, so the low 13 bits of `r` are added to |x|'s bit pattern, the
+///   low 13 bits cut, and the result (an f16 value, or >= 65536) converted with
+///   round-to-nearest-even (exact, or inf above 65504);
+/// - |x| < 2^-14 (f16 subnormals, spacing 2^-24): s = |x| * 2^24 (exact), the f16
+///   bits are floor(s) + (low 24 bits of r < frac(s) * 2^24).
+///   inf and NaN take the round-to-nearest-even path. The sign is kept.
+#[inline(always)]
+pub fn f32_to_f16_sr(x: f32, r: u64) -> u16 {
+    if !x.is_finite() {
+        return half::f16::from_f32(x).to_bits();
+    }
+    let sign = ((x.to_bits() >> 16) & 0x8000) as u16;
+    let a = x.abs();
+    let magnitude = if a >= F16_MIN_NORMAL {
+        let t = (a.to_bits().wrapping_add((r & 0x1FFF) as u32)) & !0x1FFFu32;
+        half::f16::from_f32(f32::from_bits(t)).to_bits()
+    } else {
+        let s = a * 16_777_216.0;
+        let fl = s.floor();
+        let frac = ((s - fl) * 16_777_216.0) as u32;
+        fl as u16 + u16::from(((r & 0xFF_FFFF) as u32) < frac)
+    };
+    sign | magnitude
 }
 
 /// Per-step AdamW scalars, computed in f64 like PyTorch's Python floats, then
@@ -152,19 +252,65 @@ mod tests {
 
     #[test]
     fn scaler_matches_gradscaler_rule() {
-        let cfg = ScalerConfig { init_scale: 8.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 3 };
+        let cfg = ScalerConfig {
+            init_scale: 8.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 3,
+            hysteresis: 1,
+            consecutive_hysteresis: false,
+            min_scale: 0.0,
+            max_scale: 0.0,
+        };
+        let st = |scale, growth_tracker| ScalerState { scale, growth_tracker, hysteresis_left: 1 };
         let mut s = ScalerState::new(&cfg, true);
         s.update(&cfg, true);
-        assert_eq!(s, ScalerState { scale: 4.0, growth_tracker: 0 });
+        assert_eq!(s, st(4.0, 0));
         s.update(&cfg, false);
         s.update(&cfg, false);
-        assert_eq!(s, ScalerState { scale: 4.0, growth_tracker: 2 });
+        assert_eq!(s, st(4.0, 2));
         s.update(&cfg, false);
-        assert_eq!(s, ScalerState { scale: 8.0, growth_tracker: 0 });
+        assert_eq!(s, st(8.0, 0));
         // growth that would overflow is not taken, but the tracker resets
-        let mut big = ScalerState { scale: f32::MAX, growth_tracker: 2 };
+        let mut big = st(f32::MAX, 2);
         big.update(&cfg, false);
-        assert_eq!(big, ScalerState { scale: f32::MAX, growth_tracker: 0 });
+        assert_eq!(big, st(f32::MAX, 0));
+    }
+
+    #[test]
+    fn scaler_hysteresis_floor_and_cap() {
+        let cfg = ScalerConfig {
+            init_scale: 8.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2,
+            hysteresis: 2,
+            consecutive_hysteresis: false,
+            min_scale: 2.0,
+            max_scale: 12.0,
+        };
+        let mut s = ScalerState::new(&cfg, true);
+        s.update(&cfg, true); // tolerated
+        assert_eq!((s.scale, s.hysteresis_left), (8.0, 1));
+        s.update(&cfg, false); // clean, not consecutive: budget not restored
+        s.update(&cfg, true); // backs off
+        assert_eq!((s.scale, s.hysteresis_left, s.growth_tracker), (4.0, 1, 0));
+        s.update(&cfg, true);
+        s.update(&cfg, true); // floor
+        assert_eq!(s.scale, 2.0);
+        s.update(&cfg, false);
+        s.update(&cfg, false); // growth restores the budget
+        assert_eq!((s.scale, s.hysteresis_left), (4.0, 2));
+        for _ in 0..4 {
+            s.update(&cfg, false);
+        }
+        assert_eq!(s.scale, 12.0, "capped");
+        let consecutive = ScalerConfig { consecutive_hysteresis: true, ..cfg };
+        let mut c = ScalerState::new(&consecutive, true);
+        c.update(&consecutive, true);
+        c.update(&consecutive, false); // restores the budget
+        c.update(&consecutive, true);
+        assert_eq!((c.scale, c.hysteresis_left), (8.0, 1));
     }
 
     #[test]

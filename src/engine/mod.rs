@@ -133,7 +133,7 @@ impl Engine {
         };
         // MEAN with weight 0 adds nothing: no pass over memory.
         if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
-            self.backend.accumulate(grad, mul)?;
+            self.backend.accumulate(grad, mul, weight)?;
         }
         self.total_weight = new_total;
         self.microbatches = self.microbatches.saturating_add(1);
@@ -166,6 +166,9 @@ impl Engine {
             return Ok(None);
         }
         let r = self.backend.last_report()?;
+        // Drop mode: the total without the dropped micro-batches is the backend's
+        // (summed on the device for CUDA), read back only now.
+        let drop_mode = self.config.numerics.drop_nonfinite;
         Ok(Some(gacc_step_info {
             applied: u32::from(r.applied),
             grad_norm: r.grad_norm,
@@ -173,7 +176,8 @@ impl Engine {
             loss_scale: r.loss_scale,
             step: r.step,
             microbatches,
-            total_weight,
+            total_weight: if drop_mode { r.window_total } else { total_weight },
+            dropped_microbatches: r.dropped,
         }))
     }
 
@@ -184,8 +188,18 @@ impl Engine {
         let Some(comm) = self.comm.as_mut() else {
             return Err(Error::internal("data-parallel step without a transport"));
         };
-        let mut totals = [self.total_weight, f64::from(self.microbatches)];
-        comm.allreduce_f64(&mut totals)?;
+        // Drop mode: the backend's window total (dropped micro-batches left out) and
+        // dropped count travel with the host's totals (this waits for the device; a
+        // data-parallel step waits for its collectives anyway).
+        let drop_mode = self.config.numerics.drop_nonfinite;
+        let local_counts = if drop_mode { Some(self.backend.window_counts()?) } else { None };
+        let mut totals = [self.total_weight, f64::from(self.microbatches), 0.0, 0.0];
+        if let Some((total, dropped)) = local_counts {
+            totals[2] = total;
+            totals[3] = f64::from(dropped);
+        }
+        let totals = &mut totals[..if drop_mode { 4 } else { 2 }];
+        comm.allreduce_f64(totals)?;
         let (global_weight, global_count) = (totals[0], totals[1]);
         if !(global_weight > 0.0 && global_weight.is_finite()) {
             return Err(Error::invalid_state(format!(
@@ -193,7 +207,16 @@ impl Engine {
                 comm.world_size()
             )));
         }
-        self.backend.allreduce_accumulator(comm.as_mut())?;
+        if drop_mode {
+            self.backend.set_window_counts(totals[2], totals[3].min(f64::from(u32::MAX)) as u32)?;
+        }
+        if let Err(e) = self.backend.allreduce_accumulator(comm.as_mut()) {
+            // The window stays this rank's own.
+            if let Some((total, dropped)) = local_counts {
+                self.backend.set_window_counts(total, dropped)?;
+            }
+            return Err(e);
+        }
         self.comm_stats.collectives += 2;
         self.comm_stats.bytes += (self.layout.numel * 4 + totals.len() * 8) as u64;
         // From here the window is the global one (accumulator and totals agree).

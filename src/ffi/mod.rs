@@ -67,7 +67,10 @@ pub extern "C" fn gacc_abi_version() -> u32 {
 /// Fills `cfg` with the defaults: device AUTO; AdamW lr 1e-3, betas 0.9/0.999, eps
 /// 1e-8, weight_decay 0.01; momentum 0, nesterov 0; precision FP32; no clipping;
 /// init_scale 65536, growth_factor 2, backoff_factor 0.5, growth_interval 2000;
-/// grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults).
+/// grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
+/// numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
+/// or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
+/// stochastic_rounding 0, seed 0 (docs/numerics.md).
 /// NULL: no effect (the failure is recorded for gacc_last_error).
 #[no_mangle]
 pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
@@ -235,7 +238,9 @@ pub unsafe extern "C" fn gacc_device(e: *const gacc_engine, out: *mut i32) -> ga
 /// elements of `dtype`. CPU engine: host memory; CUDA engine: device or host memory.
 /// `weight` (finite, >= 0) is the number of samples or tokens behind it.
 /// GACC_GRADS_MEAN: acc += weight * grad; GACC_GRADS_SUM: acc += grad; both: total +=
-/// weight. A rejected call leaves the window as it was.
+/// weight. A rejected call leaves the window as it was. With
+/// drop_nonfinite_microbatches a gradient holding inf/NaN is left out (decided on the
+/// device, no sync); with compensated_accumulation the sum is Kahan-compensated.
 #[no_mangle]
 pub unsafe extern "C" fn gacc_microbatch(
     e: *mut gacc_engine,
@@ -259,6 +264,9 @@ pub unsafe extern "C" fn gacc_microbatch(
 /// growth_interval clean steps, rewrite the working copy. acc and total are zeroed
 /// either way. total == 0 is GACC_ERR_INVALID_STATE. With `info` NULL the call does
 /// not wait for the device; with `info` it does, and fills it.
+/// With drop_nonfinite_microbatches the total is the device's (dropped micro-batches
+/// left out); a window whose micro-batches were all dropped is skipped (applied 0),
+/// not an error. The loss scale follows hysteresis/min/max_loss_scale (docs/numerics.md).
 #[no_mangle]
 pub unsafe extern "C" fn gacc_step(e: *mut gacc_engine, info: *mut gacc_step_info) -> gacc_status {
     guard("gacc_step", || {

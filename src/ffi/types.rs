@@ -93,6 +93,36 @@ pub struct gacc_config {
     pub growth_interval: u32,
     /// GACC_GRADS_MEAN or GACC_GRADS_SUM.
     pub grad_reduction: u32,
+    /// Loss-scale hysteresis (FP16): the number of overflows tolerated before the
+    /// scale backs off, as DeepSpeed's `hysteresis` (delayed_shift). 1 (default; 0
+    /// means the same): back off at the first overflow, as torch.amp.GradScaler does.
+    pub hysteresis: u32,
+    /// 0 (default): the hysteresis budget is restored only when the scale grows
+    /// (overflows need not be consecutive to use it up); 1: restored by every clean
+    /// step (only consecutive overflows use it up). DeepSpeed's consecutive_hysteresis.
+    pub consecutive_hysteresis: u32,
+    /// Floor of the loss scale on backoff (FP16), finite and >= 0, <= init_scale;
+    /// 0 (default): no floor.
+    pub min_loss_scale: f32,
+    /// Cap of the loss scale on growth (FP16), finite; 0 (default): no cap; otherwise
+    /// >= init_scale.
+    pub max_loss_scale: f32,
+    /// 1: a micro-batch gradient holding inf/NaN is left out of the accumulator and
+    /// of the total weight (decided on the device, no host sync), the window goes on,
+    /// and gacc_step_info.dropped_microbatches counts it; the loss scale backs off
+    /// (FP16) as for an overflow. 0 (default): it poisons the window, whose step is
+    /// skipped.
+    pub drop_nonfinite_microbatches: u32,
+    /// 1: Kahan-compensated accumulation (one more fp32 buffer, +4 B per parameter;
+    /// +8 B of traffic per parameter and micro-batch): the window's rounding error no
+    /// longer grows with the number of micro-batches. 0 (default): plain fp32 sums.
+    pub compensated_accumulation: u32,
+    /// 1: the FP16/BF16 working copy is written with stochastic rounding (unbiased,
+    /// reproducible from `seed` and the applied-step count); needs precision FP16 or
+    /// BF16. 0 (default): round to nearest even.
+    pub stochastic_rounding: u32,
+    /// Seed of the stochastic rounding (any value; default 0).
+    pub seed: u64,
 }
 
 /// One parameter tensor. Tensors are laid out in creation order in one flat buffer.
@@ -126,6 +156,10 @@ pub struct gacc_step_info {
     pub step: u64,
     /// gacc_microbatch calls in the window just closed.
     pub microbatches: u32,
-    /// Sum of the weights of the window just closed.
+    /// Sum of the weights of the window just closed (without the dropped
+    /// micro-batches when drop_nonfinite_microbatches is on).
     pub total_weight: f64,
+    /// Micro-batches of the window just closed that were dropped because their
+    /// gradient was not finite (always 0 unless drop_nonfinite_microbatches is on).
+    pub dropped_microbatches: u32,
 }

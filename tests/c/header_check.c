@@ -122,6 +122,14 @@ int main(void) {
     cfg.backoff_factor = 0.5f;
     cfg.growth_interval = 1u;
     cfg.grad_reduction = GACC_GRADS_MEAN;
+    cfg.hysteresis = 1u;
+    cfg.consecutive_hysteresis = 0u;
+    cfg.min_loss_scale = 0.0f;
+    cfg.max_loss_scale = 0.0f;
+    cfg.drop_nonfinite_microbatches = 0u;
+    cfg.compensated_accumulation = 0u;
+    cfg.stochastic_rounding = 0u;
+    cfg.seed = 0u;
     desc.name = "w";
     desc.numel = 2;
     desc.init = NULL;
@@ -133,6 +141,7 @@ int main(void) {
     int ok = consts_ok && p_create(&cfg, &desc, 1, &e) == GACC_OK && e != NULL &&
              p_microbatch(e, g, GACC_DTYPE_F32, 2, 1.0) == GACC_OK && p_step(e, &info) == GACC_OK &&
              info.applied == 1u && info.step == 1u && info.microbatches == 1u && info.total_weight == 1.0 &&
+             info.dropped_microbatches == 0u &&
              info.loss_scale == 1.0f && info.grad_norm > 0.0f && info.clip_coef == 1.0f;
     p_destroy(e);
     ok = ok && all[0] != NULL && p_version_number() == GACC_VERSION_NUMBER &&

@@ -84,6 +84,15 @@ pub fn matches_cpu_on_every_case() {
     }
 }
 
+/// The numerics options (hysteresis, drop, Kahan, stochastic rounding), every case.
+pub fn matches_cpu_with_numerics_options() {
+    let target = GpuTarget { live: RefCell::new(Vec::new()) };
+    for case in super::option_cases() {
+        super::run_case(&target, &case);
+    }
+    super::run_determinism_with_options(&target);
+}
+
 /// Same inputs twice: bit-identical results.
 pub fn deterministic() {
     super::run_determinism(&GpuTarget { live: RefCell::new(Vec::new()) });

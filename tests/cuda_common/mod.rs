@@ -67,6 +67,11 @@ pub struct Case {
     /// Device gradients one element past an aligned address (scalar path).
     pub misaligned: bool,
     pub windows: usize,
+    /// Numerics options (all off in `cases()`; `option_cases()` turns them on).
+    pub hysteresis: u32,
+    pub drop_nonfinite: bool,
+    pub compensated: bool,
+    pub stochastic_rounding: bool,
 }
 
 pub const SIZES: [&[(usize, bool)]; 3] =
@@ -112,10 +117,41 @@ pub fn cases() -> Vec<Case> {
                     device_grads,
                     misaligned,
                     windows: 4,
+                    hysteresis: 1,
+                    drop_nonfinite: false,
+                    compensated: false,
+                    stochastic_rounding: false,
                 });
                 i += 1;
             }
         }
+    }
+    out
+}
+
+/// The cases again with the numerics options on, rotating: hysteresis (with floor and
+/// cap), dropping non-finite micro-batches, Kahan compensation, stochastic rounding
+/// (FP16/BF16 only), alone and together.
+pub fn option_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for (i, mut c) in cases().into_iter().enumerate() {
+        let mix = i % 5;
+        c.hysteresis = if mix == 0 || mix == 4 { 2 + (i as u32 % 2) } else { 1 };
+        c.drop_nonfinite = mix == 1 || mix == 4;
+        c.compensated = mix == 2 || mix == 4;
+        c.stochastic_rounding = (mix == 3 || mix == 4 || i % 2 == 0) && c.precision != GACC_PRECISION_FP32;
+        // Several windows with non-finite micro-batches: the scale moves, the
+        // hysteresis counts, the drop mode drops.
+        c.windows = 6;
+        c.name = format!(
+            "{} +hyst{}{}{}{}",
+            c.name,
+            c.hysteresis,
+            if c.drop_nonfinite { "+drop" } else { "" },
+            if c.compensated { "+kahan" } else { "" },
+            if c.stochastic_rounding { "+sr" } else { "" }
+        );
+        out.push(c);
     }
     out
 }
@@ -133,6 +169,14 @@ pub fn config_for(case: &Case) -> Config {
     raw.init_scale = 1024.0;
     raw.growth_interval = 2;
     raw.grad_reduction = case.reduction;
+    raw.hysteresis = case.hysteresis;
+    raw.consecutive_hysteresis = u32::from(case.hysteresis > 2);
+    raw.min_loss_scale = if case.hysteresis > 1 { 16.0 } else { 0.0 };
+    raw.max_loss_scale = if case.hysteresis > 1 { 4096.0 } else { 0.0 };
+    raw.drop_nonfinite_microbatches = u32::from(case.drop_nonfinite);
+    raw.compensated_accumulation = u32::from(case.compensated);
+    raw.stochastic_rounding = u32::from(case.stochastic_rounding);
+    raw.seed = 0xC0FF_EE00 + case.name.len() as u64;
     Config::validate(&raw).expect("valid config")
 }
 
@@ -207,12 +251,18 @@ pub fn run_case(target: &dyn Target, case: &Case) {
         );
     }
 
+    let options = case.hysteresis > 1 || case.drop_nonfinite || case.compensated || case.stochastic_rounding;
     for w in 0..case.windows {
         let k = 1 + w % 3;
         for mb in 0..k {
             let scale = if w % 2 == 0 { 1.0 } else { 30.0 };
             let mut grad: Vec<f32> = (0..n).map(|_| rng.symmetric(scale)).collect();
-            if case.nonfinite_window == Some(w) && mb == 0 {
+            // With options on, more non-finite micro-batches: window 1's first, the
+            // last window's every one (drop mode: an all-dropped window), and window
+            // 3's second.
+            let poisoned = (case.nonfinite_window == Some(w) && mb == 0)
+                || (options && (w == case.windows - 1 || (w == 3 && mb == 1) || (w == 1 && mb == 0)));
+            if poisoned {
                 grad[n / 2] = if w % 2 == 0 { f32::INFINITY } else { f32::NAN };
             }
             let weight = 0.25 + 3.0 * f64::from(rng.unit());
@@ -234,6 +284,13 @@ pub fn run_case(target: &dyn Target, case: &Case) {
         // The accumulators agree bit for bit whatever the clipping.
         let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
         compare_f32(&tag("acc before step", w), &sc.acc, &sd.acc, true, 0.0);
+        compare_f32(&tag("comp before step", w), &sc.comp, &sd.comp, true, 0.0);
+        assert_eq!(
+            (sc.window_total.to_bits(), sc.window_dropped),
+            (sd.window_total.to_bits(), sd.window_dropped),
+            "{}",
+            tag("device window total and dropped count", w)
+        );
 
         let ic = cpu.step(true).unwrap().unwrap();
         let id = dut.step(true).unwrap().unwrap();
@@ -244,6 +301,7 @@ pub fn run_case(target: &dyn Target, case: &Case) {
         assert_eq!(ic.loss_scale.to_bits(), id.loss_scale.to_bits(), "{t}: loss_scale");
         assert_eq!(ic.microbatches, id.microbatches, "{t}: microbatches");
         assert_eq!(ic.total_weight.to_bits(), id.total_weight.to_bits(), "{t}: total_weight");
+        assert_eq!(ic.dropped_microbatches, id.dropped_microbatches, "{t}: dropped_microbatches");
         assert!(close(ic.grad_norm, id.grad_norm, 1e-6), "{t}: grad_norm {} vs {}", ic.grad_norm, id.grad_norm);
         assert_eq!(ic.grad_norm.is_finite(), id.grad_norm.is_finite(), "{t}: grad_norm finiteness");
         if exact {
@@ -251,8 +309,11 @@ pub fn run_case(target: &dyn Target, case: &Case) {
         } else {
             assert!(close(ic.clip_coef, id.clip_coef, 1e-5), "{t}: clip_coef {} vs {}", ic.clip_coef, id.clip_coef);
         }
-        if case.nonfinite_window == Some(w) {
+        if case.nonfinite_window == Some(w) && !case.drop_nonfinite {
             assert_eq!(id.applied, 0, "{t}: a non-finite window must be skipped");
+        }
+        if case.drop_nonfinite && w == case.windows - 1 {
+            assert_eq!((id.applied, id.dropped_microbatches, id.total_weight), (0, k as u32, 0.0), "{t}: all dropped");
         }
 
         let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
@@ -262,9 +323,10 @@ pub fn run_case(target: &dyn Target, case: &Case) {
         compare_f32(&tag("state2", w), &sc.state2, &sd.state2, exact, rel);
         compare_f32(&tag("acc after step", w), &sc.acc, &sd.acc, true, 0.0);
         assert!(sd.acc.iter().all(|&a| a.to_bits() == 0), "{}", tag("acc zeroed", w));
+        assert!(sd.comp.iter().all(|&a| a.to_bits() == 0), "{}", tag("comp zeroed", w));
         assert_eq!(
-            (sc.loss_scale.to_bits(), sc.growth_tracker, sc.applied_steps),
-            (sd.loss_scale.to_bits(), sd.growth_tracker, sd.applied_steps),
+            (sc.loss_scale.to_bits(), sc.growth_tracker, sc.hysteresis_left, sc.applied_steps),
+            (sd.loss_scale.to_bits(), sd.growth_tracker, sd.hysteresis_left, sd.applied_steps),
             "{}",
             tag("scaler", w)
         );
@@ -277,8 +339,17 @@ pub fn run_case(target: &dyn Target, case: &Case) {
 
         if let Some(d) = working_dtype {
             let got = working_copy(target, &mut dut, n);
-            let from_master: Vec<u16> = sd.master.iter().map(|&x| rne(d, x)).collect();
-            assert_eq!(got, from_master, "{}", tag("working copy == RNE(master)", w));
+            if case.stochastic_rounding {
+                // One of the two neighbours of the master value.
+                for (i, (&g, &x)) in got.iter().zip(&sd.master).enumerate() {
+                    let r = rne(d, x);
+                    let near = g == r || g == r.wrapping_add(1) || g == r.wrapping_sub(1);
+                    assert!(near, "{}: [{i}] {g:#06x} for {x:e} (RNE {r:#06x})", tag("stochastic rounding", w));
+                }
+            } else {
+                let from_master: Vec<u16> = sd.master.iter().map(|&x| rne(d, x)).collect();
+                assert_eq!(got, from_master, "{}", tag("working copy == RNE(master)", w));
+            }
             if exact {
                 assert_eq!(cpu_working_copy(&mut cpu, n), got, "{}", tag("working copy vs CPU", w));
             }
@@ -327,4 +398,157 @@ pub fn run_determinism(target: &dyn Target) {
     let (a, b) = (run(), run());
     assert_eq!(a.0, b.0, "norms differ run to run");
     assert!(a.1.master.iter().zip(&b.1.master).all(|(x, y)| x.to_bits() == y.to_bits()), "params differ run to run");
+}
+
+/// Every numerics option on (hysteresis, drop, Kahan, stochastic rounding), twice on
+/// the target with the same inputs: bit-identical parameters and working copy.
+pub fn run_determinism_with_options(target: &dyn Target) {
+    let case = option_cases()
+        .into_iter()
+        .find(|c| c.hysteresis > 1 && c.drop_nonfinite && c.compensated && c.stochastic_rounding)
+        .expect("a case with every option");
+    let run = || {
+        let config = config_for(&case);
+        let layout = layout_for(&case);
+        let n = layout.numel;
+        let mut rng = Rng(7);
+        let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
+        let mut e = target.engine(config, layout, &params);
+        let mut infos = Vec::new();
+        for w in 0..6 {
+            for m in 0..3 {
+                let mut g: Vec<f32> = (0..n).map(|_| rng.symmetric(3.0)).collect();
+                if (w + m) % 4 == 1 {
+                    g[m] = f32::NAN;
+                }
+                let input = GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n };
+                // SAFETY: g holds n f32.
+                unsafe { e.microbatch(&input, 0.5 + m as f64).unwrap() };
+            }
+            let i = e.step(true).unwrap().unwrap();
+            infos.push((i.applied, i.grad_norm.to_bits(), i.loss_scale.to_bits(), i.dropped_microbatches));
+        }
+        let s = e.backend_mut().export_state().unwrap();
+        let bits: Vec<u32> = s.master.iter().map(|x| x.to_bits()).collect();
+        (infos, bits, working_copy(target, &mut e, n))
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.0, b.0, "step infos differ run to run");
+    assert!(a.1 == b.1, "params differ run to run");
+    assert!(a.2 == b.2, "working copies differ run to run");
+}
+
+/// DeepSpeed's DynamicLossScaler.update_scale (deepspeed/runtime/fp16/loss_scaler.py),
+/// transcribed literally: iteration counters, `delayed_shift` = hysteresis,
+/// `scale_window` = growth_interval, scale_factor 2 (growth 2, backoff 0.5), Python
+/// floats (f64). raise_error_at_min_scale is off (gacc never raises).
+pub struct DeepSpeedScaler {
+    pub cur_scale: f64,
+    pub cur_iter: i64,
+    pub last_overflow_iter: i64,
+    pub scale_factor: f64,
+    pub scale_window: i64,
+    pub min_scale: f64,
+    pub delayed_shift: u32,
+    pub cur_hysteresis: u32,
+    pub consecutive_hysteresis: bool,
+}
+
+impl DeepSpeedScaler {
+    pub fn new(init_scale: f64, scale_window: i64, min_scale: f64, delayed_shift: u32, consecutive: bool) -> Self {
+        DeepSpeedScaler {
+            cur_scale: init_scale,
+            cur_iter: 0,
+            last_overflow_iter: -1,
+            scale_factor: 2.0,
+            scale_window,
+            min_scale,
+            delayed_shift,
+            cur_hysteresis: delayed_shift,
+            consecutive_hysteresis: consecutive,
+        }
+    }
+
+    pub fn update_scale(&mut self, overflow: bool) {
+        if overflow {
+            if self.delayed_shift == 1 || self.cur_hysteresis == 1 {
+                self.cur_scale = f64::max(self.cur_scale / self.scale_factor, self.min_scale);
+            } else {
+                self.cur_hysteresis -= 1;
+            }
+            self.last_overflow_iter = self.cur_iter;
+        } else {
+            if self.consecutive_hysteresis {
+                self.cur_hysteresis = self.delayed_shift;
+            }
+            if (self.cur_iter - self.last_overflow_iter) % self.scale_window == 0 {
+                if !self.consecutive_hysteresis {
+                    self.cur_hysteresis = self.delayed_shift;
+                }
+                self.cur_scale *= self.scale_factor;
+            }
+        }
+        self.cur_iter += 1;
+    }
+}
+
+/// Drives an FP16 engine through `steps` windows whose overflow sequence is random
+/// (probability `p`, plus always when the scale reaches a random ceiling, as a real
+/// model's gradients do), and checks after every step that its loss scale equals
+/// the DeepSpeed transcription's, bit for bit, and that exactly the overflowing
+/// windows were skipped. Returns the number of overflows seen.
+#[allow(clippy::too_many_arguments)]
+pub fn run_scaler_against_deepspeed(
+    make: &dyn Fn(Config, Layout, &[f32]) -> Engine,
+    seed: u64,
+    steps: usize,
+    hysteresis: u32,
+    consecutive: bool,
+    growth_interval: u32,
+    min_scale: f32,
+    p: f32,
+) -> usize {
+    let mut raw = default_raw_config();
+    raw.device = GACC_DEVICE_CPU;
+    raw.optimizer = GACC_OPTIMIZER_SGD;
+    raw.lr = 0.0;
+    raw.weight_decay = 0.0;
+    raw.precision = GACC_PRECISION_FP16;
+    raw.init_scale = 65536.0;
+    raw.growth_factor = 2.0;
+    raw.backoff_factor = 0.5;
+    raw.growth_interval = growth_interval;
+    raw.hysteresis = hysteresis;
+    raw.consecutive_hysteresis = u32::from(consecutive);
+    raw.min_loss_scale = min_scale;
+    let config = Config::validate(&raw).expect("valid config");
+    let layout = Layout::new(vec![(None, 3, true)]).unwrap();
+    let mut engine = make(config, layout, &[0.0; 3]);
+    let mut ds =
+        DeepSpeedScaler::new(65536.0, i64::from(growth_interval), f64::from(min_scale), hysteresis, consecutive);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut overflows = 0;
+    let mut scale = 65536.0f32;
+    for step in 0..steps {
+        let ceiling = (1u64 << (10 + rng.next_u64() % 14)) as f32;
+        let overflow = rng.unit() < p || scale >= ceiling;
+        let g = [0.25f32, if overflow { f32::INFINITY } else { -0.5 }, 1.0];
+        let input = GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: 3 };
+        // SAFETY: g holds 3 f32.
+        unsafe { engine.microbatch(&input, 1.0).unwrap() };
+        let info = engine.step(true).unwrap().unwrap();
+        ds.update_scale(overflow);
+        overflows += usize::from(overflow);
+        assert_eq!(info.applied, u32::from(!overflow), "seed {seed} step {step}: applied");
+        assert_eq!(
+            f64::from(info.loss_scale).to_bits(),
+            ds.cur_scale.to_bits(),
+            "seed {seed} step {step}: scale {} vs DeepSpeed {} (hysteresis {hysteresis}, consecutive {consecutive}, \
+             window {growth_interval}, min {min_scale})",
+            info.loss_scale,
+            ds.cur_scale
+        );
+        scale = info.loss_scale;
+    }
+    overflows
 }

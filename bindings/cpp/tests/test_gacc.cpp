@@ -313,6 +313,33 @@ TEST(skipped_step_on_non_finite_gradient) {
     CHECK(eng.params_read() == std::vector<float>(3, 0.0f));
 }
 
+TEST(numerics_options_drop_hysteresis_kahan_sr) {
+    gacc::Engine eng(gacc::Config()
+                         .cpu()
+                         .precision(gacc::Precision::fp16)
+                         .loss_scaling(1024.0f)
+                         .hysteresis(2)
+                         .loss_scale_bounds(1.0f, 4096.0f)
+                         .drop_nonfinite_microbatches()
+                         .compensated_accumulation()
+                         .stochastic_rounding(true, 42),
+                     3);
+    const std::vector<float> bad = {1.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f};
+    const std::vector<float> good = {0.5f, -0.25f, 1.0f};
+    eng.microbatch(bad, 1.0);
+    eng.microbatch(good, 2.0);
+    gacc::StepInfo info = eng.step_info();
+    CHECK(info.applied);
+    CHECK(info.dropped_microbatches == 1u && info.microbatches == 2u && info.total_weight == 2.0);
+    CHECK(eng.loss_scale() == 1024.0f);  // hysteresis 2: the first overflow is tolerated
+    eng.microbatch(bad, 1.0);
+    info = eng.step_info();
+    CHECK(!info.applied && info.dropped_microbatches == 1u && info.total_weight == 0.0);
+    CHECK(eng.loss_scale() == 512.0f);
+    CHECK_THROWS_STATUS(gacc::Engine(gacc::Config().cpu().stochastic_rounding(true), 3),
+                        gacc::Status::invalid_argument, "stochastic_rounding");
+}
+
 TEST(move_semantics) {
     static_assert(!std::is_copy_constructible_v<gacc::Engine>, "Engine must not be copyable");
     static_assert(!std::is_copy_assignable_v<gacc::Engine>, "Engine must not be copy-assignable");

@@ -117,6 +117,15 @@ struct Config
     backoff_factor::Cfloat
     growth_interval::UInt32
     grad_reduction::UInt32
+    # Numerics options (README "Numerics options"); the defaults keep GradScaler's rule.
+    hysteresis::UInt32
+    consecutive_hysteresis::UInt32
+    min_loss_scale::Cfloat
+    max_loss_scale::Cfloat
+    drop_nonfinite_microbatches::UInt32
+    compensated_accumulation::UInt32
+    stochastic_rounding::UInt32
+    seed::UInt64
 end
 
 "Mirror of `gacc_tensor_desc` (what gacc_create reads)."
@@ -136,6 +145,7 @@ struct StepInfo
     step::UInt64
     microbatches::UInt32
     total_weight::Cdouble
+    dropped_microbatches::UInt32
 end
 
 function default_config()

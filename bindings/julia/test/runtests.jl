@@ -78,9 +78,13 @@ end
         @test c.optimizer == GACC_OPTIMIZER_ADAMW
         @test c.lr == 1f-3
         @test c.init_scale == 65536
-        @test sizeof(Gacc.Config) == 64
+        @test c.hysteresis == 1 && c.consecutive_hysteresis == 0
+        @test c.min_loss_scale == 0 && c.max_loss_scale == 0
+        @test c.drop_nonfinite_microbatches == 0 && c.compensated_accumulation == 0
+        @test c.stochastic_rounding == 0 && c.seed == 0
+        @test sizeof(Gacc.Config) == 104
         @test sizeof(Gacc.TensorDesc) == 32
-        @test sizeof(Gacc.StepInfo) == 40
+        @test sizeof(Gacc.StepInfo) == 48
     end
 
     @testset "micro-batches equal one batch" begin
@@ -153,6 +157,23 @@ end
         @test unsafe_load(loss_scale_ptr(e)) == 512
         @test params(e) == zeros(Float32, 3)
         close(e)
+    end
+
+    @testset "numerics options" begin
+        e = Engine(Config(device = GACC_DEVICE_CPU, precision = GACC_PRECISION_FP16, init_scale = 1024,
+                          hysteresis = 2, drop_nonfinite_microbatches = 1, compensated_accumulation = 1,
+                          stochastic_rounding = 1, seed = 7), 3)
+        microbatch!(e, Float32[1, NaN, 0], 1)
+        microbatch!(e, Float32[0.5, -0.25, 1], 2)
+        info = step!(e)
+        @test info.applied == 1
+        @test info.dropped_microbatches == 1
+        @test info.microbatches == 2
+        @test info.total_weight == 2
+        @test info.loss_scale == 1024   # hysteresis 2: the first overflow is tolerated
+        close(e)
+        expect_error(() -> Engine(Config(device = GACC_DEVICE_CPU, stochastic_rounding = 1), 3),
+                     GACC_ERR_INVALID_ARGUMENT, "stochastic_rounding")
     end
 
     @testset "params, lr, finalizer" begin

@@ -38,6 +38,11 @@ pub struct CpuBackend {
     /// AdamW exp_avg_sq.
     state2: Vec<f32>,
     working: WorkingCopy,
+    /// Kahan compensation of acc (empty unless compensated_accumulation).
+    comp: Vec<f32>,
+    /// Drop mode: the window's total weight and dropped count.
+    window_total: f64,
+    window_dropped: u32,
     scaler: ScalerState,
     applied_steps: u64,
     last: StepReport,
@@ -64,6 +69,7 @@ impl CpuBackend {
             Precision::Bf16 => WorkingCopy::Bf16(try_zeroed(n, "bf16 working copy")?),
         };
         let scaler = ScalerState::new(&init.config.scaler, init.config.precision.scales_loss());
+        let comp = try_zeroed::<f32>(if init.config.numerics.compensated { n } else { 0 }, "compensation buffer")?;
         let mut backend = CpuBackend {
             config: *init.config,
             items: parallel::work_items(&init.layout.runs),
@@ -72,6 +78,9 @@ impl CpuBackend {
             state1,
             state2,
             working,
+            comp,
+            window_total: 0.0,
+            window_dropped: 0,
             scaler,
             applied_steps: 0,
             reduce_scratch: Vec::new(),
@@ -81,14 +90,26 @@ impl CpuBackend {
                 clip_coef: 1.0,
                 loss_scale: scaler.scale,
                 step: 0,
+                window_total: 0.0,
+                dropped: 0,
             },
         };
         backend.refresh_working_copy();
         Ok(backend)
     }
 
+    /// Rewrites the working copy from the master weights; stochastic rounding (when
+    /// on) keys on the current applied-step count.
     fn refresh_working_copy(&mut self) {
-        step::write_working_copy(&self.items, &self.master, &mut self.working);
+        let sr = self.sr_key(self.applied_steps);
+        step::write_working_copy(&self.items, &self.master, &mut self.working, sr);
+    }
+
+    /// The stochastic-rounding key for a rewrite at applied-step count `step`
+    /// (None: round to nearest even).
+    fn sr_key(&self, step: u64) -> Option<u64> {
+        let n = &self.config.numerics;
+        n.stochastic_rounding.then(|| crate::engine::math::sr_key(n.seed, step))
     }
 
     /// Read access to the accumulator (tests and checkpoints).
@@ -107,21 +128,54 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()> {
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()> {
         let n = grad.numel;
+        let items = &self.items;
         // SAFETY: the caller guarantees numel readable, aligned elements of dtype.
+        if self.config.numerics.drop_nonfinite {
+            let bad = match grad.dtype {
+                Dtype::F32 => {
+                    accumulate::any_nonfinite_f32(items, std::slice::from_raw_parts(grad.ptr as *const f32, n))
+                }
+                Dtype::F16 => {
+                    accumulate::any_nonfinite_f16(items, std::slice::from_raw_parts(grad.ptr as *const f16, n))
+                }
+                Dtype::BF16 => {
+                    accumulate::any_nonfinite_bf16(items, std::slice::from_raw_parts(grad.ptr as *const u16, n))
+                }
+            };
+            if bad {
+                self.window_dropped = self.window_dropped.saturating_add(1);
+                return Ok(());
+            }
+            self.window_total += weight;
+        }
+        let (acc, comp) = (&mut self.acc, &mut self.comp);
+        let kahan = !comp.is_empty();
         match grad.dtype {
             Dtype::F32 => {
                 let g = std::slice::from_raw_parts(grad.ptr as *const f32, n);
-                accumulate::accumulate_f32(&self.items, &mut self.acc, g, mul);
+                if kahan {
+                    accumulate::accumulate_f32_kahan(items, acc, comp, g, mul);
+                } else {
+                    accumulate::accumulate_f32(items, acc, g, mul);
+                }
             }
             Dtype::F16 => {
                 let g = std::slice::from_raw_parts(grad.ptr as *const f16, n);
-                accumulate::accumulate_f16(&self.items, &mut self.acc, g, mul);
+                if kahan {
+                    accumulate::accumulate_f16_kahan(items, acc, comp, g, mul);
+                } else {
+                    accumulate::accumulate_f16(items, acc, g, mul);
+                }
             }
             Dtype::BF16 => {
                 let g = std::slice::from_raw_parts(grad.ptr as *const u16, n);
-                accumulate::accumulate_bf16(&self.items, &mut self.acc, g, mul);
+                if kahan {
+                    accumulate::accumulate_bf16_kahan(items, acc, comp, g, mul);
+                } else {
+                    accumulate::accumulate_bf16(items, acc, g, mul);
+                }
             }
         }
         Ok(())
@@ -129,6 +183,9 @@ impl Backend for CpuBackend {
 
     fn zero_window(&mut self) -> Result<()> {
         step::zero(&self.items, &mut self.acc);
+        step::zero(&self.items, &mut self.comp);
+        self.window_total = 0.0;
+        self.window_dropped = 0;
         Ok(())
     }
 
@@ -172,13 +229,28 @@ impl Backend for CpuBackend {
             self.reduce_scratch = try_zeroed(self.acc.len(), "all-reduce buffer")?;
         }
         self.reduce_scratch.copy_from_slice(&self.acc);
+        // What is summed is the compensated value acc - comp.
+        for (r, c) in self.reduce_scratch.iter_mut().zip(&self.comp) {
+            *r -= *c;
+        }
         comm.allreduce_f32(&mut self.reduce_scratch)?;
         std::mem::swap(&mut self.acc, &mut self.reduce_scratch);
+        self.comp.fill(0.0);
         Ok(())
     }
 
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {
         Ok(&self.scaler.scale as *const f32)
+    }
+
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        Ok((self.window_total, self.window_dropped))
+    }
+
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        self.window_total = total;
+        self.window_dropped = dropped;
+        Ok(())
     }
 
     fn export_state(&mut self) -> Result<StateSnapshot> {
@@ -189,7 +261,11 @@ impl Backend for CpuBackend {
             state2: try_copy(&self.state2, "checkpoint copy of the optimizer state")?,
             loss_scale: self.scaler.scale,
             growth_tracker: self.scaler.growth_tracker,
+            hysteresis_left: self.scaler.hysteresis_left,
             applied_steps: self.applied_steps,
+            comp: try_copy(&self.comp, "checkpoint copy of the compensation buffer")?,
+            window_total: self.window_total,
+            window_dropped: self.window_dropped,
         })
     }
 
@@ -197,7 +273,8 @@ impl Backend for CpuBackend {
         let lengths_match = s.master.len() == self.master.len()
             && s.acc.len() == self.acc.len()
             && s.state1.len() == self.state1.len()
-            && s.state2.len() == self.state2.len();
+            && s.state2.len() == self.state2.len()
+            && s.comp.len() == self.comp.len();
         if !lengths_match {
             return Err(Error::internal("state snapshot does not match this backend's buffers"));
         }
@@ -205,8 +282,12 @@ impl Backend for CpuBackend {
         self.acc.copy_from_slice(&s.acc);
         self.state1.copy_from_slice(&s.state1);
         self.state2.copy_from_slice(&s.state2);
-        self.scaler = ScalerState { scale: s.loss_scale, growth_tracker: s.growth_tracker };
+        self.comp.copy_from_slice(&s.comp);
+        self.scaler =
+            ScalerState { scale: s.loss_scale, growth_tracker: s.growth_tracker, hysteresis_left: s.hysteresis_left };
         self.applied_steps = s.applied_steps;
+        self.window_total = s.window_total;
+        self.window_dropped = s.window_dropped;
         self.refresh_working_copy();
         Ok(())
     }

@@ -34,15 +34,36 @@ fn chunk_sum_sq(acc: &[f32], factor: f32) -> f64 {
     lanes.iter().sum()
 }
 
-/// Sum of squares of the unscaled gradient over the whole buffer.
-pub fn sum_of_squares(items: &[WorkItem], acc: &[f32], factor: f32) -> f64 {
-    map_items(items, acc.len(), |item| chunk_sum_sq(&acc[item.start..item.end], factor))
-        .into_iter()
-        .sum()
+/// As chunk_sum_sq, of the compensated sum: g = (acc - comp) * factor.
+fn chunk_sum_sq_comp(acc: &[f32], comp: &[f32], factor: f32) -> f64 {
+    let mut lanes = [0f64; LANES];
+    for (i, (&a, &c)) in acc.iter().zip(comp).enumerate() {
+        let g = f64::from((a - c) * factor);
+        lanes[i % LANES] += g * g;
+    }
+    lanes.iter().sum()
 }
 
-/// acc = 0.
+/// Sum of squares of the unscaled gradient over the whole buffer (of acc - comp
+/// when `comp` is not empty).
+pub fn sum_of_squares(items: &[WorkItem], acc: &[f32], comp: &[f32], factor: f32) -> f64 {
+    map_items(items, acc.len(), |item| {
+        let a = &acc[item.start..item.end];
+        if comp.is_empty() {
+            chunk_sum_sq(a, factor)
+        } else {
+            chunk_sum_sq_comp(a, &comp[item.start..item.end], factor)
+        }
+    })
+    .into_iter()
+    .sum()
+}
+
+/// acc = 0 (nothing when the buffer is empty: an absent compensation buffer).
 pub fn zero(items: &[WorkItem], acc: &mut [f32]) {
+    if acc.is_empty() {
+        return;
+    }
     let base = SharedMut(acc.as_mut_ptr());
     for_each_item(items, acc.len(), |item| {
         // SAFETY: disjoint items inside acc.
@@ -50,23 +71,50 @@ pub fn zero(items: &[WorkItem], acc: &mut [f32]) {
     });
 }
 
-/// Rewrites the whole working copy from the master weights.
-pub fn write_working_copy(items: &[WorkItem], master: &[f32], working: &mut WorkingCopy) {
+/// Rewrites the whole working copy from the master weights: round to nearest even,
+/// or stochastic rounding under key `sr`.
+pub fn write_working_copy(items: &[WorkItem], master: &[f32], working: &mut WorkingCopy, sr: Option<u64>) {
     match working {
         WorkingCopy::None => {}
         WorkingCopy::F16(w) => {
             let base = SharedMut(w.as_mut_ptr());
             for_each_item(items, master.len(), |item| {
                 // SAFETY: disjoint items inside w (same length as master).
-                f32_to_f16_slice(&master[item.start..item.end], unsafe { base.slice(item) });
+                convert_f16(&master[item.start..item.end], unsafe { base.slice(item) }, item.start, sr);
             });
         }
         WorkingCopy::Bf16(w) => {
             let base = SharedMut(w.as_mut_ptr());
             for_each_item(items, master.len(), |item| {
                 // SAFETY: as above.
-                f32_to_bf16_slice(&master[item.start..item.end], unsafe { base.slice(item) });
+                convert_bf16(&master[item.start..item.end], unsafe { base.slice(item) }, item.start, sr);
             });
+        }
+    }
+}
+
+/// dst = f16(src), RNE or stochastic (element i of the slice is global index start + i).
+fn convert_f16(src: &[f32], dst: &mut [half::f16], start: usize, sr: Option<u64>) {
+    match sr {
+        None => f32_to_f16_slice(src, dst),
+        Some(key) => {
+            for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
+                let r = math::sr_bits(key, (start + i) as u64);
+                *d = half::f16::from_bits(math::f32_to_f16_sr(x, r));
+            }
+        }
+    }
+}
+
+/// dst = bf16(src), RNE or stochastic.
+fn convert_bf16(src: &[f32], dst: &mut [half::bf16], start: usize, sr: Option<u64>) {
+    match sr {
+        None => f32_to_bf16_slice(src, dst),
+        Some(key) => {
+            for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
+                let r = math::sr_bits(key, (start + i) as u64);
+                *d = half::bf16::from_bits(math::f32_to_bf16_sr(x, r));
+            }
         }
     }
 }
@@ -76,10 +124,14 @@ pub fn write_working_copy(items: &[WorkItem], master: &[f32], working: &mut Work
 struct Buffers {
     master: SharedMut<f32>,
     acc: SharedMut<f32>,
+    /// Kahan compensation (None: plain accumulation).
+    comp: Option<SharedMut<f32>>,
     state1: SharedMut<f32>,
     state2: SharedMut<f32>,
     f16: Option<SharedMut<half::f16>>,
     bf16: Option<SharedMut<half::bf16>>,
+    /// Stochastic-rounding key of this step (None: RNE).
+    sr: Option<u64>,
 }
 
 /// The per-step scalars of the chosen optimizer.
@@ -116,6 +168,14 @@ fn update_chunk_body(b: &Buffers, item: &WorkItem, update: &Update, factor: f32,
     // SAFETY: items are disjoint and inside every buffer that exists for this
     // optimizer (state buffers are only touched by the optimizers that allocate them).
     let (p, acc) = unsafe { (b.master.slice(item), b.acc.slice(item)) };
+    if let Some(comp) = b.comp {
+        // The compensated sum: acc - comp (then comp = 0, as acc).
+        let c = unsafe { comp.slice(item) };
+        for (a, c) in acc.iter_mut().zip(c.iter_mut()) {
+            *a -= *c;
+            *c = 0.0;
+        }
+    }
     match update {
         Update::AdamW(s) => {
             let (m, v) = unsafe { (b.state1.slice(item), b.state2.slice(item)) };
@@ -149,23 +209,34 @@ fn update_chunk_body(b: &Buffers, item: &WorkItem, update: &Update, factor: f32,
     }
     // The chunk's master values are hot in cache: convert them now.
     if let Some(w) = b.f16 {
-        f32_to_f16_slice(p, unsafe { w.slice(item) });
+        convert_f16(p, unsafe { w.slice(item) }, item.start, b.sr);
     }
     if let Some(w) = b.bf16 {
-        f32_to_bf16_slice(p, unsafe { w.slice(item) });
+        convert_bf16(p, unsafe { w.slice(item) }, item.start, b.sr);
     }
 }
 
 /// One whole step; returns its report.
+///
+/// Drop mode: the window's total is the backend's own (the dropped micro-batches
+/// left out); a window whose micro-batches were all dropped (total 0) is skipped
+/// (its g = 0 * inf is NaN: the norm is NaN, as on the device). A dropped micro-batch
+/// counts as an overflow for the loss scale even when the step is applied.
 pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
-    let factor = math::unscale_factor(request.total_weight, be.scaler.scale);
-    let sum_sq = sum_of_squares(&be.items, &be.acc, factor);
-    let found_inf = !sum_sq.is_finite();
+    let drop_mode = be.config.numerics.drop_nonfinite;
+    let (total, dropped) = if drop_mode { (be.window_total, be.window_dropped) } else { (request.total_weight, 0) };
+    let window_total = if drop_mode { total } else { 0.0 };
+    be.window_total = 0.0;
+    be.window_dropped = 0;
+    let factor = math::unscale_factor(total, be.scaler.scale);
+    let sum_sq = sum_of_squares(&be.items, &be.acc, &be.comp, factor);
+    let found_inf = !sum_sq.is_finite() || total <= 0.0;
     let grad_norm = sum_sq.sqrt() as f32;
     let cfg = be.config;
 
     if found_inf {
         zero(&be.items, &mut be.acc);
+        zero(&be.items, &mut be.comp);
         be.scaler_update(true);
         return StepReport {
             applied: false,
@@ -173,6 +244,8 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
             clip_coef: 1.0,
             loss_scale: be.scaler.scale,
             step: be.applied_steps,
+            window_total,
+            dropped,
         };
     }
 
@@ -199,19 +272,30 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
         WorkingCopy::F16(w) => (Some(SharedMut(w.as_mut_ptr())), None),
         WorkingCopy::Bf16(w) => (None, Some(SharedMut(w.as_mut_ptr()))),
     };
+    let sr = be.sr_key(t);
     let buffers = Buffers {
         master: SharedMut(be.master.as_mut_ptr()),
         acc: SharedMut(be.acc.as_mut_ptr()),
+        comp: (!be.comp.is_empty()).then_some(SharedMut(be.comp.as_mut_ptr())),
         state1: SharedMut(be.state1.as_mut_ptr()),
         state2: SharedMut(be.state2.as_mut_ptr()),
         f16,
         bf16,
+        sr,
     };
     for_each_item(&be.items, be.master.len(), |item| update_chunk(&buffers, item, &update, factor, coef));
 
     be.applied_steps = t;
-    be.scaler_update(false);
-    StepReport { applied: true, grad_norm, clip_coef: coef, loss_scale: be.scaler.scale, step: t }
+    be.scaler_update(dropped > 0);
+    StepReport {
+        applied: true,
+        grad_norm,
+        clip_coef: coef,
+        loss_scale: be.scaler.scale,
+        step: t,
+        window_total,
+        dropped,
+    }
 }
 
 impl CpuBackend {
@@ -260,6 +344,8 @@ mod tests {
                     let b = Buffers {
                         master: SharedMut(p.as_mut_ptr()),
                         acc: SharedMut(acc.as_mut_ptr()),
+                        comp: None,
+                        sr: None,
                         state1: SharedMut(s1.as_mut_ptr()),
                         state2: SharedMut(s2.as_mut_ptr()),
                         f16: Some(SharedMut(w.as_mut_ptr())),

@@ -6,8 +6,9 @@
 //! ends, and a staging buffer for gradients handed over in host memory (allocated on
 //! first use).
 //!
-//! Launches: a micro-batch is one launch (plus a host-to-device copy when the
-//! gradient is in host memory); a step is three (norm partials, finalize, fused
+//! Launches: a micro-batch is one launch (two with drop_nonfinite_microbatches: the
+//! check pass, then the gated add; plus a host-to-device copy when the gradient is
+//! in host memory); a step is three (norm partials, finalize, fused
 //! update), whatever the number of tensors. A step queues its work and returns: no
 //! device-to-host transfer, no synchronisation, so it can be captured in a graph.
 
@@ -26,6 +27,8 @@ pub struct CudaBackend<R: Runtime> {
     n: usize,
     master: DevPtr,
     acc: DevPtr,
+    /// Kahan compensation (0 unless compensated_accumulation).
+    comp: DevPtr,
     state1: DevPtr,
     state2: DevPtr,
     working: DevPtr,
@@ -40,6 +43,11 @@ pub struct CudaBackend<R: Runtime> {
     norm_grid: u32,
     hyper: Hyper,
     update_kind: UpdateKind,
+    /// Drop mode: number of the last micro-batch (gacc_check_finite's flag value).
+    seq: u32,
+    /// Stochastic rounding: on (1) / off (0), and its seed.
+    sr: u32,
+    seed: u64,
 }
 
 /// Device bytes an engine of `n` parameters needs (without the staging buffer).
@@ -64,6 +72,7 @@ impl<R: Runtime> CudaBackend<R> {
             n,
             master: 0,
             acc: 0,
+            comp: 0,
             state1: 0,
             state2: 0,
             working: 0,
@@ -82,6 +91,9 @@ impl<R: Runtime> CudaBackend<R> {
                 Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
                 Optimizer::Sgd { .. } => UpdateKind::Sgd,
             },
+            seq: 0,
+            sr: u32::from(config.numerics.stochastic_rounding),
+            seed: config.numerics.seed,
         };
         let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
         let (free, total) = backend.rt.memory_info()?;
@@ -95,6 +107,9 @@ impl<R: Runtime> CudaBackend<R> {
         let f32_bytes = n * 4;
         backend.master = backend.rt.alloc(f32_bytes)?;
         backend.acc = backend.rt.alloc(f32_bytes)?;
+        if config.numerics.compensated {
+            backend.comp = backend.rt.alloc(f32_bytes)?;
+        }
         let n_state = config.optimizer.state_buffers();
         if n_state >= 1 {
             backend.state1 = backend.rt.alloc(f32_bytes)?;
@@ -118,13 +133,14 @@ impl<R: Runtime> CudaBackend<R> {
             loss_scale: if config.precision.scales_loss() { config.scaler.init_scale } else { 1.0 },
             grad_norm: f32::NAN,
             clip_coef: 1.0,
+            hysteresis_left: config.scaler.hysteresis,
             ..DeviceState::default()
         };
         // SAFETY: every destination was just allocated with at least these sizes.
         unsafe {
             backend.rt.copy_h2d(backend.master, init.params.as_ptr() as *const u8, f32_bytes)?;
             backend.rt.memset(backend.acc, 0, f32_bytes)?;
-            for s in [backend.state1, backend.state2] {
+            for s in [backend.comp, backend.state1, backend.state2] {
                 if s != 0 {
                     backend.rt.memset(s, 0, f32_bytes)?;
                 }
@@ -159,7 +175,19 @@ impl<R: Runtime> CudaBackend<R> {
             return Ok(());
         }
         // SAFETY: master and working hold n elements.
-        unsafe { launch::write_working(&mut self.rt, self.master, self.working, self.working_dtype, self.n, self.grid) }
+        unsafe {
+            launch::write_working(
+                &mut self.rt,
+                self.master,
+                self.working,
+                self.working_dtype,
+                self.n,
+                self.grid,
+                self.state,
+                self.sr,
+                self.seed,
+            )
+        }
     }
 
     fn read_state(&mut self) -> Result<DeviceState> {
@@ -191,6 +219,11 @@ fn hyper_of(c: &Config) -> Hyper {
         growth_factor: c.scaler.growth_factor,
         backoff_factor: c.scaler.backoff_factor,
         growth_interval: c.scaler.growth_interval,
+        hysteresis: c.scaler.hysteresis,
+        consecutive_hysteresis: u32::from(c.scaler.consecutive_hysteresis),
+        min_scale: c.scaler.min_scale,
+        max_scale: c.scaler.max_scale,
+        drop_nonfinite: u32::from(c.numerics.drop_nonfinite),
         ..Hyper::default()
     };
     match c.optimizer {
@@ -217,6 +250,7 @@ impl<R: Runtime> Drop for CudaBackend<R> {
         let ptrs = [
             self.master,
             self.acc,
+            self.comp,
             self.state1,
             self.state2,
             self.working,
@@ -239,7 +273,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.rt.describe()
     }
 
-    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32) -> Result<()> {
+    unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()> {
         let bytes = grad.numel * grad.dtype.size();
         let src = if self.rt.is_device_pointer(grad.ptr)? {
             grad.ptr as DevPtr
@@ -249,17 +283,41 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
             staging
         };
-        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid)
+        let mut opts = launch::AccumulateOptions { comp: self.comp, ..Default::default() };
+        if self.hyper.drop_nonfinite != 0 {
+            // Never 0, so a fresh state's bad_seq (0) flags nothing.
+            self.seq = self.seq.wrapping_add(1).max(1);
+            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grid)?;
+            opts = launch::AccumulateOptions { gate: self.state, seq: self.seq, weight, ..opts };
+        }
+        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
     }
 
     fn zero_window(&mut self) -> Result<()> {
-        // SAFETY: acc holds n f32.
-        unsafe { self.rt.memset(self.acc, 0, self.n * 4) }
+        // SAFETY: acc (and comp) hold n f32.
+        unsafe {
+            self.rt.memset(self.acc, 0, self.n * 4)?;
+            if self.comp != 0 {
+                self.rt.memset(self.comp, 0, self.n * 4)?;
+            }
+        }
+        if self.hyper.drop_nonfinite != 0 {
+            // The device's window total and dropped count (0.0 is all-zero bytes): two
+            // stream-ordered memsets, no sync.
+            let field = |offset: usize| self.state + offset as u64;
+            // SAFETY: both fields lie inside the one DeviceState at `state`.
+            unsafe {
+                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
+                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
+            }
+        }
+        Ok(())
     }
 
     fn step(&mut self, request: &StepRequest) -> Result<()> {
         let buffers = UpdateBuffers {
             acc: self.acc,
+            comp: self.comp,
             master: self.master,
             state1: self.state1,
             state2: self.state2,
@@ -269,14 +327,18 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             run_ends: self.run_ends,
             n_runs: self.n_runs,
             first_decay: self.first_decay,
+            sr: self.sr,
+            seed: self.seed,
         };
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
             launch::norm_partials(
                 &mut self.rt,
                 self.acc,
+                self.comp,
                 self.n,
                 request.total_weight,
+                self.hyper.drop_nonfinite != 0,
                 self.state,
                 self.partials,
                 self.norm_grid,
@@ -302,6 +364,8 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             clip_coef: st.clip_coef,
             loss_scale: st.loss_scale,
             step: st.step,
+            window_total: st.last_total,
+            dropped: st.last_dropped,
         })
     }
 
@@ -331,6 +395,19 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.rt.set_stream(stream)
     }
 
+    fn window_counts(&mut self) -> Result<(f64, u32)> {
+        let st = self.read_state()?;
+        Ok((st.window_total, st.window_dropped))
+    }
+
+    fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        let mut st = self.read_state()?;
+        st.window_total = total;
+        st.window_dropped = dropped;
+        // SAFETY: state holds one DeviceState (the copy waits for the host source).
+        unsafe { self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>()) }
+    }
+
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {
         Ok((self.state + std::mem::offset_of!(DeviceState, loss_scale) as u64) as *const f32)
     }
@@ -351,6 +428,11 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             state2 = vec![0f32; n];
             self.read_f32(self.state2, &mut state2)?;
         }
+        let mut comp = Vec::new();
+        if self.comp != 0 {
+            comp = vec![0f32; n];
+            self.read_f32(self.comp, &mut comp)?;
+        }
         let st = self.read_state()?;
         Ok(StateSnapshot {
             master,
@@ -359,7 +441,11 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             state2,
             loss_scale: st.loss_scale,
             growth_tracker: st.growth_tracker,
+            hysteresis_left: st.hysteresis_left,
             applied_steps: st.step,
+            comp,
+            window_total: st.window_total,
+            window_dropped: st.window_dropped,
         })
     }
 
@@ -369,14 +455,18 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         if !(s.master.len() == n
             && s.acc.len() == n
             && expect(&s.state1, self.state1 != 0)
-            && expect(&s.state2, self.state2 != 0))
+            && expect(&s.state2, self.state2 != 0)
+            && expect(&s.comp, self.comp != 0))
         {
             return Err(Error::internal("state snapshot does not match this backend's buffers"));
         }
         let mut st = self.read_state()?;
         st.loss_scale = s.loss_scale;
         st.growth_tracker = s.growth_tracker;
+        st.hysteresis_left = s.hysteresis_left;
         st.step = s.applied_steps;
+        st.window_total = s.window_total;
+        st.window_dropped = s.window_dropped;
         // SAFETY: every destination holds n f32 (state: one DeviceState).
         unsafe {
             self.rt.copy_h2d(self.master, s.master.as_ptr() as *const u8, n * 4)?;
@@ -386,6 +476,9 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             }
             if self.state2 != 0 {
                 self.rt.copy_h2d(self.state2, s.state2.as_ptr() as *const u8, n * 4)?;
+            }
+            if self.comp != 0 {
+                self.rt.copy_h2d(self.comp, s.comp.as_ptr() as *const u8, n * 4)?;
             }
             self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>())?;
         }

@@ -18,7 +18,7 @@ pub const KERNEL_FILES: [(&str, &str); 5] = [
 ];
 
 /// Every `extern "C"` kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 9] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "gacc_accumulate_f32",
     "gacc_accumulate_f16",
     "gacc_accumulate_bf16",
@@ -28,6 +28,7 @@ pub const KERNEL_NAMES: [&str; 9] = [
     "gacc_update_sgd_momentum",
     "gacc_update_sgd",
     "gacc_write_working",
+    "gacc_check_finite",
 ];
 
 /// The whole program as one translation unit.

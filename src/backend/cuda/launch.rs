@@ -51,10 +51,25 @@ pub fn vector_aligned(ptr: DevPtr, dtype: Dtype) -> bool {
     ptr % need == 0
 }
 
+/// What the accumulate kernel does besides acc += mul * grad.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccumulateOptions {
+    /// Kahan compensation buffer (0: plain accumulation).
+    pub comp: DevPtr,
+    /// Drop mode: the gacc_state whose bad_seq gacc_check_finite set (0: no gate).
+    pub gate: DevPtr,
+    /// Drop mode: this micro-batch's sequence number.
+    pub seq: u32,
+    /// Drop mode: the weight booked on the device when the gradient is kept.
+    pub weight: f64,
+}
+
 /// acc += mul * grad (accumulate.cu).
 ///
 /// # Safety
-/// `acc` holds `n` f32 and `grad` `n` elements of `dtype`, both device memory.
+/// `acc` (and `opts.comp`) hold `n` f32 and `grad` `n` elements of `dtype`, all
+/// device memory; `opts.gate` is 0 or a gacc_state.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate<R: Runtime + ?Sized>(
     rt: &mut R,
     acc: DevPtr,
@@ -63,37 +78,97 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
     n: usize,
     mul: f32,
     grid: u32,
+    opts: &AccumulateOptions,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && grad != 0, "accumulate: n > 0, acc 16-byte aligned")?;
+    require(n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0, "accumulate: n > 0, acc/comp 16-byte aligned")?;
     let name = match dtype {
         Dtype::F32 => "gacc_accumulate_f32",
         Dtype::F16 => "gacc_accumulate_f16",
         Dtype::BF16 => "gacc_accumulate_bf16",
     };
     let vec = i32::from(vector_aligned(grad, dtype));
-    rt.launch(name, grid, BLOCK, 0, &[Arg::Ptr(acc), Arg::Ptr(grad), Arg::U64(n as u64), Arg::F32(mul), Arg::I32(vec)])
+    rt.launch(
+        name,
+        grid,
+        BLOCK,
+        0,
+        &[
+            Arg::Ptr(acc),
+            Arg::Ptr(opts.comp),
+            Arg::Ptr(grad),
+            Arg::U64(n as u64),
+            Arg::F32(mul),
+            Arg::I32(vec),
+            Arg::Ptr(opts.gate),
+            Arg::U32(opts.seq),
+            Arg::F64(opts.weight),
+        ],
+    )
 }
 
-/// Per-block partial sums of squares (norm.cu); writes `grid` doubles.
+/// Drop mode's check pass (accumulate.cu): state->bad_seq = seq when the gradient
+/// holds inf/NaN.
 ///
 /// # Safety
-/// `acc` holds `n` f32, `state` a gacc_state, `partials` at least `grid` doubles.
+/// `grad` holds `n` elements of `dtype` and `state` is a gacc_state, device memory.
+pub unsafe fn check_finite<R: Runtime + ?Sized>(
+    rt: &mut R,
+    grad: DevPtr,
+    dtype: Dtype,
+    n: usize,
+    state: DevPtr,
+    seq: u32,
+    grid: u32,
+) -> Result<()> {
+    require(n > 0 && grad != 0 && state != 0, "check_finite: n > 0, pointers set")?;
+    let code = match dtype {
+        Dtype::F32 => 0,
+        Dtype::F16 => 1,
+        Dtype::BF16 => 2,
+    };
+    rt.launch(
+        "gacc_check_finite",
+        grid,
+        BLOCK,
+        0,
+        &[Arg::Ptr(grad), Arg::I32(code), Arg::U64(n as u64), Arg::Ptr(state), Arg::U32(seq)],
+    )
+}
+
+/// Per-block partial sums of squares (norm.cu); writes `grid` doubles. With
+/// `device_total` the kernel takes the window total from the device state (drop
+/// mode) instead of `total_weight`.
+///
+/// # Safety
+/// `acc` (and `comp` when not 0) hold `n` f32, `state` a gacc_state, `partials` at
+/// least `grid` doubles.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn norm_partials<R: Runtime + ?Sized>(
     rt: &mut R,
     acc: DevPtr,
+    comp: DevPtr,
     n: usize,
     total_weight: f64,
+    device_total: bool,
     state: DevPtr,
     partials: DevPtr,
     grid: u32,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && total_weight > 0.0, "norm: n > 0, acc aligned, total > 0")?;
+    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && total_weight > 0.0, "norm: n > 0, acc aligned, total > 0")?;
     rt.launch(
         "gacc_norm_partials",
         grid,
         BLOCK,
         0,
-        &[Arg::Ptr(acc), Arg::U64(n as u64), Arg::F64(total_weight), Arg::Ptr(state), Arg::Ptr(partials)],
+        &[
+            Arg::Ptr(acc),
+            Arg::Ptr(comp),
+            Arg::U64(n as u64),
+            Arg::F64(total_weight),
+            Arg::U32(u32::from(device_total)),
+            Arg::Ptr(state),
+            Arg::Ptr(partials),
+        ],
     )
 }
 
@@ -139,6 +214,8 @@ pub enum UpdateKind {
 #[derive(Clone, Copy, Debug)]
 pub struct UpdateBuffers {
     pub acc: DevPtr,
+    /// Kahan compensation (0: none).
+    pub comp: DevPtr,
     pub master: DevPtr,
     pub state1: DevPtr,
     pub state2: DevPtr,
@@ -150,6 +227,9 @@ pub struct UpdateBuffers {
     pub run_ends: DevPtr,
     pub n_runs: u32,
     pub first_decay: u32,
+    /// Stochastic rounding of the working copy (0 or 1) and its seed.
+    pub sr: u32,
+    pub seed: u64,
 }
 
 /// The fused update pass (update.cu).
@@ -163,7 +243,7 @@ pub unsafe fn update<R: Runtime + ?Sized>(
     n: usize,
     grid: u32,
 ) -> Result<()> {
-    let aligned = [b.acc, b.master, b.state1, b.state2].iter().all(|p| p % 16 == 0) && b.working % 8 == 0;
+    let aligned = [b.acc, b.comp, b.master, b.state1, b.state2].iter().all(|p| p % 16 == 0) && b.working % 8 == 0;
     require(n > 0 && b.n_runs > 0 && aligned, "update: n > 0, runs > 0, buffers aligned")?;
     require((b.working == 0) == (b.working_dtype == 0), "update: working copy and its dtype agree")?;
     let n = n as u64;
@@ -175,8 +255,10 @@ pub unsafe fn update<R: Runtime + ?Sized>(
         Arg::Ptr(b.run_ends),
         Arg::U32(b.n_runs),
         Arg::U32(b.first_decay),
+        Arg::U32(b.sr),
+        Arg::U64(b.seed),
     ];
-    let mut args = vec![Arg::Ptr(b.acc), Arg::Ptr(b.master)];
+    let mut args = vec![Arg::Ptr(b.acc), Arg::Ptr(b.comp), Arg::Ptr(b.master)];
     let name = match kind {
         UpdateKind::AdamW => {
             require(b.state1 != 0 && b.state2 != 0, "update: AdamW state allocated")?;
@@ -194,10 +276,13 @@ pub unsafe fn update<R: Runtime + ?Sized>(
     rt.launch(name, grid, BLOCK, 0, &args)
 }
 
-/// working = RNE(master) (convert.cu).
+/// working = RNE(master), or stochastic rounding keyed by (seed, state->step)
+/// (convert.cu).
 ///
 /// # Safety
-/// `master` holds `n` f32 and `working` `n` 16-bit values, device memory.
+/// `master` holds `n` f32 and `working` `n` 16-bit values, `state` a gacc_state,
+/// device memory.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn write_working<R: Runtime + ?Sized>(
     rt: &mut R,
     master: DevPtr,
@@ -205,14 +290,28 @@ pub unsafe fn write_working<R: Runtime + ?Sized>(
     working_dtype: i32,
     n: usize,
     grid: u32,
+    state: DevPtr,
+    sr: u32,
+    seed: u64,
 ) -> Result<()> {
-    require(n > 0 && master % 16 == 0 && working % 8 == 0 && working_dtype != 0, "write_working: aligned, dtype")?;
+    require(
+        n > 0 && master % 16 == 0 && working % 8 == 0 && working_dtype != 0 && state != 0,
+        "write_working: aligned, dtype, state",
+    )?;
     rt.launch(
         "gacc_write_working",
         grid,
         BLOCK,
         0,
-        &[Arg::Ptr(master), Arg::Ptr(working), Arg::I32(working_dtype), Arg::U64(n as u64)],
+        &[
+            Arg::Ptr(master),
+            Arg::Ptr(working),
+            Arg::I32(working_dtype),
+            Arg::U64(n as u64),
+            Arg::Ptr(state),
+            Arg::U32(sr),
+            Arg::U64(seed),
+        ],
     )
 }
 

@@ -7,6 +7,8 @@
 pub struct DeviceState {
     pub step: u64,
     pub sumsq: f64,
+    pub window_total: f64,
+    pub last_total: f64,
     pub loss_scale: f32,
     pub growth_tracker: u32,
     pub applied: u32,
@@ -25,6 +27,10 @@ pub struct DeviceState {
     pub momentum: f32,
     pub nesterov: u32,
     pub first: u32,
+    pub hysteresis_left: u32,
+    pub window_dropped: u32,
+    pub last_dropped: u32,
+    pub bad_seq: u32,
 }
 
 /// `struct gacc_hyper`: the fixed hyper-parameters gacc_finalize takes by value.
@@ -43,6 +49,11 @@ pub struct Hyper {
     pub growth_factor: f32,
     pub backoff_factor: f32,
     pub growth_interval: u32,
+    pub hysteresis: u32,
+    pub consecutive_hysteresis: u32,
+    pub min_scale: f32,
+    pub max_scale: f32,
+    pub drop_nonfinite: u32,
 }
 
 /// The raw bytes of a #[repr(C)] plain-data value (for by-value kernel arguments
