@@ -7,6 +7,8 @@
 //! Byte model (STREAM convention: bytes the kernel asks for, each read and each
 //! write counted once; write-allocate traffic is not counted, for STREAM either):
 //! - accumulate f32:  4 read grad + 4 read acc + 4 write acc            = 12 B/elem
+//!   compensated (Kahan): + 4 read comp + 4 write comp                   = 20 B/elem
+//!   drop non-finite: + 4 read grad (the finiteness check)               = 16 B/elem
 //! - accumulate f16/bf16: 2 read grad + 4 read acc + 4 write acc        = 10 B/elem
 //! - step SGD momentum: norm pass 4 (read acc) + fused pass reads acc, p, buf (12)
 //!   and writes p, buf, acc (12)                                         = 28 B/elem
@@ -235,6 +237,18 @@ fn main() {
                 ("accumulate bf16 grad", gb16.as_ptr() as *const c_void, GACC_DTYPE_BF16, 10),
             ] {
                 let t = time(repeats, || e.mb(ptr, dtype, 1.0));
+                rows.push(row(name, bytes, t));
+            }
+            // The numerics options on the f32 path: Kahan compensation reads and
+            // writes one more buffer; dropping a non-finite micro-batch reads the
+            // gradient once more to check it before the add.
+            let mut kahan = base_config(GACC_OPTIMIZER_SGD);
+            kahan.compensated_accumulation = 1;
+            let mut drop = base_config(GACC_OPTIMIZER_SGD);
+            drop.drop_nonfinite_microbatches = 1;
+            for (name, cfg, bytes) in [("accumulate f32, compensated", kahan, 20), ("accumulate f32, drop non-finite", drop, 16)] {
+                let e = Engine::new(&cfg, n);
+                let t = time(repeats, || e.mb(g32.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0));
                 rows.push(row(name, bytes, t));
             }
         }

@@ -237,32 +237,6 @@ fn compensated_accumulation_error_does_not_grow_with_k() {
 }
 
 #[test]
-#[ignore = "timing for docs/numerics.md: cargo test --release --test numerics -- --ignored --nocapture"]
-fn compensated_accumulation_cost() {
-    let n = 1 << 22;
-    for compensated in [false, true] {
-        let mut raw = default_raw_config();
-        raw.device = GACC_DEVICE_CPU;
-        raw.compensated_accumulation = u32::from(compensated);
-        let mut e = cpu(Config::validate(&raw).unwrap(), Layout::new(vec![(None, n, true)]).unwrap(), &vec![0.0; n]);
-        let g = vec![0.001f32; n];
-        feed(&mut e, &g, 1.0);
-        let reps = 40;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            feed(&mut e, &g, 1.0);
-        }
-        let per = t.elapsed().as_secs_f64() / f64::from(reps);
-        println!(
-            "compensated={compensated}: {:.2} ms per f32 micro-batch of {n} ({:.2} GB/s of {} B/param)",
-            per * 1e3,
-            n as f64 * if compensated { 20.0 } else { 12.0 } / per / 1e9,
-            if compensated { 20 } else { 12 }
-        );
-    }
-}
-
-#[test]
 fn stochastic_rounding_is_unbiased() {
     // Values strictly between two representable numbers (bf16 and f16, normal and
     // subnormal f16, both signs): the mean of N stochastic roundings (one per element
