@@ -371,6 +371,18 @@ typedef struct gacc_step_info {
  */
 typedef int32_t (*gacc_allreduce_fn)(void *buf, size_t count, uint32_t dtype, void *user_data);
 
+/**
+ * An NCCL unique id (ncclUniqueId's 128 bytes): made once by `gacc_nccl_unique_id`
+ * (on one rank) and handed by the caller's own means (MPI_Bcast, a file, a TCP
+ * socket) to every rank's `gacc_set_nccl`. Plain bytes: copy it freely.
+ */
+typedef struct gacc_nccl_id {
+  /**
+   * Opaque to gacc's callers.
+   */
+  uint8_t internal[128];
+} gacc_nccl_id;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -608,6 +620,39 @@ enum gacc_status gacc_comm_stats(const struct gacc_engine *e,
  * until the engine is destroyed. Same semantics as gacc_set_allreduce otherwise.
  */
 enum gacc_status gacc_set_mpi(struct gacc_engine *e, const void *comm);
+
+/**
+ * Makes a new NCCL unique id (ncclGetUniqueId) for one data-parallel group: call it
+ * on one rank (rank 0), send the 128 bytes to every rank by your own means, and
+ * pass them to gacc_set_nccl on every rank. NCCL is loaded at run time
+ * (`GACC_NCCL_LIB`, else libnccl.so.2): GACC_ERR_DEVICE_UNAVAILABLE with the reason
+ * when it cannot be loaded; GACC_ERR_COMMUNICATION when NCCL fails.
+ */
+enum gacc_status gacc_nccl_unique_id(struct gacc_nccl_id *out);
+
+/**
+ * Makes a CUDA engine rank `rank` of a `world_size`-rank data-parallel group over
+ * NCCL (ncclCommInitRank with `id` from gacc_nccl_unique_id; blocks until every
+ * rank has called it). Call it right after gacc_create, with an empty window; each
+ * rank's engine should be on its own GPU. Like the other transports it sends rank
+ * 0's parameters to every rank once. Then each gacc_step sums the window totals
+ * and the fp32 accumulator across ranks with ncclAllReduce on the engine's stream
+ * (the one gacc_set_stream names), before unscaling; the kernels read the global
+ * total from device memory, so gacc_step without info neither waits for the device
+ * nor copies anything to the host. A window whose global total weight is 0 is
+ * skipped on the device (applied = 0, loss scale unchanged) instead of
+ * GACC_ERR_INVALID_STATE. An error NCCL reports when the work is queued is
+ * GACC_ERR_COMMUNICATION with NCCL's message, and the rank's window is left as it
+ * was; an error NCCL detects later (asynchronously) is reported by the next
+ * gacc_step as GACC_ERR_COMMUNICATION and aborts the communicator; the window that
+ * was being reduced then is lost (call gacc_zero) and the engine needs a new group.
+ * CPU engines: GACC_ERR_INVALID_STATE (use gacc_set_mpi or gacc_set_allreduce);
+ * NCCL not loadable: GACC_ERR_DEVICE_UNAVAILABLE.
+ */
+enum gacc_status gacc_set_nccl(struct gacc_engine *e,
+                               const struct gacc_nccl_id *id,
+                               int32_t rank,
+                               int32_t world_size);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -17,6 +17,9 @@
 //    micro-batch counts as an overflow for the loss scale even when the step is
 //    applied. The window's total and dropped count move to last_total/last_dropped
 //    (the step info) and the open-window ones are reset.
+// 6. Device collective (h.device_total, NCCL): the total is the global one that
+//    gacc_dp_unpack_totals (dp.cu) left in state->window_total, as in drop mode. A
+//    global total of 0 with nothing dropped skips the step and leaves the loss scale.
 // The scaler rule (math::ScalerState::update): overflow: if hysteresis_left <= 1
 // { S = max(S * backoff, min_scale) } else { hysteresis_left -= 1 }; tracker = 0.
 // Clean: if consecutive { hysteresis_left = hysteresis }; tracker += 1; at
@@ -40,6 +43,8 @@ struct gacc_hyper {
     float min_scale;                  // 0: no floor
     float max_scale;                  // 0: no cap
     unsigned drop_nonfinite;          // 1: drop mode (device window total)
+    unsigned device_total;            // 1: device collective (NCCL): the global total is
+                                      // state->window_total (gacc_dp_unpack_totals)
 };
 
 GACC_INLINE void gacc_scaler_update(gacc_state* st, const gacc_hyper& h, bool found_inf) {
@@ -84,15 +89,19 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
     }
     double total = total_weight;
     unsigned dropped = 0;
-    if (h.drop_nonfinite) {
+    const bool device_total = h.drop_nonfinite || h.device_total;
+    if (device_total) {
         total = st.window_total;
         dropped = st.window_dropped;
         st.window_total = 0.0;
         st.window_dropped = 0;
     }
-    st.last_total = h.drop_nonfinite ? total : 0.0;
+    st.last_total = device_total ? total : 0.0;
     st.last_dropped = dropped;
-    const bool found_inf = !isfinite(sumsq) || !(total > 0.0);
+    // An empty window (device total 0 with nothing dropped: every rank's weights
+    // were 0) is skipped without touching the loss scale.
+    const bool empty = !(total > 0.0);
+    const bool found_inf = !isfinite(sumsq) || empty;
     const float norm = (float)sqrt(sumsq);
     st.sumsq = sumsq;
     st.factor = gacc_unscale_factor(total, st.loss_scale);
@@ -130,7 +139,7 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
         }
         st.step = t;
     }
-    if (h.scales_loss) {
+    if (h.scales_loss && !(empty && dropped == 0u)) {
         gacc_scaler_update(&st, h, found_inf || dropped > 0u);
     }
     *state = st;

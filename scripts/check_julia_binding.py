@@ -81,6 +81,7 @@ class CType:
     base: str       # without const/struct/enum
     depth: int      # number of '*'
     text: str       # as written, for messages
+    array: int = 0  # N for a fixed-size array field `T name[N]` (Julia: NTuple{N, T})
 
 
 @dataclass
@@ -117,6 +118,10 @@ def parse_ctype(text: str) -> CType:
 
 
 def parse_param(text: str) -> tuple[CType, str]:
+    arr = re.match(r"^(.*?\w)\s*\[\s*(\d+)\s*\]\s*$", text.strip(), flags=re.S)
+    if arr:
+        ct, name = parse_param(arr.group(1))
+        return CType(ct.base, ct.depth, f"{ct.text}[{arr.group(2)}]", int(arr.group(2))), name
     m = re.match(r"^(.*?)(\w+)\s*$", text.strip(), flags=re.S)
     if not m or not m.group(1).strip():
         raise ValueError(f"cannot parse parameter {text!r} (unnamed parameters are not supported)")
@@ -475,6 +480,13 @@ def compatible(ct: CType, jt: str, h: Header, *, context: str) -> str | None:
     known = ct.base in SCALARS or ct.base in h.enums or ct.base in h.opaque or ct.base in h.structs or ct.base in h.fnptrs
     if not known:
         return f"C type `{ct.text}` is not in the type table of scripts/check_julia_binding.py"
+    if ct.array:
+        m = re.fullmatch(r"NTuple\{\s*(\d+)\s*,\s*(.+?)\s*\}", jt)
+        if context != "field":
+            return f"C array `{ct.text}` outside a struct"
+        if not m or int(m.group(1)) != ct.array or ct.depth != 0 or not scalar_ok(ct.base, m.group(2), pointee=False):
+            return f"`{jt}` does not carry C `{ct.text}` (write NTuple{{{ct.array}, T}})"
+        return None
     if ct.depth == 0:
         if ct.base == "void" and context != "return":
             return "void is only a return type"

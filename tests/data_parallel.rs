@@ -342,3 +342,28 @@ fn failed_collective_is_communication_error_and_window_survives() {
         assert_eq!(p, clean_p);
     }
 }
+
+/// NCCL's documented refusals without a GPU or NCCL: gacc_set_nccl on a CPU engine
+/// is GACC_ERR_INVALID_STATE naming the CPU transports, and gacc_nccl_unique_id
+/// without a loadable libnccl is GACC_ERR_DEVICE_UNAVAILABLE with the reason (the
+/// working path is tests/fake_nccl.rs, on a fake libnccl).
+#[test]
+fn nccl_refusals_without_nccl() {
+    let init: Vec<f32> = (0..N).map(|i| i as f32).collect();
+    let e = create(&config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP32), &init) as *mut gacc_engine;
+    let id = gacc_nccl_id { internal: [7; 128] };
+    assert_eq!(unsafe { gacc_set_nccl(e, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
+    let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+    assert!(msg.contains("CUDA engine") && msg.contains("gacc_set_mpi") && msg.contains("gacc_set_allreduce"), "{msg}");
+    gacc_destroy(e);
+    // SAFETY: only probes whether a real libnccl is installed here.
+    let installed = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok();
+    if std::env::var_os("GACC_NCCL_LIB").is_some() || installed {
+        println!("skipped: the no-NCCL half of nccl_refusals_without_nccl: NCCL is installed");
+        return;
+    }
+    let mut out = gacc_nccl_id { internal: [0; 128] };
+    assert_eq!(unsafe { gacc_nccl_unique_id(&mut out) }, GACC_ERR_DEVICE_UNAVAILABLE);
+    let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+    assert!(msg.contains("NCCL cannot be loaded") && msg.contains("libnccl.so.2"), "{msg}");
+}

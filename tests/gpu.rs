@@ -4,6 +4,8 @@
 //! gacc_loss_scale_ptr). Without a usable device each test prints
 //! "skipped: <test>: no CUDA device (<reason>)" and passes.
 //!
+//! gpu_nccl_world_size_one also needs NCCL (libnccl.so.2 or GACC_NCCL_LIB).
+//!
 //! On a GPU machine: eval "$(scripts/install-cuda-deps.sh)"; cargo test --test gpu
 
 #[path = "cuda_common/mod.rs"]
@@ -46,5 +48,15 @@ fn gpu_is_deterministic() {
 fn gpu_c_api_stream_loss_scale_ptr_and_pointer_kinds() {
     if gpu_or_skip("gpu_c_api_stream_loss_scale_ptr_and_pointer_kinds") {
         device::c_api_stream_loss_scale_ptr_and_pointer_kinds();
+    }
+}
+
+/// NCCL with world size 1 on a real GPU (needs libnccl.so.2 or GACC_NCCL_LIB;
+/// without it the body says "skipped"): the joined engine equals an engine without
+/// a transport bit for bit.
+#[test]
+fn gpu_nccl_world_size_one() {
+    if gpu_or_skip("gpu_nccl_world_size_one") {
+        device::nccl_world_size_one();
     }
 }

@@ -432,6 +432,15 @@ struct StepInfo {
 /// Owns one gacc_engine. Move-only; the destructor releases it (gacc_destroy).
 /// A moved-from Engine is empty: valid() is false and every call throws
 /// gacc::Error(Status::invalid_handle).
+/// A new NCCL unique id for one data-parallel group (gacc_nccl_unique_id): make it
+/// on one rank and send its 128 bytes to every rank's Engine::set_nccl. Throws
+/// Error(device_unavailable) when NCCL cannot be loaded.
+inline gacc_nccl_id nccl_unique_id() {
+    gacc_nccl_id id{};
+    detail::check(gacc_nccl_unique_id(&id));
+    return id;
+}
+
 class Engine {
 public:
     Engine(const Config& cfg, const std::vector<Tensor>& tensors) {
@@ -604,6 +613,12 @@ public:
     }
     /// Data parallelism over MPI (`comm` points to an MPI_Comm; nullptr: MPI_COMM_WORLD).
     void set_mpi(const void* comm = nullptr) { detail::check(gacc_set_mpi(handle(), comm)); }
+    /// Data parallelism over NCCL (CUDA engines): `id` from nccl_unique_id() on one
+    /// rank, handed to every rank by the caller. The all-reduces run on the engine's
+    /// stream with no host synchronisation.
+    void set_nccl(const gacc_nccl_id& id, std::int32_t rank, std::int32_t world_size) {
+        detail::check(gacc_set_nccl(handle(), &id, rank, world_size));
+    }
 
 private:
     gacc_engine* handle() const {

@@ -469,6 +469,35 @@ func (e *Engine) Step() (StepInfo, error) {
 	}, nil
 }
 
+// NCCLUniqueID makes a new NCCL unique id for one data-parallel group
+// (gacc_nccl_unique_id): make it on one rank and send its 128 bytes to every rank's
+// SetNCCL by your own means. NCCL is loaded at run time (GACC_NCCL_LIB, else
+// libnccl.so.2); without it the error's Status is DeviceUnavailable.
+func NCCLUniqueID() ([128]byte, error) {
+	var id C.gacc_nccl_id
+	var out [128]byte
+	if err := call(func() C.enum_gacc_status { return C.gacc_nccl_unique_id(&id) }); err != nil {
+		return out, err
+	}
+	for i := range out {
+		out[i] = byte(id.internal[i])
+	}
+	return out, nil
+}
+
+// SetNCCL makes a CUDA engine rank `rank` of a `worldSize`-rank data-parallel group
+// over NCCL (gacc_set_nccl; blocks until every rank has called it). Call it right
+// after New, with an empty window.
+func (e *Engine) SetNCCL(id [128]byte, rank, worldSize int32) error {
+	var cid C.gacc_nccl_id
+	for i := range id {
+		cid.internal[i] = C.uint8_t(id[i])
+	}
+	return e.do(func(h *C.gacc_engine) C.enum_gacc_status {
+		return C.gacc_set_nccl(h, &cid, C.int32_t(rank), C.int32_t(worldSize))
+	})
+}
+
 // StepAsync closes the window without waiting for the device and without a report.
 func (e *Engine) StepAsync() error {
 	return e.do(func(h *C.gacc_engine) C.enum_gacc_status { return C.gacc_step(h, nil) })

@@ -11,6 +11,9 @@
 // (e_machine 190) and cuModuleGetFunction that the kernel's name is in it.
 // What it does not model: everything docs/cuda.md lists for the shim, plus real
 // stream concurrency and asynchrony (every call completes before it returns).
+// Counters per calling thread (fake_cuda_thread_count("sync" | "d2h" | "h2d")):
+// stream/context synchronisations, device-to-host and host-to-device copies, so a
+// test can prove that a call made none (tests/fake_nccl.rs: gacc_step without info).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -35,6 +38,7 @@ bool initialised = false;
 std::map<CUdeviceptr, size_t> allocations;
 unsigned long long used = 0;
 int context_token, event_token;
+thread_local unsigned long long count_sync = 0, count_d2h = 0, count_h2d = 0;
 
 struct Module {
     std::string image;
@@ -100,7 +104,10 @@ CUresult cuDevicePrimaryCtxRetain(void** ctx, int) {
 }
 CUresult cuDevicePrimaryCtxRelease_v2(int) { return OK; }
 CUresult cuCtxSetCurrent(void* ctx) { return ctx == &context_token || ctx == nullptr ? OK : INVALID_HANDLE; }
-CUresult cuCtxSynchronize() { return OK; }
+CUresult cuCtxSynchronize() {
+    count_sync++;
+    return OK;
+}
 CUresult cuStreamCreate(void** s, unsigned) {
     *s = new int(0);
     return OK;
@@ -109,7 +116,10 @@ CUresult cuStreamDestroy_v2(void* s) {
     delete static_cast<int*>(s);
     return OK;
 }
-CUresult cuStreamSynchronize(void*) { return OK; }
+CUresult cuStreamSynchronize(void*) {
+    count_sync++;
+    return OK;
+}
 CUresult cuStreamWaitEvent(void*, void* e, unsigned) { return e ? OK : INVALID_HANDLE; }
 CUresult cuEventCreate(void** e, unsigned) {
     *e = &event_token;
@@ -188,6 +198,8 @@ CUresult cuPointerGetAttribute(void* data, int attr, CUdeviceptr p) {
 }
 
 static CUresult checked_copy(void* dst, const void* src, size_t bytes, bool dst_dev, bool src_dev) {
+    if (dst_dev && !src_dev) count_h2d++;
+    if (src_dev && !dst_dev) count_d2h++;
     {
         std::lock_guard<std::mutex> g(lock);
         if ((dst_dev && !is_device((CUdeviceptr)dst, bytes)) || (src_dev && !is_device((CUdeviceptr)src, bytes)))
@@ -235,6 +247,13 @@ CUresult cuGetErrorString(CUresult r, const char** s) {
     CUresult rc = cuGetErrorName(r, &name);
     *s = name ? "(fake driver)" : nullptr;
     return rc;
+}
+
+unsigned long long fake_cuda_thread_count(const char* what) {
+    if (std::strcmp(what, "sync") == 0) return count_sync;
+    if (std::strcmp(what, "d2h") == 0) return count_d2h;
+    if (std::strcmp(what, "h2d") == 0) return count_h2d;
+    return ~0ull;
 }
 
 }  // extern "C"

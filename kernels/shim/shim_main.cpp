@@ -10,6 +10,7 @@
 #include "../scaler.cu"
 #include "../update.cu"
 #include "../convert.cu"
+#include "../dp.cu"
 
 #include <cstdio>
 #include <mutex>
@@ -57,6 +58,8 @@ const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_finalize),       GACC_SHIM_KERNEL(gacc_update_adamw),
     GACC_SHIM_KERNEL(gacc_update_sgd_momentum), GACC_SHIM_KERNEL(gacc_update_sgd),
     GACC_SHIM_KERNEL(gacc_write_working),  GACC_SHIM_KERNEL(gacc_check_finite),
+    GACC_SHIM_KERNEL(gacc_dp_pack_totals), GACC_SHIM_KERNEL(gacc_dp_unpack_totals),
+    GACC_SHIM_KERNEL(gacc_dp_fold),
 };
 
 std::mutex launch_lock;

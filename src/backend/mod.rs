@@ -166,6 +166,40 @@ pub trait Backend: Send {
         self.import_state(&s)
     }
 
+    /// Makes the engine's device current on the calling thread, before a device
+    /// library (NCCL) creates a communicator for it. CPU engines have no device.
+    fn bind_device(&mut self) -> Result<()> {
+        Err(crate::status::Error::invalid_state("a CPU engine has no device"))
+    }
+
+    /// Joins a device collective group (NCCL): rank 0's master weights go to every
+    /// rank through one device all-reduce (the other ranks contribute zeros), and
+    /// from now on the step takes the window total from the device (the global one
+    /// that [`Backend::device_allreduce_window`] leaves there). Waits for the device.
+    fn join_device_group(&mut self, _comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
+        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    }
+
+    /// Queues, on the engine's stream, the cross-rank sums of the window totals
+    /// (this rank's `weight` and `microbatches`, and in drop mode the device's total
+    /// and dropped count) and of the fp32 accumulator (acc - comp), into scratch
+    /// buffers that replace the window only when every collective was accepted. No
+    /// host synchronisation, no device-to-host copy.
+    fn device_allreduce_window(
+        &mut self,
+        _comm: &mut dyn crate::distributed::DeviceCollective,
+        _weight: f64,
+        _microbatches: u32,
+    ) -> Result<()> {
+        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    }
+
+    /// The global (total weight, micro-batch count) of the last window reduced by
+    /// [`Backend::device_allreduce_window`] (waits for the device).
+    fn device_window(&mut self) -> Result<(f64, u32)> {
+        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    }
+
     /// Copies all state to the host (waits for the device).
     fn export_state(&mut self) -> Result<StateSnapshot>;
 

@@ -7,11 +7,14 @@
 //! bit for bit and parameters stay identical without being broadcast.
 //!
 //! Transports implement [`Collective`]: a C callback (any transport: Gloo, Horovod,
-//! a game server's channel) and, behind the `mpi` cargo feature, MPI.
+//! a game server's channel) and, behind the `mpi` cargo feature, MPI. CUDA engines
+//! also take a [`DeviceCollective`] (NCCL, loaded at run time): the all-reduces then
+//! run on device memory, on the engine's stream, with no host synchronisation.
 
 pub mod callback;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod nccl;
 
 use crate::status::Result;
 
@@ -25,6 +28,21 @@ pub trait Collective: Send {
     /// As `allreduce_f32`, for f64 values (window totals).
     fn allreduce_f64(&mut self, buf: &mut [f64]) -> Result<()>;
     /// "callback", "mpi", … with rank and size, for messages.
+    fn describe(&self) -> String;
+}
+
+/// An in-place (or out-of-place) sum all-reduce on device memory, queued on a CUDA
+/// stream: it returns once the work is queued, not done.
+pub trait DeviceCollective: Send {
+    fn rank(&self) -> u32;
+    fn world_size(&self) -> u32;
+    /// Queues recv = Σ_ranks send, `count` f32 (or f64 when `f64`) elements, on
+    /// `stream`. `send` may equal `recv`.
+    ///
+    /// # Safety
+    /// `send` and `recv` are device allocations of at least `count` elements on the
+    /// device the communicator was created for; `stream` is a live CUstream.
+    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, stream: *mut std::ffi::c_void) -> Result<()>;
     fn describe(&self) -> String;
 }
 

@@ -13,7 +13,7 @@ use std::os::raw::c_void;
 
 use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest};
 use crate::ffi::types::gacc_step_info;
-use crate::distributed::{CommStats, Collective};
+use crate::distributed::{CommStats, Collective, DeviceCollective};
 use crate::status::{Error, Result};
 use config::{Config, Dtype, Reduction};
 use layout::Layout;
@@ -41,6 +41,9 @@ pub struct Engine {
     device: i32,
     /// Data-parallel transport; None: a single process.
     comm: Option<Box<dyn Collective>>,
+    /// Device transport (NCCL, CUDA engines); None: none. At most one of `comm` and
+    /// `device_comm` is set.
+    device_comm: Option<Box<dyn DeviceCollective>>,
     comm_stats: CommStats,
 }
 
@@ -73,6 +76,7 @@ impl Engine {
             backend,
             device,
             comm: None,
+            device_comm: None,
             comm_stats: CommStats::default(),
         }
     }
@@ -143,6 +147,9 @@ impl Engine {
     /// Closes the window with one optimizer step (or a skip). When `want_info` is
     /// false the backend is not waited for.
     pub fn step(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        if self.device_comm.is_some() {
+            return self.step_device_collective(want_info);
+        }
         if self.comm.is_some() {
             return self.step_data_parallel(want_info);
         }
@@ -223,6 +230,41 @@ impl Engine {
         self.total_weight = global_weight;
         self.microbatches = global_count.min(f64::from(u32::MAX)) as u32;
         self.step_local(want_info)
+    }
+
+    /// The data-parallel step over a device collective (NCCL): the window totals and
+    /// the accumulator are summed across ranks on the engine's stream and the kernels
+    /// read the global total from device memory, so without `want_info` nothing
+    /// waits for the device. A window whose global total is 0 is skipped on the
+    /// device (applied = 0). A collective refused when queued leaves this rank's
+    /// window as it was.
+    fn step_device_collective(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        let Some(comm) = self.device_comm.as_mut() else {
+            return Err(Error::internal("device step without a transport"));
+        };
+        self.backend.device_allreduce_window(comm.as_mut(), self.total_weight, self.microbatches)?;
+        self.comm_stats.collectives += 2;
+        self.comm_stats.bytes += (self.layout.numel * 4 + 4 * 8) as u64;
+        // The host's total is a placeholder: the kernels take the device's.
+        let request = StepRequest { total_weight: 1.0, lr: self.lr };
+        self.total_weight = 0.0;
+        self.microbatches = 0;
+        self.backend.step(&request)?;
+        if !want_info {
+            return Ok(None);
+        }
+        let r = self.backend.last_report()?;
+        let (_, microbatches) = self.backend.device_window()?;
+        Ok(Some(gacc_step_info {
+            applied: u32::from(r.applied),
+            grad_norm: r.grad_norm,
+            clip_coef: r.clip_coef,
+            loss_scale: r.loss_scale,
+            step: r.step,
+            microbatches,
+            total_weight: r.window_total,
+            dropped_microbatches: r.dropped,
+        }))
     }
 
     /// Drops the window without stepping.
@@ -311,6 +353,9 @@ impl Engine {
     /// are sent to every rank (one all-reduce where the other ranks contribute zeros),
     /// so all ranks start identical.
     pub fn set_collective(&mut self, mut comm: Box<dyn Collective>) -> Result<()> {
+        if self.device_comm.is_some() {
+            return Err(Error::invalid_state("the engine already has an NCCL transport (gacc_set_nccl)"));
+        }
         if self.microbatches != 0 || self.total_weight != 0.0 {
             return Err(Error::invalid_state(
                 "set the data-parallel transport before the first micro-batch of a window",
@@ -327,6 +372,40 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks that this engine can take a device collective (a CUDA engine with an
+    /// empty window) and makes its device current on this thread, before the
+    /// communicator is created.
+    pub fn prepare_device_collective(&mut self) -> Result<()> {
+        if self.device < 0 {
+            return Err(Error::invalid_state(
+                "gacc_set_nccl needs a CUDA engine; a CPU engine joins a data-parallel group with gacc_set_mpi or \
+                 gacc_set_allreduce",
+            ));
+        }
+        if self.comm.is_some() {
+            return Err(Error::invalid_state(
+                "the engine already has a host transport (gacc_set_allreduce or gacc_set_mpi)",
+            ));
+        }
+        if self.microbatches != 0 || self.total_weight != 0.0 {
+            return Err(Error::invalid_state(
+                "set the data-parallel transport before the first micro-batch of a window",
+            ));
+        }
+        self.backend.bind_device()
+    }
+
+    /// Joins a data-parallel group over a device collective (NCCL). The window must
+    /// be empty ([`Engine::prepare_device_collective`]). Rank 0's parameters are sent
+    /// to every rank on the device; from then on every step is a data-parallel one.
+    pub fn set_device_collective(&mut self, mut comm: Box<dyn DeviceCollective>) -> Result<()> {
+        self.prepare_device_collective()?;
+        self.backend.join_device_group(comm.as_mut())?;
+        self.comm_stats = CommStats { collectives: 1, bytes: (self.layout.numel * 4) as u64 };
+        self.device_comm = Some(comm);
+        Ok(())
+    }
+
     /// What the collectives moved so far (per rank).
     pub fn comm_stats(&self) -> CommStats {
         self.comm_stats
@@ -334,6 +413,9 @@ impl Engine {
 
     /// (rank, world size); (0, 1) without a transport.
     pub fn rank_and_size(&self) -> (u32, u32) {
+        if let Some(c) = &self.device_comm {
+            return (c.rank(), c.world_size());
+        }
         self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()))
     }
 

@@ -530,6 +530,71 @@ pub unsafe extern "C" fn gacc_set_mpi(e: *mut gacc_engine, comm: *const c_void) 
     })
 }
 
+/// Makes a new NCCL unique id (ncclGetUniqueId) for one data-parallel group: call it
+/// on one rank (rank 0), send the 128 bytes to every rank by your own means, and
+/// pass them to gacc_set_nccl on every rank. NCCL is loaded at run time
+/// (`GACC_NCCL_LIB`, else libnccl.so.2): GACC_ERR_DEVICE_UNAVAILABLE with the reason
+/// when it cannot be loaded; GACC_ERR_COMMUNICATION when NCCL fails.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_nccl_unique_id(out: *mut gacc_nccl_id) -> gacc_status {
+    guard("gacc_nccl_unique_id", || {
+        require(out, "out")?;
+        let id = crate::distributed::nccl::unique_id()?;
+        let mut bytes = [0u8; 128];
+        for (b, c) in bytes.iter_mut().zip(id.internal.iter()) {
+            *b = *c as u8;
+        }
+        // SAFETY: out is non-null.
+        unsafe { out.write(gacc_nccl_id { internal: bytes }) };
+        Ok(())
+    })
+}
+
+/// Makes a CUDA engine rank `rank` of a `world_size`-rank data-parallel group over
+/// NCCL (ncclCommInitRank with `id` from gacc_nccl_unique_id; blocks until every
+/// rank has called it). Call it right after gacc_create, with an empty window; each
+/// rank's engine should be on its own GPU. Like the other transports it sends rank
+/// 0's parameters to every rank once. Then each gacc_step sums the window totals
+/// and the fp32 accumulator across ranks with ncclAllReduce on the engine's stream
+/// (the one gacc_set_stream names), before unscaling; the kernels read the global
+/// total from device memory, so gacc_step without info neither waits for the device
+/// nor copies anything to the host. A window whose global total weight is 0 is
+/// skipped on the device (applied = 0, loss scale unchanged) instead of
+/// GACC_ERR_INVALID_STATE. An error NCCL reports when the work is queued is
+/// GACC_ERR_COMMUNICATION with NCCL's message, and the rank's window is left as it
+/// was; an error NCCL detects later (asynchronously) is reported by the next
+/// gacc_step as GACC_ERR_COMMUNICATION and aborts the communicator; the window that
+/// was being reduced then is lost (call gacc_zero) and the engine needs a new group.
+/// CPU engines: GACC_ERR_INVALID_STATE (use gacc_set_mpi or gacc_set_allreduce);
+/// NCCL not loadable: GACC_ERR_DEVICE_UNAVAILABLE.
+#[no_mangle]
+pub unsafe extern "C" fn gacc_set_nccl(
+    e: *mut gacc_engine,
+    id: *const gacc_nccl_id,
+    rank: i32,
+    world_size: i32,
+) -> gacc_status {
+    guard("gacc_set_nccl", || {
+        require(id, "id")?;
+        if world_size < 1 || rank < 0 || rank >= world_size {
+            return Err(Error::invalid_argument(format!(
+                "rank {rank} and world_size {world_size}: need 0 <= rank < world_size"
+            )));
+        }
+        // SAFETY: id is non-null and points to a gacc_nccl_id.
+        let bytes = unsafe { (*id).internal };
+        let mut nccl_id = crate::distributed::nccl::NcclUniqueId { internal: [0; 128] };
+        for (c, b) in nccl_id.internal.iter_mut().zip(bytes.iter()) {
+            *c = *b as std::os::raw::c_char;
+        }
+        registry::with_engine(e, |eng| {
+            eng.prepare_device_collective()?;
+            let comm = crate::distributed::nccl::NcclComm::init(&nccl_id, rank as u32, world_size as u32)?;
+            eng.set_device_collective(Box::new(comm))
+        })
+    })
+}
+
 #[cfg(feature = "mpi")]
 fn mpi_collective(comm: *const c_void) -> crate::Result<Box<dyn crate::distributed::Collective>> {
     Ok(Box::new(crate::distributed::mpi::MpiCollective::open(comm)?))

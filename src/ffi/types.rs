@@ -163,3 +163,13 @@ pub struct gacc_step_info {
     /// gradient was not finite (always 0 unless drop_nonfinite_microbatches is on).
     pub dropped_microbatches: u32,
 }
+
+/// An NCCL unique id (ncclUniqueId's 128 bytes): made once by `gacc_nccl_unique_id`
+/// (on one rank) and handed by the caller's own means (MPI_Bcast, a file, a TCP
+/// socket) to every rank's `gacc_set_nccl`. Plain bytes: copy it freely.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct gacc_nccl_id {
+    /// Opaque to gacc's callers.
+    pub internal: [u8; 128],
+}

@@ -40,6 +40,8 @@ typedef gacc_status (*fn_create_from_checkpoint)(const char *, int32_t, gacc_eng
 typedef gacc_status (*fn_set_allreduce)(gacc_engine *, gacc_allreduce_fn, void *, int32_t, int32_t);
 typedef gacc_status (*fn_comm_stats)(const gacc_engine *, uint64_t *, uint64_t *);
 typedef gacc_status (*fn_set_mpi)(gacc_engine *, const void *);
+typedef gacc_status (*fn_nccl_unique_id)(gacc_nccl_id *);
+typedef gacc_status (*fn_set_nccl)(gacc_engine *, const gacc_nccl_id *, int32_t, int32_t);
 
 int main(void) {
     fn_status_name p_status_name = gacc_status_name;
@@ -71,6 +73,8 @@ int main(void) {
     fn_set_allreduce p_set_allreduce = gacc_set_allreduce;
     fn_comm_stats p_comm_stats = gacc_comm_stats;
     fn_set_mpi p_set_mpi = gacc_set_mpi;
+    fn_nccl_unique_id p_nccl_unique_id = gacc_nccl_unique_id;
+    fn_set_nccl p_set_nccl = gacc_set_nccl;
     const void *all[] = {
         (const void *)&p_status_name, (const void *)&p_last_error, (const void *)&p_version,
         (const void *)&p_version_number, (const void *)&p_abi_version, (const void *)&p_config_init,
@@ -81,7 +85,8 @@ int main(void) {
         (const void *)&p_loss_scale, (const void *)&p_set_lr, (const void *)&p_get_lr,
         (const void *)&p_set_stream, (const void *)&p_loss_scale_ptr, (const void *)&p_save,
         (const void *)&p_load, (const void *)&p_create_from_checkpoint, (const void *)&p_set_allreduce,
-        (const void *)&p_comm_stats, (const void *)&p_set_mpi,
+        (const void *)&p_comm_stats, (const void *)&p_set_mpi, (const void *)&p_nccl_unique_id,
+        (const void *)&p_set_nccl,
     };
 
     /* constants of c-api.md, with their values */
@@ -97,7 +102,8 @@ int main(void) {
                           GACC_VERSION_NUMBER == GACC_VERSION_MAJOR * 10000 + GACC_VERSION_MINOR * 100 +
                                                      GACC_VERSION_PATCH &&
                           GACC_ABI_VERSION >= 1 && sizeof(GACC_VERSION) > 1 && GACC_DTYPE_F64 == 3 &&
-                          GACC_CHECKPOINT_FORMAT_VERSION == 1;
+                          GACC_CHECKPOINT_FORMAT_VERSION == 1 &&
+                          sizeof(gacc_nccl_id) == 128;
 
     /* every struct field, by its c-api.md name */
     gacc_config cfg;

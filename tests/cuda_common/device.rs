@@ -146,3 +146,59 @@ pub fn c_api_stream_loss_scale_ptr_and_pointer_kinds() {
         sys::cuStreamDestroy_v2(stream);
     }
 }
+
+/// NCCL with world size 1 (tests/gpu.rs on a real GPU with libnccl; tests/fake_nccl.rs
+/// on the fakes): an engine joined through gacc_set_nccl takes bit for bit the steps
+/// of an engine without a transport, with and without step info, and reports the
+/// same windows. Says "skipped" when NCCL cannot be loaded.
+pub fn nccl_world_size_one() {
+    let mut id = gacc_nccl_id { internal: [0; 128] };
+    let st = unsafe { gacc_nccl_unique_id(&mut id) };
+    if st == gacc_status::GACC_ERR_DEVICE_UNAVAILABLE {
+        println!("skipped: nccl_world_size_one: NCCL cannot be loaded (set GACC_NCCL_LIB)");
+        return;
+    }
+    assert_eq!(st, gacc_status::GACC_OK);
+    let n = 1031usize;
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.1).cos()).collect();
+    let make = || {
+        let mut c: gacc_config = unsafe { std::mem::zeroed() };
+        unsafe { gacc_config_init(&mut c) };
+        c.device = 0;
+        c.optimizer = GACC_OPTIMIZER_ADAMW;
+        c.precision = GACC_PRECISION_FP16;
+        c.max_grad_norm = 1.0;
+        c.compensated_accumulation = 1;
+        let d = gacc_tensor_desc { name: std::ptr::null(), numel: n, init: init.as_ptr(), no_weight_decay: 0 };
+        let mut e = std::ptr::null_mut();
+        assert_eq!(unsafe { gacc_create(&c, &d, 1, &mut e) }, gacc_status::GACC_OK);
+        e
+    };
+    let (plain, nccl) = (make(), make());
+    assert_eq!(unsafe { gacc_set_nccl(nccl, &id, 0, 1) }, gacc_status::GACC_OK);
+    for w in 0..5usize {
+        for k in 0..3usize {
+            let g: Vec<f32> = (0..n).map(|i| ((i * 7 + w * 13 + k * 29) % 61) as f32 / 32.0 - 0.9).collect();
+            let weight = (1 + (w + k) % 4) as f64;
+            for e in [plain, nccl] {
+                let st = unsafe { gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, n, weight) };
+                assert_eq!(st, gacc_status::GACC_OK);
+            }
+        }
+        let (mut a, mut b) = (gacc_step_info::default(), gacc_step_info::default());
+        let info = w % 2 == 0;
+        for (e, i) in [(plain, &mut a), (nccl, &mut b)] {
+            let p = if info { i as *mut gacc_step_info } else { std::ptr::null_mut() };
+            assert_eq!(unsafe { gacc_step(e, p) }, gacc_status::GACC_OK);
+        }
+        assert_eq!(a, b, "window {w}: step info");
+    }
+    let read = |e| {
+        let mut out = vec![0f32; n];
+        assert_eq!(unsafe { gacc_params_read(e, out.as_mut_ptr(), n) }, gacc_status::GACC_OK);
+        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    assert_eq!(read(plain), read(nccl), "world size 1 over NCCL differs from no transport");
+    gacc_destroy(plain);
+    gacc_destroy(nccl);
+}

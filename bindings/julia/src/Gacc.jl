@@ -29,7 +29,7 @@ export Engine, Config, Tensor, StepInfo, GaccError
 export microbatch!, microbatch_bf16!, step!, step_async!, zero!, params, params!, read_params!,
        params_ptr, loss_scale, loss_scale_ptr, set_lr!, get_lr, numel, ntensors, tensor_range,
        set_stream!, status_name, gacc_version, header_matches_library, save, load!,
-       set_allreduce!, set_mpi!, comm_stats
+       set_allreduce!, set_mpi!, comm_stats, NcclId, nccl_unique_id, set_nccl!
 
 const libgacc = let p = get(ENV, "GACC_LIB", "")
     if !isempty(p)
@@ -481,6 +481,35 @@ end
 "Data parallelism over MPI: `comm` points to an MPI_Comm (C_NULL: MPI_COMM_WORLD)."
 function set_mpi!(e::Engine, comm::Ptr{Cvoid} = C_NULL)
     GC.@preserve e check(ccall((:gacc_set_mpi, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), comm))
+    return e
+end
+
+"""
+    NcclId
+
+Mirror of `gacc_nccl_id`: the 128 bytes of an NCCL unique id (plain bits: send them to
+every rank by your own means, e.g. MPI.Bcast!).
+"""
+struct NcclId
+    internal::NTuple{128, UInt8}
+end
+
+"A new NCCL unique id for one data-parallel group (make it on one rank; NCCL is loaded at run time)."
+function nccl_unique_id()
+    id = Ref(NcclId(ntuple(_ -> 0x00, 128)))
+    check(ccall((:gacc_nccl_unique_id, libgacc), Cint, (Ref{NcclId},), id))
+    return id[]
+end
+
+"""
+    set_nccl!(e, id::NcclId, rank, world_size)
+
+Data parallelism over NCCL (CUDA engines): every rank passes the same `id`. The
+all-reduces run on the engine's stream with no host synchronisation.
+"""
+function set_nccl!(e::Engine, id::NcclId, rank::Integer, world_size::Integer)
+    GC.@preserve e check(ccall((:gacc_set_nccl, libgacc), Cint, (Ptr{Cvoid}, Ref{NcclId}, Int32, Int32),
+                               handle(e), Ref(id), Int32(rank), Int32(world_size)))
     return e
 end
 

@@ -48,6 +48,10 @@ pub struct CudaBackend<R: Runtime> {
     /// Stochastic rounding: on (1) / off (0), and its seed.
     sr: u32,
     seed: u64,
+    /// Device collective (NCCL): n f32 that the accumulator is reduced into (then
+    /// swapped with acc), and the 4 doubles of window totals (0 until used).
+    dp_scratch: DevPtr,
+    dp_totals: DevPtr,
 }
 
 /// Device bytes an engine of `n` parameters needs (without the staging buffer).
@@ -94,6 +98,8 @@ impl<R: Runtime> CudaBackend<R> {
             seq: 0,
             sr: u32::from(config.numerics.stochastic_rounding),
             seed: config.numerics.seed,
+            dp_scratch: 0,
+            dp_totals: 0,
         };
         let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
         let (free, total) = backend.rt.memory_info()?;
@@ -204,6 +210,16 @@ impl<R: Runtime> CudaBackend<R> {
         unsafe { self.rt.copy_d2h(out.as_mut_ptr() as *mut u8, src, out.len() * 4) }
     }
 
+    fn dp_buffers(&mut self) -> Result<(DevPtr, DevPtr)> {
+        if self.dp_scratch == 0 {
+            self.dp_scratch = self.rt.alloc(self.n * 4)?;
+        }
+        if self.dp_totals == 0 {
+            self.dp_totals = self.rt.alloc(4 * 8)?;
+        }
+        Ok((self.dp_scratch, self.dp_totals))
+    }
+
     fn staging_buffer(&mut self) -> Result<DevPtr> {
         if self.staging == 0 {
             self.staging = self.rt.alloc(self.n * 4)?;
@@ -258,6 +274,8 @@ impl<R: Runtime> Drop for CudaBackend<R> {
             self.partials,
             self.run_ends,
             self.staging,
+            self.dp_scratch,
+            self.dp_totals,
         ];
         for p in ptrs {
             if p != 0 {
@@ -330,6 +348,10 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             sr: self.sr,
             seed: self.seed,
         };
+        // Device total (drop mode, device collective): the kernels read the total
+        // from the device state; the host's value is then only a placeholder.
+        let device_total = self.hyper.drop_nonfinite != 0 || self.hyper.device_total != 0;
+        let total_weight = if self.hyper.device_total != 0 { 1.0 } else { request.total_weight };
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
             launch::norm_partials(
@@ -337,8 +359,8 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.acc,
                 self.comp,
                 self.n,
-                request.total_weight,
-                self.hyper.drop_nonfinite != 0,
+                total_weight,
+                device_total,
                 self.state,
                 self.partials,
                 self.norm_grid,
@@ -348,7 +370,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.state,
                 self.partials,
                 self.norm_grid,
-                request.total_weight,
+                total_weight,
                 request.lr,
                 &self.hyper,
             )?;
@@ -406,6 +428,70 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         st.window_dropped = dropped;
         // SAFETY: state holds one DeviceState (the copy waits for the host source).
         unsafe { self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>()) }
+    }
+
+    fn bind_device(&mut self) -> Result<()> {
+        self.rt.bind()
+    }
+
+    fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
+        let (scratch, _) = self.dp_buffers()?;
+        self.rt.bind()?;
+        let stream = self.rt.stream_handle();
+        // SAFETY: scratch and master hold n f32 on this device.
+        unsafe {
+            if comm.rank() == 0 {
+                self.rt.copy_d2d(scratch, self.master, self.n * 4)?;
+            } else {
+                self.rt.memset(scratch, 0, self.n * 4)?;
+            }
+            comm.allreduce(scratch, scratch, self.n, false, stream)?;
+            self.rt.copy_d2d(self.master, scratch, self.n * 4)?;
+        }
+        self.refresh_working_copy()?;
+        self.rt.synchronize()?;
+        self.hyper.device_total = 1;
+        Ok(())
+    }
+
+    fn device_allreduce_window(
+        &mut self,
+        comm: &mut dyn crate::distributed::DeviceCollective,
+        weight: f64,
+        microbatches: u32,
+    ) -> Result<()> {
+        let (scratch, totals) = self.dp_buffers()?;
+        self.rt.bind()?;
+        let stream = self.rt.stream_handle();
+        // SAFETY: totals holds 4 doubles, scratch/acc/comp n f32, state one gacc_state,
+        // all on this device; everything is queued on the engine's stream.
+        unsafe {
+            launch::dp_pack_totals(&mut self.rt, totals, self.state, weight, microbatches)?;
+            comm.allreduce(totals, totals, 4, true, stream)?;
+            if self.comp != 0 {
+                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grid)?;
+                comm.allreduce(scratch, scratch, self.n, false, stream)?;
+            } else {
+                comm.allreduce(self.acc, scratch, self.n, false, stream)?;
+            }
+            // Every collective was accepted: the global window replaces this rank's.
+            launch::dp_unpack_totals(&mut self.rt, totals, self.state, self.hyper.drop_nonfinite != 0)?;
+            if self.comp != 0 {
+                self.rt.memset(self.comp, 0, self.n * 4)?;
+            }
+        }
+        std::mem::swap(&mut self.acc, &mut self.dp_scratch);
+        Ok(())
+    }
+
+    fn device_window(&mut self) -> Result<(f64, u32)> {
+        let mut t = [0f64; 4];
+        if self.dp_totals == 0 {
+            return Ok((0.0, 0));
+        }
+        // SAFETY: dp_totals holds 4 doubles.
+        unsafe { self.rt.copy_d2h(t.as_mut_ptr() as *mut u8, self.dp_totals, 32)? };
+        Ok((t[0], t[1].min(f64::from(u32::MAX)) as u32))
     }
 
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {

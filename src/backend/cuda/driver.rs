@@ -356,6 +356,12 @@ impl Runtime for CudaRuntime {
         // SAFETY: a live stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")
     }
+    fn stream_handle(&self) -> *mut c_void {
+        self.stream as *mut c_void
+    }
+    fn bind(&mut self) -> Result<()> {
+        self.make_current()
+    }
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
         self.make_current()?;
         let next = if stream.is_null() { self.own_stream } else { stream as sys::CUstream };

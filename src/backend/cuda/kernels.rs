@@ -9,16 +9,17 @@
 pub const COMMON_CUH: &str = include_str!("../../../kernels/common.cuh");
 
 /// (file name, source) of every kernel file.
-pub const KERNEL_FILES: [(&str, &str); 5] = [
+pub const KERNEL_FILES: [(&str, &str); 6] = [
     ("accumulate.cu", include_str!("../../../kernels/accumulate.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("scaler.cu", include_str!("../../../kernels/scaler.cu")),
     ("update.cu", include_str!("../../../kernels/update.cu")),
     ("convert.cu", include_str!("../../../kernels/convert.cu")),
+    ("dp.cu", include_str!("../../../kernels/dp.cu")),
 ];
 
 /// Every `extern "C"` kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 13] = [
     "gacc_accumulate_f32",
     "gacc_accumulate_f16",
     "gacc_accumulate_bf16",
@@ -29,6 +30,9 @@ pub const KERNEL_NAMES: [&str; 10] = [
     "gacc_update_sgd",
     "gacc_write_working",
     "gacc_check_finite",
+    "gacc_dp_pack_totals",
+    "gacc_dp_unpack_totals",
+    "gacc_dp_fold",
 ];
 
 /// The whole program as one translation unit.

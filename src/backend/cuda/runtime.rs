@@ -101,4 +101,14 @@ pub trait Runtime: Send {
     fn synchronize(&mut self) -> Result<()>;
     /// Queues work on the caller's stream from now on (NULL: the runtime's own).
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()>;
+    /// The CUstream work is queued on, for libraries that queue on it (NCCL); NULL
+    /// where there is none (the host shim).
+    fn stream_handle(&self) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    /// Makes this runtime's device current on the calling thread (before a device
+    /// library such as NCCL is called).
+    fn bind(&mut self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -54,6 +54,8 @@ pub struct Hyper {
     pub min_scale: f32,
     pub max_scale: f32,
     pub drop_nonfinite: u32,
+    /// 1: the window total is the device's (a device collective, NCCL).
+    pub device_total: u32,
 }
 
 /// The raw bytes of a #[repr(C)] plain-data value (for by-value kernel arguments
