@@ -294,7 +294,8 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
             entries = sorted([r for r in tiny if r["row"] == row], key=lambda r: contender_key(r["contender"]))
             g = next((e for e in entries if e["contender"] == "gacc"), None)
             for e in entries:
-                ratio = "—" if e is g or g is None else f"{e['median'] / g['median']:.0f}"
+                x = None if e is g or g is None else e["median"] / g["median"]
+                ratio = "—" if x is None else (f"{x:.0f}" if x >= 10 else f"{x:.2f}")
                 name = f"**{e['contender']}**" if e is g else e["contender"]
                 L.append(f"| {label} | {name} | {fmt_t(e['median'])} | {fmt_range(e['samples_s'])} | {ratio} |")
     if memory:
@@ -520,6 +521,7 @@ def main():
                 else:
                     cmd, e = [sys.executable, os.path.join(BENCH, "peers.py"), "--peer", name, "--mode", "mem",
                               "--n", str(n), "--k", str(a.k)], env
+                log(f"{size_label(n)}: peak RSS of {name}")
                 out, err, _ = run_json(cmd, env=e)
                 if err:
                     errors.append(f"memory of {PEER_LABEL.get(name, name)} at {size_label(n)}: {err}")

@@ -298,14 +298,15 @@ static int cmd_mem(size_t n, int k) {
     make_inputs(&in, n, k, 0);
     long baseline = proc_kb("VmRSS");
     gacc_engine *e = make_engine(n, GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP32, MAX_NORM);
+    long after_create_hwm = proc_kb("VmHWM"), after_create_rss = proc_kb("VmRSS");
     for (int w = 0; w < 3; w++) {
         window(e, &in, GACC_PRECISION_FP32);
         check(gacc_step(e, NULL), "gacc_step");
     }
     long hwm = proc_kb("VmHWM");
     printf("{\"kind\":\"memory\",\"contender\":\"%s\",\"n\":%zu,\"k\":%d,\"baseline_kb\":%ld,"
-           "\"peak_kb\":%ld}\n",
-           LABEL, n, k, baseline, hwm);
+           "\"peak_kb\":%ld,\"after_create_hwm_kb\":%ld,\"after_create_rss_kb\":%ld,\"end_rss_kb\":%ld}\n",
+           LABEL, n, k, baseline, hwm, after_create_hwm, after_create_rss, proc_kb("VmRSS"));
     gacc_destroy(e);
     return 0;
 }
