@@ -188,6 +188,11 @@ def fmt_range(xs):
     return f"{lo:.2f}–{hi:.2f} s"
 
 
+def fmt_load(e):
+    ld = e.get("load")
+    return f"{max(ld):.1f}" if ld else "?"
+
+
 def contender_key(c):
     return CONTENDER_ORDER.index(c) if c in CONTENDER_ORDER else len(CONTENDER_ORDER)
 
@@ -229,8 +234,11 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
     L.append("| kernel | bytes counted per element | median GB/s | best GB/s |")
     L.append("|---|---|---|---|")
     for op, per in (("copy", "16 (read a, write c)"), ("add", "24 (read a, b; write c)"),
-                    ("triad", "24 (read b, c; write a)")):
-        s = stream[op]
+                    ("triad", "24 (read b, c; write a)"),
+                    ("add_inplace", "24 (read c, b; write c) — not STREAM: the accumulator's in-place pattern")):
+        s = stream.get(op)
+        if not s:
+            continue
         L.append(f"| {op} | {per} | {s['median_gbs']:.1f} | {s['best_gbs']:.1f} |")
     L.append("")
     L.append(f"The floor of a row is its byte count divided by the **median STREAM add bandwidth, "
@@ -253,15 +261,18 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
     L.append("GB/s in the tables is this byte count over the measured time, for every contender (the "
              "useful bytes, not what a contender actually moved: a peer that makes more passes shows "
              "a lower GB/s). `× floor` = median time / floor time (1.00 is the bandwidth limit). "
-             "`peer ÷ gacc` = the peer's median / gacc's median: above 1, gacc is faster.")
+             "`peer ÷ gacc` = the peer's median / gacc's median: above 1, gacc is faster. `load` = the "
+             "machine's 1-minute load average (the larger of before and after that contender's process): "
+             "on this 2-vCPU machine, rows taken above ~1 were shared with other work and are slower "
+             "and noisier than they should be.")
     L.append("")
     L.append("## Results")
     for n in sizes:
         L.append("")
         L.append(f"### {size_label(n)} parameters ({n:,}; {n * 4 / 2**20:.0f} MiB per fp32 buffer)")
         L.append("")
-        L.append("| row | contender | median | min–max | GB/s | × floor | peer ÷ gacc |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| row | contender | median | min–max | GB/s | × floor | peer ÷ gacc | load |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for row in ROW_ORDER:
             entries = sorted(by.get((n, row), []), key=lambda r: contender_key(r["contender"]))
             if not entries:
@@ -274,7 +285,7 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
                 name = f"**{e['contender']}**" if e is g else e["contender"]
                 note = f" ¹" if e.get("note") and "MultiSteps" in e["contender"] else ""
                 L.append(f"| {ROW_LABEL[row]} | {name}{note} | {fmt_t(m)} | {fmt_range(e['samples_s'])} | "
-                         f"{e['gbs']:.1f} | {m / floor:.2f} | {ratio} |")
+                         f"{e['gbs']:.1f} | {m / floor:.2f} | {ratio} | {fmt_load(e)} |")
     L.append("")
     L.append("¹ optax.MultiSteps has no separate accumulate call: its accumulate row is the median of "
              "the K−1 non-final `update` calls, its step row is the K-th call, which also folds in "
@@ -505,8 +516,12 @@ def main():
                              "--n", str(n), "--k", str(a.k), "--repeats", str(a.repeats)], env))
         for name, cmd, e in jobs:
             log(f"{size_label(n)}: {name}")
+            load0 = os.getloadavg()[0]
             out, err, secs = run_json(cmd, env=e)
-            log(f"  {secs:.1f} s" + (f"  ERROR {err}" if err else ""))
+            load1 = os.getloadavg()[0]
+            for o in out:
+                o["load"] = [round(load0, 2), round(load1, 2)]
+            log(f"  {secs:.1f} s, load {load0:.2f} -> {load1:.2f}" + (f"  ERROR {err}" if err else ""))
             if err:
                 errors.append(f"{PEER_LABEL.get(name, name)} at {size_label(n)}: {err}")
             for o in out:
