@@ -40,6 +40,7 @@ PEER_LABEL = {
     "jax-multisteps": "jax+optax (MultiSteps)",
     "numpy": "numpy",
 }
+PEER_KEY = {v: k for k, v in PEER_LABEL.items()}
 ROW_ORDER = ["accumulate_f32", "accumulate_f16", "accumulate_bf16", "step_sgd_momentum", "step_adamw",
              "step_adamw_clip", "step_adamw_clip_fp16"]
 ROW_LABEL = {
@@ -279,7 +280,7 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
              f"{info.get('cc', '')}; gacc commit {info.get('git', '?')}, built with `cargo build --release` "
              "(default target: no `-C target-cpu=native`)")
     L.append(f"- 1-minute load average: {info['load_start']:.2f} at the start, {info.get('load_end', 0):.2f} "
-             f"at the end; the whole run took {elapsed / 60:.1f} min")
+             f"at the end" + (f"; the whole run took {elapsed / 60:.1f} min" if elapsed else ""))
     for name, v in versions.items():
         L.append(f"- {name}: " + ", ".join(f"{a} {b}" for a, b in v.items()))
     L.append("")
@@ -526,7 +527,12 @@ def main():
     ap.add_argument("--wait-budget-min", type=float, default=15,
                     help="minutes after the start past which the run stops waiting and retrying")
     ap.add_argument("--quick", action="store_true", help="1M only, 3 repeats")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite benchmarks.md/png from the benchmarks.jsonl in --out, measuring nothing")
     a = ap.parse_args()
+    if a.report_only:
+        report_only(a.out)
+        return
     if a.quick:
         a.sizes, a.repeats = "1M", 3
     sizes = [parse_size(s) for s in a.sizes.split(",")]
@@ -632,24 +638,68 @@ def main():
         raw.extend(out)
         rows.extend(o for o in out if o["kind"] == "row" and not (p == "torch-fused" and o["row"] == "tiny_microbatch"))
 
-    for r in rows:
-        r["median"] = med(r["samples_s"])
-        r["gbs"] = r["n"] * r["bytes_per_param"] / r["median"] / 1e9
     info["load_end"] = os.getloadavg()[0]
     elapsed = time.time() - t_start
     os.makedirs(a.out, exist_ok=True)
+    run = {"kind": "run", "sizes": sizes, "k": a.k, "repeats": a.repeats, "elapsed_s": elapsed,
+           "errors": errors, "versions": versions}
     with open(os.path.join(a.out, "benchmarks.jsonl"), "w") as f:
         f.write(json.dumps({"kind": "machine", **info}) + "\n")
+        f.write(json.dumps(run) + "\n")
         for o in raw:
             f.write(json.dumps(o) + "\n")
-    md = write_report(a.out, info, stream, rows, memory, errors, versions, sizes, a.k, a.repeats, elapsed)
-    with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
+    report(a.out, info, run, raw)
+    log(f"done in {elapsed / 60:.1f} min: {a.out}/benchmarks.md")
+
+
+def report(out_dir, info, run, raw):
+    """Writes benchmarks.md and benchmarks.png from the raw JSON lines of a run."""
+    stream = {}
+    for o in raw:
+        if o["kind"] == "stream":
+            ts = o["samples_s"]
+            stream[o["op"]] = {"median_gbs": o["bytes"] / med(ts) / 1e9, "best_gbs": o["bytes"] / min(ts) / 1e9}
+    rows = [o for o in raw if o["kind"] == "row"]
+    memory = [o for o in raw if o["kind"] == "memory"]
+    for r in rows:
+        r["median"] = med(r["samples_s"])
+        r["gbs"] = r["n"] * r["bytes_per_param"] / r["median"] / 1e9
+    md = write_report(out_dir, info, stream, rows, memory, run["errors"], run["versions"], run["sizes"],
+                      run["k"], run["repeats"], run["elapsed_s"])
+    with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
         f.write("\n".join(md))
     try:
-        plot(os.path.join(a.out, "benchmarks.png"), stream, rows, sizes)
+        plot(os.path.join(out_dir, "benchmarks.png"), stream, rows, run["sizes"])
     except ImportError as e:
         log(f"no plot: {e}")
-    log(f"done in {elapsed / 60:.1f} min: {a.out}/benchmarks.md")
+
+
+def report_only(out_dir):
+    """Rebuilds the markdown and the plot from docs/benchmarks.jsonl (no measuring)."""
+    info, run, raw = None, None, []
+    with open(os.path.join(out_dir, "benchmarks.jsonl")) as f:
+        for line in f:
+            o = json.loads(line)
+            if o["kind"] == "machine":
+                info = o
+            elif o["kind"] == "run":
+                run = o
+            else:
+                raw.append(o)
+    if run is None:  # written before the run line existed
+        sizes = sorted({o["n"] for o in raw if o["kind"] == "row" and not o["row"].startswith("tiny")})
+        reps = [len(o["samples_s"]) for o in raw if o["kind"] == "row" and o["row"] == "step_adamw"]
+        versions = {}
+        env = peer_env()
+        for p in sorted({PEER_KEY[o["contender"]] for o in raw if o.get("contender") in PEER_KEY}):
+            out, err, _ = run_json([sys.executable, os.path.join(BENCH, "peers.py"), "--peer", p, "--mode",
+                                    "version"], env=env, timeout=300)
+            if out:
+                versions[out[0]["contender"]] = {k: (json.dumps(v) if not isinstance(v, (str, int, float)) else v)
+                                                 for k, v in out[0]["versions"].items()}
+        run = {"sizes": sizes, "k": 4, "repeats": reps[0] if reps else 0, "elapsed_s": info.get("elapsed_s", 0),
+               "errors": [], "versions": versions}
+    report(out_dir, info, run, raw)
 
 
 if __name__ == "__main__":
