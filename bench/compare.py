@@ -471,6 +471,13 @@ def summary_lines(info, stream, by, memory, sizes):
             fp, sp = "—", "—"
         L.append(f"| {ROW_LABEL[row]} | {fmt_t(g['median'])} | {g['gbs']:.1f} | {g['median'] / floor:.2f} | "
                  f"{fp} | {sp} |")
+    L.append("")
+    L.append("`× floor`: time over the time the row's bytes take at STREAM-add bandwidth (1.00 = at the "
+             "memory-bandwidth limit). The peers are PyTorch (`p.grad.add_`, `clip_grad_norm_`, AdamW "
+             "foreach and fused, GradScaler's ops), JAX + optax (jit with donated buffers, and "
+             "`optax.MultiSteps`) and numpy, each in its own process on the same machine in the same run. "
+             "Reproduce with `bash bench/install-peers.sh && python3 bench/compare.py` (writes "
+             "docs/benchmarks.md, .png and .jsonl).")
     return L
 
 
