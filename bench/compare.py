@@ -501,7 +501,7 @@ def plot(path, stream, rows, sizes):
     import matplotlib.pyplot as plt
     add_bw = stream["add"]["median_gbs"]
     contenders = sorted({r["contender"] for r in rows if not r["row"].startswith("tiny_")}, key=contender_key)
-    colors = {"gacc": "#d62728", "gacc (native)": "#ff9896", "gacc (rerun)": "#8c564b", "torch": "#1f77b4", "torch (foreach)": "#1f77b4", "torch (fused)": "#aec7e8",
+    colors = {"gacc": "#d62728", "gacc (native)": "#ff9896", "gacc (rerun)": "#8c564b", "torch": "#1f77b4", "torch (foreach)": "#9467bd", "torch (fused)": "#aec7e8",
               "jax+optax (jit)": "#2ca02c", "jax+optax (MultiSteps)": "#98df8a", "numpy": "#7f7f7f"}
     fig, axes = plt.subplots(len(sizes), 1, figsize=(13, 4.2 * len(sizes)), squeeze=False)
     for ax, n in zip(axes[:, 0], sizes):
@@ -520,6 +520,7 @@ def plot(path, stream, rows, sizes):
                 fontsize=9)
         ax.set_xticks(range(len(ROW_ORDER)))
         ax.set_xticklabels([ROW_LABEL[r].replace(" (per micro-batch)", "").replace(" + ", "\n+ ")
+                            .replace("accumulate ", "accumulate\n").replace("step ", "step\n", 1)
                             for r in ROW_ORDER], fontsize=9)
         ax.set_ylabel("GB/s (useful bytes / time)")
         ax.set_title(f"{size_label(n)} parameters: higher is better")
@@ -540,6 +541,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-tiny", action="store_true", help="skip the 1k-parameter per-call rows")
     ap.add_argument("--no-native", action="store_true",
                     help="skip the second gacc build with -C target-cpu=native")
     ap.add_argument("--quiet-wait", type=float, default=30,
@@ -648,7 +650,7 @@ def main():
         measure_stream(f"after {size_label(n)}", n)
 
     log("tiny model")
-    for e, label in ((exe, "gacc"), (exe_native, "gacc (native)")):
+    for e, label in ((exe, "gacc"), (exe_native, "gacc (native)")) if not a.no_tiny else ():
         if not e:
             continue
         out, err, _, others, _ = run_job([e, "tiny", "--n", "1000", "--iters", "100000", "--repeats", "9",
@@ -659,7 +661,7 @@ def main():
             errors.append(f"{label} tiny: {err}")
         raw.extend(out)
         rows.extend(o for o in out if o["kind"] == "row")
-    for p in ok_peers:
+    for p in ok_peers if not a.no_tiny else ():
         if p == "jax-multisteps":
             continue
         out, err, _, others, _ = run_job([sys.executable, os.path.join(BENCH, "peers.py"), "--peer", p, "--mode",
