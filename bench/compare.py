@@ -252,7 +252,8 @@ def contender_key(c):
     return CONTENDER_ORDER.index(c) if c in CONTENDER_ORDER else len(CONTENDER_ORDER)
 
 
-def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k, repeats, elapsed, rounds=1):
+def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k, repeats, elapsed, rounds=1,
+                 note=None):
     add_bw = stream["add"]["median_gbs"]
     by = {}
     for r in rows:
@@ -269,6 +270,9 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
                 f"(see the STREAM table), and the best round is the one least slowed by that. "
                 if rounds > 1 else "")
              + "Do not edit by hand: rerun the command.")
+    if note:
+        L.append("")
+        L.append(note)
     L.append("")
     L.append("## Summary (for the README)")
     L.append("")
@@ -730,7 +734,7 @@ def report(out_dir, info, run, raw):
         rs[0]["other_rounds"] = [r["median"] for r in rs[1:]]
         rows.append(rs[0])
     md = write_report(out_dir, info, stream, rows, memory, run["errors"], run["versions"], run["sizes"],
-                      run["k"], run["repeats"], run["elapsed_s"], run.get("rounds", 1))
+                      run["k"], run["repeats"], run["elapsed_s"], run.get("rounds", 1), run.get("note"))
     with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
         f.write("\n".join(md))
     try:
