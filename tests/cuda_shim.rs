@@ -11,7 +11,6 @@ mod common;
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use common::{Case, Target};
@@ -36,27 +35,7 @@ fn shim() -> Arc<ShimLibrary> {
         let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gacc-shim");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("libgacc_shim_{}.so", std::process::id()));
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-        let status = Command::new(&cxx)
-            .args([
-                "-std=c++20",
-                "-O1",
-                "-pthread",
-                "-fPIC",
-                "-shared",
-                "-ffp-contract=off",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-            ])
-            .arg("-I")
-            .arg(root.join("kernels"))
-            .arg(root.join("kernels/shim/shim_main.cpp"))
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cxx} to build the kernel shim: {e}"));
-        assert!(status.success(), "building the kernel shim failed");
+        common::build_host_library(&out, None, &[root.join("kernels/shim/shim_main.cpp")]);
         ShimLibrary::open(&out).unwrap()
     })
     .clone()

@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use common::device;
@@ -34,29 +33,11 @@ fn fake_driver(test: &str) -> bool {
         let out_dir = tmp.join("gacc-shim");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("libfakecuda_{}.so", std::process::id()));
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-        let status = Command::new(&cxx)
-            .args([
-                "-std=c++20",
-                "-O1",
-                "-pthread",
-                "-fPIC",
-                "-shared",
-                "-ffp-contract=off",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-            ])
-            .arg("-Wl,-soname,libcuda.so")
-            .arg("-I")
-            .arg(root.join("kernels"))
-            .arg(root.join("kernels/shim/shim_main.cpp"))
-            .arg(root.join("kernels/shim/fake_cuda.cpp"))
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
-        assert!(status.success(), "building the fake driver failed");
+        common::build_host_library(
+            &out,
+            Some("libcuda.so"),
+            &[root.join("kernels/shim/shim_main.cpp"), root.join("kernels/shim/fake_cuda.cpp")],
+        );
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes: keep compiled kernels out of ~/.cache.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));

@@ -13,8 +13,7 @@
 mod common;
 
 use std::ffi::{c_void, CStr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, OnceLock};
 
 use cudarc::driver::sys;
@@ -26,22 +25,6 @@ use gacc::gacc_status::*;
 struct Fakes {
     cuda: libloading::Library,
     nccl: libloading::Library,
-}
-
-fn build(out: &Path, soname: &str, sources: &[PathBuf], include: &Path) {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    let status = Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"])
-        .arg(format!("-Wl,-soname,{soname}"))
-        .arg("-I")
-        .arg(include)
-        .args(sources)
-        .arg("-ldl")
-        .arg("-o")
-        .arg(out)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
-    assert!(status.success(), "building {soname} failed");
 }
 
 /// Builds and loads the fake driver and the fake NCCL once; None (with a "skipped"
@@ -65,8 +48,8 @@ fn fakes(test: &str) -> Option<&'static Fakes> {
         let cuda = dir.join(format!("libfakecuda_nccl_{pid}.so"));
         let nccl = dir.join(format!("libfakenccl_{pid}.so"));
         let shim = root.join("kernels/shim");
-        build(&cuda, "libcuda.so", &[shim.join("shim_main.cpp"), shim.join("fake_cuda.cpp")], &root.join("kernels"));
-        build(&nccl, "libnccl.so.2", &[shim.join("fake_nccl.cpp")], &root.join("kernels"));
+        common::build_host_library(&cuda, Some("libcuda.so"), &[shim.join("shim_main.cpp"), shim.join("fake_cuda.cpp")]);
+        common::build_host_library(&nccl, Some("libnccl.so.2"), &[shim.join("fake_nccl.cpp")]);
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));

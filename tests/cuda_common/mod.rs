@@ -6,6 +6,7 @@
 pub mod device;
 
 use std::ffi::c_void;
+use std::path::{Path, PathBuf};
 
 use gacc::backend::{GradInput, ParamBuffer};
 use gacc::engine::config::{default_raw_config, Config, Dtype};
@@ -551,4 +552,21 @@ pub fn run_scaler_against_deepspeed(
         scale = info.loss_scale;
     }
     overflows
+}
+
+/// Compiles host C++ (the kernel shim, the fake driver, the fake NCCL) into a shared
+/// library with the flags every verification layer uses: C++20, no FP contraction (so
+/// the kernels round like the CPU backend), every warning an error. `soname`, when
+/// given, lets a dlopen of that name find the library once it is loaded globally.
+pub fn build_host_library(out: &Path, soname: Option<&str>, sources: &[PathBuf]) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let mut cmd = std::process::Command::new(&cxx);
+    cmd.args(["-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"]);
+    if let Some(name) = soname {
+        cmd.arg(format!("-Wl,-soname,{name}"));
+    }
+    cmd.arg("-I").arg(root.join("kernels")).args(sources).arg("-ldl").arg("-o").arg(out);
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
+    assert!(status.success(), "building {} failed", out.display());
 }
