@@ -1,7 +1,9 @@
 # gacc: build, demo and every test.
 #
 #   make demo          build the library and run examples/demo.c (the main job)
-#   make test          THE test command: every target in TEST_TARGETS, then one closing
+#   make check         every test: installs what is missing (scripts/install-test-deps.sh),
+#                      then test, sanitize, valgrind and fuzz (scripts/test.sh); CI runs this
+#   make test          every target in TEST_TARGETS (needs the dependencies), then one closing
 #                      line "N passed, N failed" for the C programs; non-zero on any failure
 #   make rust-test     cargo test --release (the whole Rust suite)
 #   make c-tests       build and run every tests/c/test_*.c
@@ -15,7 +17,6 @@
 #   make install       PREFIX=/usr/local: library, headers, pkg-config, CMake package
 #   bindings-test, package-test: see bindings/bindings.mk
 #
-# scripts/test.sh installs what the tests need and runs test, sanitize, valgrind, fuzz.
 #
 # Other engineers add test targets by appending to TEST_TARGETS, e.g.
 #   TEST_TARGETS += bindings-test
@@ -54,7 +55,7 @@ C_TEST_BINS  := $(addprefix $(BUILD)/c/,$(C_TEST_NAMES))
 C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 
-.PHONY: FORCE all lib demo test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
+.PHONY: FORCE all lib demo check test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
 
 all: lib
 
@@ -75,6 +76,10 @@ demo: $(BUILD)/demo
 	./$(BUILD)/demo
 
 # ---- tests ---------------------------------------------------------------------------
+
+# Every test on a fresh machine: the one command a newcomer (and CI) types.
+check:
+	scripts/test.sh
 
 test:
 	@rm -f $(BUILD)/c-tests.summary; failed=""; \
