@@ -174,8 +174,11 @@ fn expected_header(d: &Declared) -> String {
 
 /// Compiles tests/nccl/abi_check.cpp against `nccl_dir`'s nccl.h with `header`.
 fn compile_check(nccl_dir: &Path, header: &str, tag: &str) -> std::result::Result<(), String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nccl-abi-{tag}-{}", std::process::id()));
+    // GACC_SOURCE_DIR: the source tree when this binary runs elsewhere than where it
+    // was built (scripts/gpu-check.sh on a GPU machine).
+    let root = std::env::var_os("GACC_SOURCE_DIR").map(PathBuf::from);
+    let root = root.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let out = std::env::temp_dir().join(format!("gacc-nccl-abi-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("gacc_nccl_expected.h"), header).unwrap();
     // nccl.h includes cuda_runtime.h (which needs crt/host_config.h) and cuda_fp16.h:
