@@ -88,7 +88,8 @@ fi
 
 {
     echo "gacc GPU bundle"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    dirty=$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo '?')$dirty"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm)"
     echo "rustc: $(rustc --version)"
     echo "tests: ${TESTS[*]}"

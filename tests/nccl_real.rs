@@ -154,7 +154,9 @@ fn expected_header(d: &Declared) -> String {
         d.unique_id_align, d.unique_id_bytes
     );
     let mut check = |cond: String, what: &str| {
-        h += &format!("static_assert({cond}, \"{what}: gacc's declaration (src/distributed/nccl.rs) differs from nccl.h\");\n");
+        h += &format!(
+            "static_assert({cond}, \"{what}: gacc's declaration (src/distributed/nccl.rs) differs from nccl.h\");\n"
+        );
     };
     for (name, value) in &d.constants {
         check(format!("(long long){name} == {value}LL"), &format!("{name} = {value}"));
@@ -194,6 +196,7 @@ fn compile_check(nccl_dir: &Path, header: &str, tag: &str) -> std::result::Resul
         .arg(format!("-I{}", nccl_dir.join("include").display()))
         .arg(format!("-I{cuda_inc}"))
         .arg(format!("-I{}", crt_inc.display()))
+        .arg("-I/usr/local/cuda/include")
         .arg(root.join("tests/nccl/abi_check.cpp"))
         .output()
         .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
@@ -232,7 +235,8 @@ fn declarations_match_the_real_nccl_header() {
 fn a_drifted_declaration_fails_the_check_naming_it() {
     let Some(dir) = nccl_dir("a_drifted_declaration_fails_the_check_naming_it") else { return };
     type WrongInit = unsafe extern "C" fn(*mut Comm, c_int, NcclUniqueId, u64) -> c_int;
-    type WrongAllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut Comm) -> c_int;
+    type WrongAllReduce =
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut Comm) -> c_int;
     let mut d = declared();
     for (name, value) in d.constants.iter_mut() {
         if *name == "ncclFloat32" {
