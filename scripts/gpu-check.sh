@@ -96,6 +96,14 @@ if command -v nvidia-smi >/dev/null 2>&1; then
         --format=csv,noheader 2>/dev/null | head -n 1)
     driver_cuda=$(timeout 20 nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\..*/\1/p' | head -n 1)
 fi
+if [ -z "$gpu_line" ] && [ "$fake" -eq 0 ]; then
+    # No nvidia-smi (some containers): ask PyTorch.
+    gpu_line=$(timeout 60 python3 -c 'import torch
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"{p.name}, driver ?, {p.major}.{p.minor}, {p.total_memory >> 20} MiB (from PyTorch {torch.__version__})")' \
+        2>/dev/null | head -n 1)
+fi
 have_gpu=0
 [ -n "$gpu_line" ] && have_gpu=1
 
@@ -105,7 +113,8 @@ if [ -z "${GACC_NVRTC_LIB:-}" ] || [ ! -f "$GACC_NVRTC_LIB" ]; then
     cands=$(find_lib 'libnvrtc.so*')
     pick=""
     [ -n "$driver_cuda" ] && pick=$(echo "$cands" | grep -E "libnvrtc\.so\.$driver_cuda(\.|$)" | head -n 1)
-    [ -z "$pick" ] && pick=$(echo "$cands" | grep -E 'libnvrtc\.so\.[0-9]+$' | sort -t. -k3 -n -r | head -n 1)
+    [ -z "$pick" ] && pick=$(echo "$cands" | grep -E 'libnvrtc\.so\.[0-9]+$' |
+        awk -F'libnvrtc[.]so[.]' '{print $NF, $0}' | sort -n -r | head -n 1 | cut -d' ' -f2-)
     [ -z "$pick" ] && pick=$(echo "$cands" | head -n 1)
     [ -n "$pick" ] && export GACC_NVRTC_LIB="$pick"
 fi
@@ -325,6 +334,20 @@ done
 say ""
 say "phase         result   time  detail"
 for r in "${results[@]}"; do say "$r"; done
+# Each GPU test's result, from the serial run (its output sits between "test X ..." and
+# the verdict).
+serial_log=$(ls "$logs"/*-gpu-serial.log 2>/dev/null | head -n 1)
+if [ -n "$serial_log" ]; then
+    say ""
+    say "GPU tests (serial run):"
+    awk '
+        function verdict(v) { printf "  %-58s %s%s\n", name, v, (skip != "" ? " (" skip ")" : ""); name = ""; skip = "" }
+        /^test [^ ]+ \.\.\. / { name = $2; skip = "" }
+        name != "" && /skipped/ { skip = "skipped" }
+        name != "" && / ok$|^ok$/ { verdict("ok"); next }
+        name != "" && /FAILED$/ { verdict("FAILED"); next }
+    ' "$serial_log" | tee -a "$report"
+fi
 if [ -n "$bench_log" ] && [ -s "$bench_log" ]; then
     say ""
     say "benchmark$([ "$fake" -eq 1 ] && echo ' (fake driver: the figures mean nothing)'):"
