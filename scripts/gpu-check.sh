@@ -28,8 +28,9 @@
 #
 # Environment: GACC_NVRTC_LIB, GACC_CUDA_INCLUDE, GACC_NCCL_LIB override the search;
 # GPUCHECK_LOG_DIR (default build/gpu-check) receives every phase's full log and
-# report.txt; GPUCHECK_BUDGET_S (default 480) is the wall-time budget; GPUCHECK_STRICT=1
-# fails "skipped" lines on the fake too.
+# report.txt; GPUCHECK_BUDGET_S (default 480; with --fake 5 times that, like each
+# phase's limit: GPUCHECK_FAKE_SCALE) is the wall-time budget; GPUCHECK_STRICT=1 fails
+# "skipped" lines on the fake too.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,7 +52,11 @@ logs="${GPUCHECK_LOG_DIR:-$root/build/gpu-check}"
 rm -rf "$logs"
 mkdir -p "$logs"
 report="$logs/report.txt"
-budget=${GPUCHECK_BUDGET_S:-480}
+# On the fake the kernels run on host threads of a possibly loaded CPU machine: every
+# limit is GPUCHECK_FAKE_SCALE (default 5) times longer there.
+scale=1
+[ "$fake" -eq 1 ] && scale=${GPUCHECK_FAKE_SCALE:-5}
+budget=${GPUCHECK_BUDGET_S:-$((480 * scale))}
 # Whether a "skipped" fails a phase: always on a real GPU; GPUCHECK_STRICT=1 makes the
 # fake strict too (to see that path work without a GPU).
 strict=${GPUCHECK_STRICT:-$((1 - fake))}
@@ -194,6 +199,7 @@ run_phase() {
         [ "$fake" -eq 0 ] && failed=1
         return
     fi
+    limit=$((limit * scale))
     local left=$((budget - (SECONDS - t_start) - 5))
     if [ "$left" -lt 10 ]; then
         results+=("$(printf '%-13s NOT RUN  (the %ss budget is spent)' "$name" "$budget")")
