@@ -15,6 +15,8 @@
 #   make fuzz          each cargo-fuzz target for FUZZ_SECONDS (default 30)
 #   make lint          cargo clippy --all-targets -D warnings
 #   make install       PREFIX=/usr/local: library, headers, pkg-config, CMake package
+#   make gpu-bundle    build/gpu-bundle: what scripts/gpu-check.sh runs on a GPU machine
+#   make gpu-check-fake  the bundle built, then scripts/gpu-check.sh --fake (no GPU needed)
 #   bindings-test, package-test: see bindings/bindings.mk
 #
 #
@@ -164,6 +166,17 @@ readme-check: $(LIB) | $(BUILD)/header
 	./$(BUILD)/header/readme_example
 
 include bindings/bindings.mk
+
+# ---- the GPU check (README "Running the GPU check") ---------------------------------------
+# gpu-bundle builds every GPU test and the GPU benchmark (cargo test/bench --no-run),
+# libgacc.so, the C tests and the demo, stripped, into build/gpu-bundle; gpu-check-fake
+# runs them on the fake driver, so a change that breaks them fails without a GPU.
+.PHONY: gpu-bundle gpu-check-fake
+gpu-bundle:
+	scripts/gpu-bundle.sh
+gpu-check-fake: gpu-bundle
+	scripts/gpu-check.sh --fake
+TEST_TARGETS += gpu-check-fake
 
 clean:
 	rm -rf $(BUILD)

@@ -1,37 +1,151 @@
 //! GPU benchmark: achieved bandwidth of gacc's kernels against a device-to-device
-//! copy measured in the same run (the practical ceiling on this device).
+//! copy measured in the same run (the practical ceiling on this device), and the
+//! launches, host synchronisations and device-to-host copies of one micro-batch and
+//! one step, counted at gacc's runtime interface.
 //!
 //!     eval "$(scripts/install-cuda-deps.sh)"
 //!     cargo bench --bench gpu            # GACC_BENCH_NUMEL (default 2^28), GACC_BENCH_ITERS
 //!
-//! Bytes counted per parameter (docs/cuda.md): copy 8 (read 4 + write 4);
-//! accumulate f16 10, f32 12; step (AdamW, fp16 working copy) 4 (norm) + 34 (update).
+//! Bytes counted per parameter (docs/cuda.md): copy 8 (read 4 + write 4); accumulate
+//! f16/bf16 10, f32 12; norm partials 4; update AdamW + fp16 copy 34, SGD-momentum 26,
+//! SGD 18; a whole step 4 (norm) + the update. Whole passes are timed back to back
+//! (mean of the iterations); each kernel alone is timed as the wall time between a
+//! synchronisation before and after its launch (a few microseconds of overhead).
 //! Without a device it prints "no CUDA device; skipped" and exits 0.
 
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::time::Instant;
 
+use gacc::backend::cuda::runtime::Arg;
 use gacc::backend::cuda::{probe, CudaBackend, CudaRuntime, Runtime};
 use gacc::backend::{Backend, BackendInit, GradInput, StepRequest};
 use gacc::engine::config::{default_raw_config, Config, Dtype};
 use gacc::engine::layout::Layout;
 use gacc::ffi::types::*;
+use gacc::status::Result;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Mean seconds per call of `f` (one warm-up call; waits for the device around
-/// the timed loop).
-fn measure(be: &mut CudaBackend<CudaRuntime>, iters: usize, mut f: impl FnMut(&mut CudaBackend<CudaRuntime>)) -> f64 {
+/// CudaRuntime with counters, and (when `per_kernel` is on) each launch timed alone.
+struct Counted {
+    rt: CudaRuntime,
+    launches: usize,
+    syncs: usize,
+    d2h: usize,
+    per_kernel: bool,
+    kernel_s: BTreeMap<String, f64>,
+}
+
+impl Runtime for Counted {
+    fn describe(&self) -> String {
+        self.rt.describe()
+    }
+    fn multiprocessor_count(&self) -> u32 {
+        self.rt.multiprocessor_count()
+    }
+    fn memory_info(&mut self) -> Result<(u64, u64)> {
+        self.rt.memory_info()
+    }
+    fn alloc(&mut self, bytes: usize) -> Result<u64> {
+        self.rt.alloc(bytes)
+    }
+    unsafe fn free(&mut self, ptr: u64) {
+        self.rt.free(ptr)
+    }
+    unsafe fn copy_h2d(&mut self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
+        self.rt.copy_h2d(dst, src, bytes)
+    }
+    unsafe fn copy_d2h(&mut self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
+        self.d2h += 1;
+        self.rt.copy_d2h(dst, src, bytes)
+    }
+    unsafe fn copy_d2d(&mut self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.rt.copy_d2d(dst, src, bytes)
+    }
+    unsafe fn memset(&mut self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        self.rt.memset(dst, value, bytes)
+    }
+    unsafe fn launch(&mut self, name: &str, grid: u32, block: u32, shared: u32, args: &[Arg<'_>]) -> Result<()> {
+        self.launches += 1;
+        if !self.per_kernel {
+            return self.rt.launch(name, grid, block, shared, args);
+        }
+        self.rt.synchronize()?;
+        let t = Instant::now();
+        self.rt.launch(name, grid, block, shared, args)?;
+        self.rt.synchronize()?;
+        *self.kernel_s.entry(name.to_string()).or_default() += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+    fn is_device_pointer(&mut self, ptr: *const c_void) -> Result<bool> {
+        self.rt.is_device_pointer(ptr)
+    }
+    fn synchronize(&mut self) -> Result<()> {
+        self.syncs += 1;
+        self.rt.synchronize()
+    }
+    fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
+        self.rt.set_stream(stream)
+    }
+    fn stream_handle(&self) -> *mut c_void {
+        self.rt.stream_handle()
+    }
+    fn bind(&mut self) -> Result<()> {
+        self.rt.bind()
+    }
+}
+
+type Be = CudaBackend<Counted>;
+
+/// Mean seconds per call of `f` (one warm-up call; waits for the device around the
+/// timed loop).
+fn measure(be: &mut Be, iters: usize, mut f: impl FnMut(&mut Be)) -> f64 {
     f(be);
-    be.runtime_mut().synchronize().unwrap();
+    be.runtime_mut().rt.synchronize().unwrap();
     let t = Instant::now();
     for _ in 0..iters {
         f(be);
     }
-    be.runtime_mut().synchronize().unwrap();
+    be.runtime_mut().rt.synchronize().unwrap();
     t.elapsed().as_secs_f64() / iters as f64
+}
+
+/// (launches, syncs, d2h copies) of one call of `f`.
+fn count(be: &mut Be, f: impl FnOnce(&mut Be)) -> (usize, usize, usize) {
+    let c = be.runtime_mut();
+    let before = (c.launches, c.syncs, c.d2h);
+    f(be);
+    let c = be.runtime_mut();
+    (c.launches - before.0, c.syncs - before.1, c.d2h - before.2)
+}
+
+/// Runs `f` `iters` times with every launch timed alone; mean seconds per kernel.
+fn per_kernel(be: &mut Be, iters: usize, mut f: impl FnMut(&mut Be)) -> BTreeMap<String, f64> {
+    be.runtime_mut().kernel_s.clear();
+    be.runtime_mut().per_kernel = true;
+    for _ in 0..iters {
+        f(be);
+    }
+    be.runtime_mut().per_kernel = false;
+    be.runtime_mut().kernel_s.iter().map(|(k, s)| (k.clone(), s / iters as f64)).collect()
+}
+
+fn backend(n: usize, optimizer: u32, momentum: f32) -> Be {
+    let mut raw = default_raw_config();
+    raw.device = 0;
+    raw.precision = GACC_PRECISION_FP16;
+    raw.max_grad_norm = 1.0;
+    raw.optimizer = optimizer;
+    raw.momentum = momentum;
+    let config = Config::validate(&raw).unwrap();
+    let layout = Layout::new(vec![(None, n, true)]).unwrap();
+    let params = vec![0.01f32; n];
+    let rt = CudaRuntime::new(0).unwrap_or_else(|e| panic!("{e}"));
+    let rt = Counted { rt, launches: 0, syncs: 0, d2h: 0, per_kernel: false, kernel_s: BTreeMap::new() };
+    CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap()
 }
 
 fn main() {
@@ -41,17 +155,8 @@ fn main() {
     }
     let n = env_usize("GACC_BENCH_NUMEL", 1 << 28);
     let iters = env_usize("GACC_BENCH_ITERS", 20);
-    let mut raw = default_raw_config();
-    raw.device = 0;
-    raw.precision = GACC_PRECISION_FP16;
-    raw.max_grad_norm = 1.0;
-    let config = Config::validate(&raw).unwrap();
-    let layout = Layout::new(vec![(None, n, true)]).unwrap();
-    let params = vec![0.01f32; n];
-    let rt = CudaRuntime::new(0).unwrap_or_else(|e| panic!("{e}"));
-    let name = rt.describe();
-    let mut be = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
-    drop(params);
+    let mut be = backend(n, GACC_OPTIMIZER_ADAMW, 0.0);
+    let name = be.runtime_mut().describe();
 
     // Device buffers for the copy and the gradients.
     let rt = be.runtime_mut();
@@ -71,26 +176,56 @@ fn main() {
     let copy_s = measure(&mut be, iters, |be| unsafe { be.runtime_mut().copy_d2d(dst, src, 4 * n).unwrap() });
     let copy_gbs = gb(8.0, copy_s);
     let accumulate = |ptr: u64, dtype: Dtype| {
-        move |be: &mut CudaBackend<CudaRuntime>| {
+        move |be: &mut Be| {
             let g = GradInput { ptr: ptr as *const c_void, dtype, numel: n };
             unsafe { be.accumulate(&g, 1.0, 1.0).unwrap() };
         }
     };
-    let acc16_s = measure(&mut be, iters, accumulate(grad16, Dtype::F16));
-    let acc32_s = measure(&mut be, iters, accumulate(grad32, Dtype::F32));
     let req = StepRequest { total_weight: 1.0, lr: 1e-3 };
+    let acc16_s = measure(&mut be, iters, accumulate(grad16, Dtype::F16));
+    let acc16_bf = measure(&mut be, iters, accumulate(grad16, Dtype::BF16));
+    let acc32_s = measure(&mut be, iters, accumulate(grad32, Dtype::F32));
     let step_s = measure(&mut be, iters, |be| be.step(&req).unwrap());
+    let mb_counts = count(&mut be, accumulate(grad16, Dtype::F16));
+    let step_counts = count(&mut be, |be| be.step(&req).unwrap());
+    let mut kernels = per_kernel(&mut be, iters, accumulate(grad16, Dtype::F16));
+    kernels.extend(per_kernel(&mut be, iters, accumulate(grad32, Dtype::F32)));
+    kernels.extend(per_kernel(&mut be, iters, |be| be.step(&req).unwrap()));
 
     println!("device: {name}; {n} parameters; {iters} iterations each");
-    println!("{:<28} {:>10} {:>10} {:>9}", "pass", "ms", "GB/s", "vs copy");
+    println!("{:<34} {:>10} {:>10} {:>9}", "pass", "ms", "GB/s", "vs copy");
     let row = |label: &str, bytes: f64, s: f64| {
         let g = gb(bytes, s);
-        println!("{label:<28} {:>10.3} {:>10.1} {:>8.0}%", s * 1e3, g, 100.0 * g / copy_gbs);
+        println!("{label:<34} {:>10.3} {:>10.1} {:>8.0}%", s * 1e3, g, 100.0 * g / copy_gbs);
     };
     row("d2d copy (8 B/param)", 8.0, copy_s);
     row("accumulate f16 (10 B/param)", 10.0, acc16_s);
+    row("accumulate bf16 (10 B/param)", 10.0, acc16_bf);
     row("accumulate f32 (12 B/param)", 12.0, acc32_s);
     row("step adamw+fp16 (38 B/param)", 38.0, step_s);
+    println!("kernels alone (synchronised before and after each launch):");
+    let bytes = |k: &str| match k {
+        "gacc_accumulate_f16" | "gacc_accumulate_bf16" => Some(10.0),
+        "gacc_accumulate_f32" => Some(12.0),
+        "gacc_norm_partials" => Some(4.0),
+        "gacc_update_adamw" => Some(34.0),
+        "gacc_update_sgd_momentum" => Some(26.0),
+        "gacc_update_sgd" => Some(18.0),
+        _ => None,
+    };
+    let show = |kernels: &BTreeMap<String, f64>| {
+        for (k, s) in kernels {
+            match bytes(k) {
+                Some(b) => row(&format!("  {k} ({b} B/param)"), b, *s),
+                None => println!("  {k:<32} {:>10.3}", s * 1e3),
+            }
+        }
+    };
+    show(&kernels);
+    let (l, s, d) = mb_counts;
+    println!("per micro-batch (f16 device gradient): {l} launches, {s} host syncs, {d} device-to-host copies");
+    let (l, s, d) = step_counts;
+    println!("per step without info (adamw): {l} launches, {s} host syncs, {d} device-to-host copies");
 
     let rt = be.runtime_mut();
     // SAFETY: allocated above, not used again.
@@ -98,5 +233,20 @@ fn main() {
         for p in [src, dst, grad16, grad32] {
             rt.free(p);
         }
+    }
+    drop(be);
+
+    // The SGD updates, on their own engines.
+    for (label, optimizer, momentum) in [("sgd momentum", GACC_OPTIMIZER_SGD, 0.9), ("sgd", GACC_OPTIMIZER_SGD, 0.0)] {
+        let mut be = backend(n, optimizer, momentum);
+        let grad = be.runtime_mut().alloc(2 * n).unwrap();
+        // SAFETY: grad holds n f16 values.
+        unsafe { be.runtime_mut().memset(grad, 0, 2 * n).unwrap() };
+        measure(&mut be, 1, accumulate(grad, Dtype::F16));
+        let k = per_kernel(&mut be, iters, |be| be.step(&req).unwrap());
+        println!("step {label}, kernels alone:");
+        show(&k);
+        // SAFETY: allocated above, not used again.
+        unsafe { be.runtime_mut().free(grad) };
     }
 }

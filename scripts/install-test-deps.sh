@@ -6,6 +6,7 @@
 #   - PyPI into .deps/python: safetensors + numpy (checkpoints opened from Python)
 #   - PyPI into build/pyenv: tree-sitter + tree-sitter-julia (Julia syntax check; optional)
 #   - PyPI into .deps/pypi: NVRTC and the CUDA headers (scripts/install-cuda-deps.sh)
+#   - PyPI into .deps/nccl: the real NCCL and nccl.h (scripts/install-nccl.sh)
 #   - cargo-fuzz (cargo install), for scripts/fuzz.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,6 +55,11 @@ if [ -x scripts/install-cuda-deps.sh ]; then
     cuda_env=$(scripts/install-cuda-deps.sh)
 fi
 
+nccl_env=""
+if [ -x scripts/install-nccl.sh ]; then
+    nccl_env=$(scripts/install-nccl.sh)
+fi
+
 if ! have cargo-fuzz; then
     echo "install-test-deps: cargo install cargo-fuzz"
     cargo install cargo-fuzz --locked --quiet
@@ -65,6 +71,7 @@ fi
     [ -n "$cuda_env" ] && echo "$cuda_env"
     echo "export GACC_REQUIRE_SAFETENSORS=1"
     [ -n "$cuda_env" ] && echo "export GACC_REQUIRE_NVRTC=1"
+    [ -n "$nccl_env" ] && echo "$nccl_env"
     true
 } >.deps/env.sh
 echo "install-test-deps: wrote .deps/env.sh"

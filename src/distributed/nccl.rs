@@ -26,7 +26,8 @@ pub struct NcclUniqueId {
     pub internal: [c_char; 128],
 }
 
-type Comm = *mut c_void;
+/// `ncclComm_t`: an opaque pointer.
+pub type Comm = *mut c_void;
 const NCCL_SUCCESS: c_int = 0;
 /// ncclInProgress (non-blocking communicators only; gacc's are blocking).
 const NCCL_IN_PROGRESS: c_int = 7;
@@ -35,14 +36,38 @@ const NCCL_FLOAT32: c_int = 7;
 const NCCL_FLOAT64: c_int = 8;
 const NCCL_SUM: c_int = 0;
 
-type GetUniqueId = unsafe extern "C" fn(*mut NcclUniqueId) -> c_int;
-type CommInitRank = unsafe extern "C" fn(*mut Comm, c_int, NcclUniqueId, c_int) -> c_int;
-type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
-type CommDestroy = unsafe extern "C" fn(Comm) -> c_int;
-type GetErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
-type GetAsyncError = unsafe extern "C" fn(Comm, *mut c_int) -> c_int;
-type GetLastError = unsafe extern "C" fn(Comm) -> *const c_char;
-type GetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
+/// The declared constants with their nccl.h names (tests/nccl_real.rs checks each
+/// against the real header at compile time).
+#[doc(hidden)]
+pub fn declared_constants() -> Vec<(&'static str, i64)> {
+    vec![
+        ("ncclSuccess", NCCL_SUCCESS as i64),
+        ("ncclInProgress", NCCL_IN_PROGRESS as i64),
+        ("ncclFloat32", NCCL_FLOAT32 as i64),
+        ("ncclFloat64", NCCL_FLOAT64 as i64),
+        ("ncclSum", NCCL_SUM as i64),
+    ]
+}
+
+// The entry points' types, as declared in nccl.h (ncclResult_t, ncclDataType_t and
+// ncclRedOp_t are C ints; cudaStream_t is a pointer). Public for tests/nccl_real.rs,
+// which turns each into a C++ function-pointer type and compares it with nccl.h's.
+/// `ncclGetUniqueId`.
+pub type GetUniqueId = unsafe extern "C" fn(*mut NcclUniqueId) -> c_int;
+/// `ncclCommInitRank(comm*, nranks, id, rank)`.
+pub type CommInitRank = unsafe extern "C" fn(*mut Comm, c_int, NcclUniqueId, c_int) -> c_int;
+/// `ncclAllReduce(send, recv, count, datatype, op, comm, stream)`.
+pub type AllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
+/// `ncclCommDestroy` and `ncclCommAbort`.
+pub type CommDestroy = unsafe extern "C" fn(Comm) -> c_int;
+/// `ncclGetErrorString`.
+pub type GetErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
+/// `ncclCommGetAsyncError`.
+pub type GetAsyncError = unsafe extern "C" fn(Comm, *mut c_int) -> c_int;
+/// `ncclGetLastError`.
+pub type GetLastError = unsafe extern "C" fn(Comm) -> *const c_char;
+/// `ncclGetVersion`.
+pub type GetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
 
 /// The entry points gacc uses.
 pub struct Api {
@@ -138,6 +163,11 @@ impl Api {
         } else {
             format!("{base} (ncclResult_t {r}): {last}")
         }
+    }
+
+    /// ncclGetErrorString's text for `result` (with ncclGetLastError's when there is one).
+    pub fn error_string(&self, result: c_int) -> String {
+        self.error_text(result, std::ptr::null_mut())
     }
 
     /// "NCCL 2.21.5 (libnccl.so.2)".
