@@ -48,8 +48,10 @@
 
 /**
  * ABI generation: bumped only when a change breaks binary compatibility.
+ * 2: gacc_config starts with `struct_size` (fields appended later no longer break
+ * programs built against an older header).
  */
-#define GACC_ABI_VERSION 1
+#define GACC_ABI_VERSION 2
 
 /**
  * Version of the checkpoint format gacc_save writes (metadata "format_version");
@@ -124,6 +126,17 @@
 #define GACC_GRADS_SUM 1
 
 /**
+ * Loss-scale policy (FP16): torch.amp.GradScaler's rule, exactly (the default).
+ */
+#define GACC_LOSS_SCALE_GRADSCALER 0
+
+/**
+ * Loss-scale policy (FP16): DeepSpeed's DynamicLossScaler, exactly
+ * (docs/numerics.md).
+ */
+#define GACC_LOSS_SCALE_DEEPSPEED 1
+
+/**
  * Result of every fallible gacc call. The numbers are part of the ABI: they are
  * fixed forever and a retired code is never reused for another meaning.
  */
@@ -186,8 +199,20 @@ typedef struct gacc_engine gacc_engine;
 
 /**
  * Engine configuration. Fill it with `gacc_config_init`, then change what you need.
+ *
+ * The struct grows at its end as gacc gains options. `struct_size` tells the library
+ * how much of it the caller's program knows: gacc_config_init sets it to the size of
+ * the struct in the header the program was compiled with, and gacc_create takes the
+ * fields past it at their defaults, so a program built against an older header keeps
+ * working with a newer library.
  */
 typedef struct gacc_config {
+  /**
+   * sizeof(gacc_config) as the caller compiled it; set by gacc_config_init.
+   * gacc_create refuses 0 (a struct not filled by gacc_config_init), a size below
+   * the first ABI-2 layout, and a size larger than this library's struct.
+   */
+  uint32_t struct_size;
   /**
    * GACC_DEVICE_AUTO, GACC_DEVICE_CPU, or a CUDA ordinal (no fallback).
    */
@@ -298,6 +323,13 @@ typedef struct gacc_config {
    * Seed of the stochastic rounding (any value; default 0).
    */
   uint64_t seed;
+  /**
+   * FP16 loss-scale rule: GACC_LOSS_SCALE_GRADSCALER (default) or
+   * GACC_LOSS_SCALE_DEEPSPEED (needs growth_factor * backoff_factor == 1 and no
+   * max_loss_scale). Added after `seed`: an older program's struct ends before it
+   * and gets GRADSCALER.
+   */
+  uint32_t loss_scale_policy;
 } gacc_config;
 
 /**
@@ -423,10 +455,26 @@ uint32_t gacc_abi_version(void);
  * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
  * numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
  * or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
- * stochastic_rounding 0, seed 0 (docs/numerics.md).
+ * stochastic_rounding 0, seed 0, loss_scale_policy GRADSCALER (docs/numerics.md);
+ * struct_size = sizeof(gacc_config).
+ *
+ * In C and C++ the header turns `gacc_config_init(cfg)` into
+ * `gacc_config_init_sized(cfg, sizeof *(cfg))` (a macro below), so that a program
+ * keeps the struct size it was compiled with; this function is the one bindings and
+ * function pointers reach, and writes this library's whole struct.
  * NULL: no effect (the failure is recorded for gacc_last_error).
  */
 void gacc_config_init(struct gacc_config *cfg);
+
+/**
+ * Fills the first `size` bytes of `cfg` with the defaults of gacc_config_init and
+ * sets struct_size = size: a program built against an older, shorter gacc_config
+ * passes its own sizeof and nothing past it is written. `size` must lie between the
+ * first ABI-2 layout (the struct up to `seed`) and sizeof(gacc_config) of this
+ * library. Errors: GACC_ERR_NULL_POINTER, GACC_ERR_INVALID_ARGUMENT (size out of
+ * range: nothing written).
+ */
+enum gacc_status gacc_config_init_sized(struct gacc_config *cfg, size_t size);
 
 /**
  * Builds an engine from a configuration and `n_tensors` tensor descriptors.
@@ -566,7 +614,7 @@ enum gacc_status gacc_save(struct gacc_engine *e, const char *path);
 
 /**
  * Loads a checkpoint written by gacc_save into an engine with the same tensor sizes,
- * weight-decay flags, optimizer, precision and gradient reduction (other
+ * weight-decay flags, optimizer, precision, gradient reduction and loss_scale_policy (other
  * hyper-parameters stay the engine's; the learning rate is restored). Everything is
  * validated first (format version, sizes, a CRC-32 of every tensor and of the
  * metadata): any mismatch is GACC_ERR_CORRUPT naming what failed, an unreadable file
@@ -659,3 +707,10 @@ enum gacc_status gacc_set_nccl(struct gacc_engine *e,
 #endif  // __cplusplus
 
 #endif  /* GACC_H */
+
+/**
+ * gacc_config_init(cfg) in C and C++ passes the size of the caller's gacc_config (the
+ * one of the header it was compiled with), so that a program built against an older
+ * header keeps working with a newer library: see gacc_config_init_sized.
+ */
+#define gacc_config_init(cfg) ((void)gacc_config_init_sized((cfg), sizeof *(cfg)))
