@@ -10,6 +10,10 @@
  * and nothing the call could have changed was changed. Output pointers are written
  * only on success. No call aborts the process: a Rust panic becomes
  * GACC_ERR_INTERNAL.
+ *
+ * ABI: gacc_config grows only at its end; its first field, struct_size, set by
+ * gacc_config_init, tells the library how much of it the caller knows, and fields
+ * past it take their defaults. GACC_ABI_VERSION changes only for a break.
  */
 
 
@@ -708,9 +712,13 @@ enum gacc_status gacc_set_nccl(struct gacc_engine *e,
 
 #endif  /* GACC_H */
 
+#ifndef gacc_config_init
 /**
  * gacc_config_init(cfg) in C and C++ passes the size of the caller's gacc_config (the
  * one of the header it was compiled with), so that a program built against an older
- * header keeps working with a newer library: see gacc_config_init_sized.
+ * header keeps working with a newer library: see gacc_config_init_sized. A program
+ * that fills a gacc_config by hand sets cfg.struct_size = sizeof(gacc_config). The
+ * function itself: (gacc_config_init)(cfg) or a pointer to it.
  */
 #define gacc_config_init(cfg) ((void)gacc_config_init_sized((cfg), sizeof *(cfg)))
+#endif
