@@ -136,11 +136,15 @@ fn shim_matches_cpu_with_numerics_options() {
 fn shim_loss_scale_policies_match_deepspeed_and_gradscaler() {
     // The kernels' scaler (kernels/scaler.cu through CudaBackend<ShimRuntime>) against
     // DeepSpeed's own DynamicLossScaler and torch's rule (tests/cuda_common/loss_scale.rs).
-    let Some(refs) = common::loss_scale::references("shim_policies", 160) else { return };
+    // 32 configurations of up to 40 steps: a shim step starts an OS thread per CUDA
+    // thread (tens of ms), so the hundreds of configurations run on the CPU backend
+    // (tests/numerics.rs) and on a GPU (tests/gpu.rs); the rule is one kernel function.
+    let Some(refs) = common::loss_scale::references("shim_policies", 32, 40) else { return };
     let make = |config: Config, layout: Layout, params: &[f32]| ShimTarget::new().engine(config, layout, params);
     let (ds, gs, steps) = common::loss_scale::replay(&make, &refs);
-    println!("shim: {ds} DeepSpeed {} cases, {gs} GradScaler cases, {steps} steps: identical", refs.deepspeed_version);
-    assert!(ds >= 100 && gs >= 30);
+    let version = &refs.deepspeed_version;
+    println!("shim: {ds} DeepSpeed {version} cases, {gs} GradScaler cases, {steps} steps: identical");
+    assert!(ds >= 20 && gs >= 6);
 }
 
 #[test]

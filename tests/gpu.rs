@@ -40,7 +40,7 @@ fn gpu_matches_cpu_with_numerics_options() {
 #[test]
 fn gpu_loss_scale_policies_match_deepspeed_and_gradscaler() {
     if gpu_or_skip("gpu_loss_scale_policies") {
-        device::loss_scale_policies("gpu_policies", 200);
+        device::loss_scale_policies("gpu_policies", 400, 400);
     }
 }
 

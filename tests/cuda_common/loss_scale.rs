@@ -50,8 +50,8 @@ fn loss_scaler_py() -> Option<PathBuf> {
     found.pop()
 }
 
-/// Runs the Python script (n cases) and parses its output.
-pub fn references(test: &str, n: usize) -> Option<References> {
+/// Runs the Python script (n cases of at most max_steps steps) and parses its output.
+pub fn references(test: &str, n: usize, max_steps: usize) -> Option<References> {
     let Some(py) = loss_scaler_py() else {
         let why = "DeepSpeed's loss_scaler.py not found (scripts/install-test-deps.sh fetches the sdist)";
         if std::env::var("GACC_REQUIRE_DEEPSPEED").as_deref() == Ok("1") {
@@ -63,7 +63,9 @@ pub fn references(test: &str, n: usize) -> Option<References> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/loss_scale_reference.py");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("loss_scale_{}_{}.json", std::process::id(), test));
-    let run = Command::new("python3").arg(&script).arg(&py).arg(&out).arg(n.to_string()).output();
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(&py).arg(&out).arg(n.to_string()).arg(max_steps.to_string());
+    let run = cmd.output();
     let run = run.unwrap_or_else(|e| panic!("{test}: cannot run python3: {e}"));
     assert!(run.status.success(), "{test}: {}", String::from_utf8_lossy(&run.stderr));
     println!("{test}: {}", String::from_utf8_lossy(&run.stdout).trim());
@@ -93,7 +95,12 @@ pub fn references(test: &str, n: usize) -> Option<References> {
             RefCase {
                 raw,
                 overflow: c["overflow"].as_str().unwrap().bytes().map(|b| b == b'1').collect(),
-                scale: c["scale_bits"].as_array().unwrap().iter().map(|x| f64::from_bits(x.as_u64().unwrap())).collect(),
+                scale: c["scale_bits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| f64::from_bits(x.as_u64().unwrap()))
+                    .collect(),
             }
         })
         .collect();
@@ -131,7 +138,8 @@ pub fn replay(make: &dyn Fn(Config, Layout, &[f32]) -> Engine, refs: &References
                 )
             };
             assert_eq!(info.applied, u32::from(!overflow), "{}: skip decision", what());
-            assert_eq!(f64::from(info.loss_scale).to_bits(), want.to_bits(), "{}: scale {} vs {want}", what(), info.loss_scale);
+            let got = f64::from(info.loss_scale);
+            assert_eq!(got.to_bits(), want.to_bits(), "{}: scale {got} vs {want}", what());
             steps += 1;
         }
         assert_eq!(engine.loss_scale().unwrap() as f64, *case.scale.last().unwrap(), "case {k}: gacc_loss_scale");

@@ -13,7 +13,7 @@ overflow scale = float(scale * backoff) and tracker = 0; otherwise tracker + 1, 
 growth_interval new = float(scale * growth) in double then rounded to float, taken only
 if finite, tracker = 0. The factors are f32 values (gacc's config fields are f32).
 
-Usage: loss_scale_reference.py LOSS_SCALER_PY OUT_JSON [N_CASES]
+Usage: loss_scale_reference.py LOSS_SCALER_PY OUT_JSON [N_CASES [MAX_STEPS]]
 Writes {"deepspeed_version", "cases": [{policy, init_scale, growth_factor,
 backoff_factor, growth_interval, hysteresis, consecutive, min_scale, overflow, scale_bits}]}:
 `overflow` is a string of 0/1 per step (1: the window overflows, so the step is
@@ -124,6 +124,7 @@ def in_f32_range(seq):
 def main():
     path, out_path = sys.argv[1], sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 400
+    max_steps = int(sys.argv[4]) if len(sys.argv) > 4 else 400
     module = load_deepspeed_scaler(path)
     version = "unknown"
     m = re.search(r"deepspeed-([0-9][^/]*)/", path)
@@ -134,7 +135,7 @@ def main():
     while len(cases) < n:
         policy = len(cases) % 4 != 0  # 3 DEEPSPEED cases for each GRADSCALER one
         case = make_case(rng, int(policy))
-        steps = rng.randint(20, 400)
+        steps = rng.randint(min(20, max_steps), max_steps)
         # Overflows at random (rate p), and, in most cases, whenever the scale has reached
         # a ceiling, as a real model's gradients do: the pattern reacts to the scale.
         p = rng.choice([0.0, 0.01, 0.05, 0.15, 0.3, 0.5, 0.8])
