@@ -4,7 +4,8 @@
 //! shorter struct; gacc_config_init_sized fills only its bytes and gacc_create reads
 //! only its bytes, taking every later field at its default (as Vulkan's sType/pNext and
 //! Win32's cbSize do). The smallest accepted size is the first ABI-2 layout: the struct
-//! up to and including `seed`.
+//! up to and including `seed`. A program built against a newer header than the library
+//! (a larger size) is refused: the library cannot know what the extra fields ask for.
 
 use std::mem::{offset_of, size_of};
 
