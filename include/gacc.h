@@ -7,19 +7,13 @@
  * parallel. gacc_last_error() is per thread.
  *
  * Every fallible call returns a gacc_status; on failure gacc_last_error() tells why,
- * and nothing the call could have changed was changed (a rejected micro-batch leaves
- * the window as it was). Output pointers are written only on success. Every pointer
- * argument is checked for NULL and every handle against the set of live engines
- * (handles are never reused); gacc_destroy(NULL) is harmless. Integer enum arguments
- * are validated: an unknown value is GACC_ERR_INVALID_ARGUMENT. No call aborts the
- * process: a Rust panic becomes GACC_ERR_INTERNAL.
+ * and nothing the call could have changed was changed. Output pointers are written
+ * only on success. No call aborts the process: a Rust panic becomes
+ * GACC_ERR_INTERNAL.
  *
- * The window: gacc_microbatch adds weight * grad (GACC_GRADS_MEAN) or grad
- * (GACC_GRADS_SUM) into fp32 accumulators and weight into the window's total;
- * gacc_step applies g = acc / (total * S): skipped when non-finite, clipped by global
- * norm, SGD or AdamW exactly as PyTorch computes them, then the loss scale is updated,
- * the working copy rewritten and the window emptied. The full contract is
- * docs/c-api.md in gacc's repository.
+ * ABI: gacc_config grows only at its end; its first field, struct_size, set by
+ * gacc_config_init, tells the library how much of it the caller knows, and fields
+ * past it take their defaults. GACC_ABI_VERSION changes only for a break.
  */
 
 
@@ -58,8 +52,10 @@
 
 /**
  * ABI generation: bumped only when a change breaks binary compatibility.
+ * 2: gacc_config starts with `struct_size` (fields appended later no longer break
+ * programs built against an older header).
  */
-#define GACC_ABI_VERSION 1
+#define GACC_ABI_VERSION 2
 
 /**
  * Version of the checkpoint format gacc_save writes (metadata "format_version");
@@ -134,6 +130,17 @@
 #define GACC_GRADS_SUM 1
 
 /**
+ * Loss-scale policy (FP16): torch.amp.GradScaler's rule, exactly (the default).
+ */
+#define GACC_LOSS_SCALE_GRADSCALER 0
+
+/**
+ * Loss-scale policy (FP16): DeepSpeed's DynamicLossScaler, exactly
+ * (docs/numerics.md).
+ */
+#define GACC_LOSS_SCALE_DEEPSPEED 1
+
+/**
  * Result of every fallible gacc call. The numbers are part of the ABI: they are
  * fixed forever and a retired code is never reused for another meaning.
  */
@@ -196,8 +203,20 @@ typedef struct gacc_engine gacc_engine;
 
 /**
  * Engine configuration. Fill it with `gacc_config_init`, then change what you need.
+ *
+ * The struct grows at its end as gacc gains options. `struct_size` tells the library
+ * how much of it the caller's program knows: gacc_config_init sets it to the size of
+ * the struct in the header the program was compiled with, and gacc_create takes the
+ * fields past it at their defaults, so a program built against an older header keeps
+ * working with a newer library.
  */
 typedef struct gacc_config {
+  /**
+   * sizeof(gacc_config) as the caller compiled it; set by gacc_config_init.
+   * gacc_create refuses 0 (a struct not filled by gacc_config_init), a size below
+   * the first ABI-2 layout, and a size larger than this library's struct.
+   */
+  uint32_t struct_size;
   /**
    * GACC_DEVICE_AUTO, GACC_DEVICE_CPU, or a CUDA ordinal (no fallback).
    */
@@ -308,6 +327,13 @@ typedef struct gacc_config {
    * Seed of the stochastic rounding (any value; default 0).
    */
   uint64_t seed;
+  /**
+   * FP16 loss-scale rule: GACC_LOSS_SCALE_GRADSCALER (default) or
+   * GACC_LOSS_SCALE_DEEPSPEED (needs growth_factor * backoff_factor == 1 and no
+   * max_loss_scale). Added after `seed`: an older program's struct ends before it
+   * and gets GRADSCALER.
+   */
+  uint32_t loss_scale_policy;
 } gacc_config;
 
 /**
@@ -433,10 +459,26 @@ uint32_t gacc_abi_version(void);
  * grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
  * numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
  * or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
- * stochastic_rounding 0, seed 0 (docs/numerics.md).
+ * stochastic_rounding 0, seed 0, loss_scale_policy GRADSCALER (docs/numerics.md);
+ * struct_size = sizeof(gacc_config).
+ *
+ * In C and C++ the header turns `gacc_config_init(cfg)` into
+ * `gacc_config_init_sized(cfg, sizeof *(cfg))` (a macro below), so that a program
+ * keeps the struct size it was compiled with; this function is the one bindings and
+ * function pointers reach, and writes this library's whole struct.
  * NULL: no effect (the failure is recorded for gacc_last_error).
  */
 void gacc_config_init(struct gacc_config *cfg);
+
+/**
+ * Fills the first `size` bytes of `cfg` with the defaults of gacc_config_init and
+ * sets struct_size = size: a program built against an older, shorter gacc_config
+ * passes its own sizeof and nothing past it is written. `size` must lie between the
+ * first ABI-2 layout (the struct up to `seed`) and sizeof(gacc_config) of this
+ * library. Errors: GACC_ERR_NULL_POINTER, GACC_ERR_INVALID_ARGUMENT (size out of
+ * range: nothing written).
+ */
+enum gacc_status gacc_config_init_sized(struct gacc_config *cfg, size_t size);
 
 /**
  * Builds an engine from a configuration and `n_tensors` tensor descriptors.
@@ -576,7 +618,7 @@ enum gacc_status gacc_save(struct gacc_engine *e, const char *path);
 
 /**
  * Loads a checkpoint written by gacc_save into an engine with the same tensor sizes,
- * weight-decay flags, optimizer, precision and gradient reduction (other
+ * weight-decay flags, optimizer, precision, gradient reduction and loss_scale_policy (other
  * hyper-parameters stay the engine's; the learning rate is restored). Everything is
  * validated first (format version, sizes, a CRC-32 of every tensor and of the
  * metadata): any mismatch is GACC_ERR_CORRUPT naming what failed, an unreadable file
@@ -669,3 +711,14 @@ enum gacc_status gacc_set_nccl(struct gacc_engine *e,
 #endif  // __cplusplus
 
 #endif  /* GACC_H */
+
+#ifndef gacc_config_init
+/**
+ * gacc_config_init(cfg) in C and C++ passes the size of the caller's gacc_config (the
+ * one of the header it was compiled with), so that a program built against an older
+ * header keeps working with a newer library: see gacc_config_init_sized. A program
+ * that fills a gacc_config by hand sets cfg.struct_size = sizeof(gacc_config). The
+ * function itself: (gacc_config_init)(cfg) or a pointer to it.
+ */
+#define gacc_config_init(cfg) ((void)gacc_config_init_sized((cfg), sizeof *(cfg)))
+#endif

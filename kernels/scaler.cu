@@ -20,11 +20,14 @@
 // 6. Device collective (h.device_total, NCCL): the total is the global one that
 //    gacc_dp_unpack_totals (dp.cu) left in state->window_total, as in drop mode. A
 //    global total of 0 with nothing dropped skips the step and leaves the loss scale.
-// The scaler rule (math::ScalerState::update): overflow: if hysteresis_left <= 1
-// { S = max(S * backoff, min_scale) } else { hysteresis_left -= 1 }; tracker = 0.
-// Clean: if consecutive { hysteresis_left = hysteresis }; tracker += 1; at
-// growth_interval: grown = S * growth, taken if finite (capped at max_scale when
-// max_scale > 0); tracker = 0; if !consecutive { hysteresis_left = hysteresis }.
+// The scaler rule (math::ScalerState::update), two policies: overflow: if
+// hysteresis_left <= 1 { S = max(S * backoff (GRADSCALER) or S / growth (DEEPSPEED),
+// min_scale) } else { hysteresis_left -= 1 }; tracker = 0. Clean: if consecutive
+// { hysteresis_left = hysteresis }; GRADSCALER: tracker += 1, grow at growth_interval
+// and tracker = 0; DEEPSPEED: grow when tracker == growth_interval and tracker = 1,
+// else tracker += 1 (tracker = DeepSpeed's stable_interval, reduced). On growth:
+// grown = S * growth, taken if finite (capped at max_scale when max_scale > 0); if
+// !consecutive { hysteresis_left = hysteresis }.
 // Everything lands in the gacc_state struct that gacc_update_* reads, and that the
 // host reads back only when asked. Memory traffic: 8 B per norm block + the state.
 #include "common.cuh"
@@ -45,33 +48,42 @@ struct gacc_hyper {
     unsigned drop_nonfinite;          // 1: drop mode (device window total)
     unsigned device_total;            // 1: device collective (NCCL): the global total is
                                       // state->window_total (gacc_dp_unpack_totals)
+    unsigned loss_scale_policy;       // 0 GRADSCALER, 1 DEEPSPEED
 };
 
 GACC_INLINE void gacc_scaler_update(gacc_state* st, const gacc_hyper& h, bool found_inf) {
+    const bool deepspeed = h.loss_scale_policy == 1u;
     if (found_inf) {
         if (st->hysteresis_left <= 1u) {
-            const float backed_off = st->loss_scale * h.backoff_factor;
+            // DeepSpeed divides by its one scale_factor (growth_factor = 1 / backoff).
+            const float backed_off = deepspeed ? st->loss_scale / h.growth_factor : st->loss_scale * h.backoff_factor;
             st->loss_scale = backed_off < h.min_scale ? h.min_scale : backed_off;
         } else {
             st->hysteresis_left = st->hysteresis_left - 1u;
         }
         st->growth_tracker = 0;
+        return;
+    }
+    if (h.consecutive_hysteresis) {
+        st->hysteresis_left = h.hysteresis;
+    }
+    bool grows;
+    if (deepspeed) {
+        // tracker = DeepSpeed's stable_interval, reduced to 0 or 1..growth_interval.
+        grows = st->growth_tracker == h.growth_interval;
+        st->growth_tracker = grows ? 1u : st->growth_tracker + 1u;
     } else {
-        if (h.consecutive_hysteresis) {
-            st->hysteresis_left = h.hysteresis;
+        const unsigned successful = st->growth_tracker + 1u;
+        grows = successful == h.growth_interval;
+        st->growth_tracker = grows ? 0u : successful;
+    }
+    if (grows) {
+        const float grown = st->loss_scale * h.growth_factor;
+        if (isfinite(grown)) {
+            st->loss_scale = (h.max_scale > 0.0f && grown > h.max_scale) ? h.max_scale : grown;
         }
-        const unsigned successful = st->growth_tracker + 1;
-        if (successful == h.growth_interval) {
-            const float grown = st->loss_scale * h.growth_factor;
-            if (isfinite(grown)) {
-                st->loss_scale = (h.max_scale > 0.0f && grown > h.max_scale) ? h.max_scale : grown;
-            }
-            st->growth_tracker = 0;
-            if (!h.consecutive_hysteresis) {
-                st->hysteresis_left = h.hysteresis;
-            }
-        } else {
-            st->growth_tracker = successful;
+        if (!h.consecutive_hysteresis) {
+            st->hysteresis_left = h.hysteresis;
         }
     }
 }

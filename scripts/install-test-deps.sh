@@ -7,6 +7,8 @@
 #   - PyPI into build/pyenv: tree-sitter + tree-sitter-julia (Julia syntax check; optional)
 #   - PyPI into .deps/pypi: NVRTC and the CUDA headers (scripts/install-cuda-deps.sh)
 #   - PyPI into .deps/nccl: the real NCCL and nccl.h (scripts/install-nccl.sh)
+#   - PyPI into .deps/deepspeed: DeepSpeed's sdist (about 2 MB, no dependencies), of which
+#     the loss-scale tests load deepspeed/runtime/fp16/loss_scaler.py by path
 #   - cargo-fuzz (cargo install), for scripts/fuzz.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +52,23 @@ if [ ! -x build/pyenv/bin/python ] || ! build/pyenv/bin/python -c 'import tree_s
     fi
 fi
 
+# DeepSpeed's loss scaler, the reference of GACC_LOSS_SCALE_DEEPSPEED (tests/cuda_common/
+# loss_scale.rs). The sdist, not the wheel: no torch, nothing built. DEEPSPEED_VERSION
+# pins another release.
+deepspeed_py=""
+if ! ls .deps/deepspeed/deepspeed-*/deepspeed/runtime/fp16/loss_scaler.py >/dev/null 2>&1; then
+    mkdir -p .deps/deepspeed
+    spec="deepspeed${DEEPSPEED_VERSION:+==$DEEPSPEED_VERSION}"
+    if python3 -m pip download -q --no-deps --no-binary :all: "$spec" -d .deps/deepspeed >/dev/null 2>&1; then
+        for t in .deps/deepspeed/deepspeed-*.tar.gz; do
+            tar -xzf "$t" -C .deps/deepspeed --wildcards '*/deepspeed/runtime/fp16/loss_scaler.py'
+        done
+    else
+        echo "install-test-deps: DeepSpeed sdist unavailable: the DeepSpeed loss-scale tests will say skipped"
+    fi
+fi
+deepspeed_py=$(ls .deps/deepspeed/deepspeed-*/deepspeed/runtime/fp16/loss_scaler.py 2>/dev/null | sort -V | tail -1)
+
 cuda_env=""
 if [ -x scripts/install-cuda-deps.sh ]; then
     cuda_env=$(scripts/install-cuda-deps.sh)
@@ -70,6 +89,8 @@ fi
     echo "$python_env"
     [ -n "$cuda_env" ] && echo "$cuda_env"
     echo "export GACC_REQUIRE_SAFETENSORS=1"
+    [ -n "$deepspeed_py" ] && echo "export GACC_DEEPSPEED_LOSS_SCALER=$root/$deepspeed_py"
+    [ -n "$deepspeed_py" ] && echo "export GACC_REQUIRE_DEEPSPEED=1"
     [ -n "$cuda_env" ] && echo "export GACC_REQUIRE_NVRTC=1"
     [ -n "$nccl_env" ] && echo "$nccl_env"
     true

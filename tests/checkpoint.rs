@@ -217,6 +217,60 @@ fn resume_mid_window_is_bit_identical_sgd_bf16() {
     resume_is_exact(GACC_OPTIMIZER_SGD, GACC_PRECISION_BF16, "sgd");
 }
 
+#[test]
+fn resume_mid_window_is_bit_identical_with_the_deepspeed_policy() {
+    // The policy and its counters (scale, stable-interval tracker, hysteresis) are
+    // saved: the resumed runs' scale and parameters equal the uninterrupted run's.
+    for (poison, tag) in [(false, "deepspeed"), (true, "deepspeed-drop")] {
+        let mut cfg = config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP16);
+        cfg.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+        cfg.hysteresis = 2;
+        cfg.min_loss_scale = 1.0;
+        cfg.drop_nonfinite_microbatches = u32::from(poison);
+        resume_is_exact_with(cfg, poison, tag);
+    }
+}
+
+#[test]
+fn a_checkpoint_from_before_the_policy_loads_as_gradscaler() {
+    // tests/fixtures/checkpoint-0.1.0-before-loss-scale-policy.safetensors was written
+    // by the library before loss_scale_policy existed (SGD, FP16, init_scale 1024,
+    // growth_interval 3, windows C C X C C: scale 512, growth tracker 2, 4 params).
+    // It loads as GRADSCALER: the next clean step completes growth_interval and the
+    // scale doubles (DEEPSPEED's tracker would need one more step).
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/checkpoint-0.1.0-before-loss-scale-policy.safetensors");
+    let mut raw = std::ptr::null_mut();
+    let st = unsafe { gacc_create_from_checkpoint(cpath(&path).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
+    assert_eq!(st, GACC_OK, "{}", last_error());
+    let e = Engine(raw);
+    let mut s = 0f32;
+    assert_eq!(unsafe { gacc_loss_scale(e.0, &mut s) }, GACC_OK);
+    assert_eq!(s, 512.0);
+    micro(&e, &[0.5, 1.0, -1.0, 2.0], 1.0);
+    assert_eq!(step(&e).loss_scale, 1024.0, "GRADSCALER growth after 3 clean steps");
+
+    // gacc_load: into a GRADSCALER engine of that layout it loads; into a DEEPSPEED
+    // one it is refused (the saved tracker counts toward the other rule).
+    let mut cfg = config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP16);
+    cfg.momentum = 0.0;
+    let desc = gacc_tensor_desc { name: std::ptr::null(), numel: 4, init: std::ptr::null(), no_weight_decay: 0 };
+    for (policy, want) in [(GACC_LOSS_SCALE_GRADSCALER, GACC_OK), (GACC_LOSS_SCALE_DEEPSPEED, GACC_ERR_CORRUPT)] {
+        cfg.loss_scale_policy = policy;
+        let mut raw = std::ptr::null_mut();
+        assert_eq!(unsafe { gacc_create(&cfg, &desc, 1, &mut raw) }, GACC_OK, "{}", last_error());
+        let e = Engine(raw);
+        assert_eq!(load(&e, &path), want, "{}", last_error());
+        if want != GACC_OK {
+            assert!(last_error().contains("loss_scale_policy"), "{}", last_error());
+        }
+    }
+}
+
+fn last_error() -> String {
+    unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned()
+}
+
 /// Damaged files are rejected with GACC_ERR_CORRUPT and leave the engine untouched.
 #[test]
 fn resume_mid_window_is_bit_identical_with_every_numerics_option() {

@@ -248,6 +248,34 @@ fn ranks_skip_together_when_one_overflows() {
     assert!(dp.rank_params.iter().all(|p| p == &dp.rank_params[0]));
 }
 
+/// GACC_LOSS_SCALE_DEEPSPEED under data parallelism, poisoned and drop mode: every
+/// rank's scale sequence and skip decisions equal one engine's that sees every
+/// micro-batch (whose DEEPSPEED rule tests/numerics.rs checks against DeepSpeed's own
+/// scaler), and the ranks stay identical.
+#[test]
+fn ranks_follow_the_deepspeed_policy_together() {
+    for drop in [0u32, 1] {
+        let mut c = config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP16);
+        c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+        c.growth_interval = 1;
+        c.hysteresis = 2;
+        c.min_loss_scale = 1.0;
+        c.drop_nonfinite_microbatches = drop;
+        let poison = Some((3, 2));
+        let dp = run_ranks(3, 2, 8, c, poison);
+        let (reference, ref_infos) = single_engine(3, 2, 8, c, poison);
+        let want: Vec<(u32, f32)> = ref_infos.iter().map(|i| (i.applied, i.loss_scale)).collect();
+        // Window 1: DeepSpeed's first growth (stable interval 1); window 3 overflows.
+        assert_eq!(want[0].1, want[1].1 / 2.0, "drop {drop}: {want:?}");
+        for infos in &dp.infos {
+            let got: Vec<(u32, f32)> = infos.iter().map(|i| (i.applied, i.loss_scale)).collect();
+            assert_eq!(got, want, "drop {drop}");
+        }
+        assert!(dp.rank_params.iter().all(|p| p == &dp.rank_params[0]));
+        assert!(max_rel_diff(&dp.rank_params[0], &reference) < 2e-4);
+    }
+}
+
 /// drop_nonfinite_microbatches under data parallelism: rank 1's poisoned micro-batch
 /// is left out on rank 1 only, the global window total and dropped count are summed
 /// with the other totals, every rank applies the window, backs the FP16 scale off and

@@ -68,6 +68,13 @@ fn fake_driver_matches_cpu_with_numerics_options() {
 }
 
 #[test]
+fn fake_driver_loss_scale_policies_match_deepspeed_and_gradscaler() {
+    if fake_driver("fake_driver_loss_scale_policies") {
+        device::loss_scale_policies("fake_driver_policies", 12, 30);
+    }
+}
+
+#[test]
 fn fake_driver_is_deterministic() {
     if fake_driver("fake_driver_is_deterministic") {
         device::deterministic();

@@ -38,6 +38,13 @@ fn gpu_matches_cpu_with_numerics_options() {
 }
 
 #[test]
+fn gpu_loss_scale_policies_match_deepspeed_and_gradscaler() {
+    if gpu_or_skip("gpu_loss_scale_policies") {
+        device::loss_scale_policies("gpu_policies", 400, 400);
+    }
+}
+
+#[test]
 fn gpu_is_deterministic() {
     if gpu_or_skip("gpu_is_deterministic") {
         device::deterministic();

@@ -1,5 +1,6 @@
 //! The numerics options on the CPU backend, through the real engine: the loss-scale
-//! policy against a literal transcription of DeepSpeed's update rule, dropping a
+//! policies against DeepSpeed's own DynamicLossScaler and torch's GradScaler rule
+//! (tests/cuda_common/loss_scale.rs), dropping a
 //! poisoned micro-batch, Kahan-compensated accumulation (error against an f64
 //! reference for K = 1 ... 4096), and stochastic rounding (unbiased, reproducible).
 //! tests/cuda_shim.rs runs the same bodies on the CUDA backend's kernels.
@@ -13,7 +14,7 @@ use std::ffi::c_void;
 
 use common::Rng;
 use gacc::backend::{GradInput, ParamBuffer};
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{default_raw_config, Config, DeviceRequest, Dtype};
 use gacc::engine::layout::Layout;
 use gacc::engine::math;
 use gacc::engine::Engine;
@@ -36,47 +37,77 @@ fn params(e: &mut Engine) -> Vec<u32> {
 }
 
 #[test]
-fn loss_scale_follows_deepspeed_over_long_random_overflow_sequences() {
-    // Every combination of hysteresis 1..4, consecutive or not, three windows and
-    // three floors, over many seeds of 3000 steps with overflow rates from rare to
-    // frequent: the scale must equal DeepSpeed's bit for bit after every step.
-    let mut runs = 0;
-    let mut overflows = 0;
-    let mut steps = 0;
-    for hysteresis in 1..=4u32 {
-        for consecutive in [false, true] {
-            for (growth_interval, min_scale) in [(1u32, 1.0f32), (3, 0.0), (7, 1.0 / 1024.0)] {
-                for seed in 0..6u64 {
-                    let p = [0.01f32, 0.05, 0.15, 0.3, 0.5, 0.7][seed as usize];
-                    // No floor only with rare overflows (the scale must stay a normal f32).
-                    let p = if min_scale == 0.0 { p.min(0.15) } else { p };
-                    overflows += common::run_scaler_against_deepspeed(
-                        &cpu,
-                        seed * 1000 + u64::from(hysteresis) * 10 + u64::from(consecutive),
-                        3000,
-                        hysteresis,
-                        consecutive,
-                        growth_interval,
-                        min_scale,
-                        p,
-                    );
-                    runs += 1;
-                    steps += 3000;
-                }
-            }
-        }
-    }
-    println!("{runs} runs, {steps} steps, {overflows} overflows: identical to DeepSpeed's rule");
-    assert!(overflows > steps / 10);
+fn loss_scale_policies_match_deepspeed_and_gradscaler() {
+    // 400 random configurations and overflow patterns (tests/python/
+    // loss_scale_reference.py): DEEPSPEED against DeepSpeed's own DynamicLossScaler,
+    // GRADSCALER against torch's _amp_update_scale_ rule, every step bit for bit.
+    let Some(refs) = common::loss_scale::references("numerics_policies", 400, 400) else { return };
+    let (ds, gs, steps) = common::loss_scale::replay(&cpu, &refs);
+    let version = &refs.deepspeed_version;
+    println!("CPU: {ds} DeepSpeed {version} cases and {gs} GradScaler cases, {steps} steps: identical");
+    assert!(ds >= 250 && gs >= 80 && steps > 20_000);
 }
 
 #[test]
-fn default_scaler_options_are_gradscaler() {
-    // hysteresis 1, no floor, no cap: DeepSpeed's rule with delayed_shift 1 and
-    // min_scale 0 is GradScaler's, so this also checks the defaults.
-    for seed in 0..4 {
-        common::run_scaler_against_deepspeed(&cpu, 77 + seed, 2000, 1, false, 5, 0.0, 0.1);
+fn deepspeed_policy_in_drop_mode_and_across_checkpoints() {
+    // Drop mode: each window gets a clean micro-batch and, where the pattern
+    // overflows, a poisoned one that is dropped: every step is applied, and the
+    // dropped micro-batch moves DeepSpeed's scale as an overflow. Checkpoints: every
+    // 7 steps the engine is saved and replaced by one created from the file, so the
+    // policy and its counters must survive gacc_save / gacc_create_from_checkpoint.
+    let Some(refs) = common::loss_scale::references("numerics_drop_checkpoint", 120, 200) else { return };
+    let dir = std::env::temp_dir().join(format!("gacc-ls-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("e.safetensors");
+    for (k, case) in refs.cases.iter().enumerate() {
+        let mut raw = case.raw;
+        raw.drop_nonfinite_microbatches = 1;
+        let mut e = cpu(Config::validate(&raw).unwrap(), Layout::new(vec![(None, 3, true)]).unwrap(), &[0.0; 3]);
+        for (step, (&overflow, &want)) in case.overflow.iter().zip(&case.scale).enumerate() {
+            feed(&mut e, &[0.25, -0.5, 1.0], 1.0);
+            if overflow {
+                feed(&mut e, &[0.25, f32::NAN, 1.0], 1.0);
+            }
+            let info = e.step(true).unwrap().unwrap();
+            assert_eq!(info.applied, 1, "case {k} step {step}");
+            assert_eq!(info.dropped_microbatches, u32::from(overflow), "case {k} step {step}");
+            assert_eq!(f64::from(info.loss_scale), want, "case {k} step {step}: drop mode");
+            if step % 7 == 6 {
+                gacc::checkpoint::save(&mut e, &path).unwrap();
+                e = gacc::checkpoint::create_from(&path, DeviceRequest::Cpu).unwrap();
+            }
+        }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn deepspeed_issue_examples() {
+    // The two sequences of issue 16, by hand. Hysteresis 2, window 3, no overflow:
+    // DeepSpeed doubles after 4 clean steps (GradScaler's rule after 3). Window 1:
+    // no growth on the first clean step after an overflow.
+    let scales = |policy: u32, window: u32, pattern: &str| {
+        let mut raw = default_raw_config();
+        raw.device = GACC_DEVICE_CPU;
+        raw.precision = GACC_PRECISION_FP16;
+        raw.init_scale = 1024.0;
+        raw.growth_interval = window;
+        raw.hysteresis = 2;
+        raw.min_loss_scale = 1.0;
+        raw.loss_scale_policy = policy;
+        let mut e = cpu(Config::validate(&raw).unwrap(), Layout::new(vec![(None, 2, true)]).unwrap(), &[0.0; 2]);
+        let mut out = Vec::new();
+        for c in pattern.chars() {
+            feed(&mut e, &[1.0, if c == 'X' { f32::INFINITY } else { 0.5 }], 1.0);
+            out.push(e.step(true).unwrap().unwrap().loss_scale);
+        }
+        out
+    };
+    assert_eq!(scales(GACC_LOSS_SCALE_DEEPSPEED, 3, "CCCC"), [1024.0, 1024.0, 1024.0, 2048.0]);
+    assert_eq!(scales(GACC_LOSS_SCALE_GRADSCALER, 3, "CCCC"), [1024.0, 1024.0, 2048.0, 2048.0]);
+    // hysteresis 2: the first overflow only spends the budget, the second backs off.
+    assert_eq!(scales(GACC_LOSS_SCALE_DEEPSPEED, 1, "XXCC"), [1024.0, 512.0, 512.0, 1024.0]);
+    assert_eq!(scales(GACC_LOSS_SCALE_GRADSCALER, 1, "XXCC"), [1024.0, 512.0, 1024.0, 2048.0]);
 }
 
 #[test]

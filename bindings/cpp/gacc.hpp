@@ -112,6 +112,10 @@ enum class Precision : std::uint32_t {
     bf16 = GACC_PRECISION_BF16,
 };
 enum class Reduction : std::uint32_t { mean = GACC_GRADS_MEAN, sum = GACC_GRADS_SUM };
+enum class LossScalePolicy : std::uint32_t {
+    gradscaler = GACC_LOSS_SCALE_GRADSCALER,
+    deepspeed = GACC_LOSS_SCALE_DEEPSPEED,
+};
 
 constexpr std::int32_t device_auto = GACC_DEVICE_AUTO;
 constexpr std::int32_t device_cpu = GACC_DEVICE_CPU;
@@ -354,6 +358,12 @@ public:
     Config& hysteresis(std::uint32_t n, bool consecutive = false) noexcept {
         cfg_.hysteresis = n;
         cfg_.consecutive_hysteresis = consecutive ? 1u : 0u;
+        return *this;
+    }
+    /// Which rule moves the FP16 loss scale: GradScaler (default, torch.amp.GradScaler)
+    /// or DeepSpeed (DeepSpeed's DynamicLossScaler; needs backoff = 1 / growth, no cap).
+    Config& loss_scale_policy(LossScalePolicy p) noexcept {
+        cfg_.loss_scale_policy = static_cast<std::uint32_t>(p);
         return *this;
     }
     /// Floor (on backoff) and cap (on growth) of the loss scale; 0: none.

@@ -167,7 +167,18 @@ type Config struct {
 	CompensatedAccumulation   bool    // Kahan-compensated accumulator (+4 B per parameter)
 	StochasticRounding        bool    // FP16/BF16 working copy rounded stochastically (needs FP16/BF16)
 	Seed                      uint64  // seed of the stochastic rounding
+	LossScalePolicy           LossScalePolicy // FP16 scale rule: LossScaleGradScaler (default) or LossScaleDeepSpeed
 }
+
+// LossScalePolicy is the rule that moves the FP16 loss scale (docs/numerics.md).
+type LossScalePolicy uint32
+
+const (
+	// LossScaleGradScaler is torch.amp.GradScaler's rule (the default).
+	LossScaleGradScaler LossScalePolicy = C.GACC_LOSS_SCALE_GRADSCALER
+	// LossScaleDeepSpeed is DeepSpeed's DynamicLossScaler (backoff = 1 / growth, no cap).
+	LossScaleDeepSpeed LossScalePolicy = C.GACC_LOSS_SCALE_DEEPSPEED
+)
 
 func b2u(b bool) C.uint32_t {
 	if b {
@@ -207,6 +218,7 @@ func DefaultConfig() Config {
 		CompensatedAccumulation:   c.compensated_accumulation != 0,
 		StochasticRounding:        c.stochastic_rounding != 0,
 		Seed:                      uint64(c.seed),
+		LossScalePolicy:           LossScalePolicy(c.loss_scale_policy),
 	}
 }
 
@@ -241,6 +253,7 @@ func (cfg *Config) toC() C.gacc_config {
 	c.compensated_accumulation = b2u(cfg.CompensatedAccumulation)
 	c.stochastic_rounding = b2u(cfg.StochasticRounding)
 	c.seed = C.uint64_t(cfg.Seed)
+	c.loss_scale_policy = C.uint32_t(cfg.LossScalePolicy)
 	return c
 }
 

@@ -175,6 +175,47 @@ func TestNumericsOptions(t *testing.T) {
 	}
 }
 
+// Window 1: GradScaler doubles on every clean step; DeepSpeed's DynamicLossScaler not
+// on the first one (its stable interval is 0 there).
+func TestLossScalePolicy(t *testing.T) {
+	if DefaultConfig().LossScalePolicy != LossScaleGradScaler {
+		t.Fatal("the default policy must be GradScaler")
+	}
+	for _, tc := range []struct {
+		policy LossScalePolicy
+		want   float32
+	}{{LossScaleGradScaler, 4096}, {LossScaleDeepSpeed, 2048}} {
+		c := DefaultConfig()
+		c.Device = DeviceCPU
+		c.Precision = PrecisionFP16
+		c.InitScale = 1024
+		c.GrowthInterval = 1
+		c.LossScalePolicy = tc.policy
+		eng, err := New(c, Tensor{Name: "w", Numel: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if err := eng.Microbatch([]float32{0.5, -0.25, 1}, 1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := eng.Step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s, _ := eng.LossScale(); s != tc.want {
+			t.Fatalf("policy %d: scale %v, want %v", tc.policy, s, tc.want)
+		}
+		eng.Close()
+	}
+	bad := DefaultConfig()
+	bad.Device = DeviceCPU
+	bad.LossScalePolicy = 7
+	if _, err := New(bad, Tensor{Name: "w", Numel: 3}); err == nil || !strings.Contains(err.Error(), "loss_scale_policy") {
+		t.Fatalf("an unknown policy must be refused, got %v", err)
+	}
+}
+
 // K micro-batches weighted by their sizes give the same update as one batch.
 func TestMicrobatchEquivalence(t *testing.T) {
 	d := makeData(48, 1)

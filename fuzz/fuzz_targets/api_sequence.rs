@@ -64,7 +64,7 @@ fn config(inp: &mut Input) -> gacc_config {
     c.device = GACC_DEVICE_CPU;
     // Mutate a few fields with arbitrary values.
     for _ in 0..inp.small(4) {
-        match inp.small(16) {
+        match inp.small(17) {
             0 => c.optimizer = inp.u32() % 3,
             1 => c.lr = inp.f32(),
             2 => c.momentum = inp.f32(),
@@ -80,6 +80,7 @@ fn config(inp: &mut Input) -> gacc_config {
             12 => c.backoff_factor = inp.f32(),
             13 => c.growth_interval = inp.u32() % 4,
             14 => c.grad_reduction = inp.u32() % 3,
+            15 => c.loss_scale_policy = inp.u32() % 3,
             _ => c.device = [GACC_DEVICE_CPU, GACC_DEVICE_AUTO, -7, 3][inp.small(4)],
         }
     }

@@ -71,7 +71,7 @@ fn metadata_crc(metadata: &BTreeMap<String, String>) -> String {
 
 fn config_metadata(config: &Config, meta: &mut BTreeMap<String, String>) {
     let raw = config.to_raw();
-    let fields: [(&str, String); 23] = [
+    let fields: [(&str, String); 24] = [
         ("optimizer", raw.optimizer.to_string()),
         ("lr", raw.lr.to_string()),
         ("momentum", raw.momentum.to_string()),
@@ -95,6 +95,7 @@ fn config_metadata(config: &Config, meta: &mut BTreeMap<String, String>) {
         ("compensated_accumulation", raw.compensated_accumulation.to_string()),
         ("stochastic_rounding", raw.stochastic_rounding.to_string()),
         ("seed", raw.seed.to_string()),
+        ("loss_scale_policy", raw.loss_scale_policy.to_string()),
     ];
     for (k, v) in fields {
         meta.insert(format!("config.{k}"), v);
@@ -185,6 +186,8 @@ fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Config> {
     parse_or(meta, "config.compensated_accumulation", &mut raw.compensated_accumulation)?;
     parse_or(meta, "config.stochastic_rounding", &mut raw.stochastic_rounding)?;
     parse_or(meta, "config.seed", &mut raw.seed)?;
+    // Files written before the loss-scale policy existed: GRADSCALER, the only rule then.
+    parse_or(meta, "config.loss_scale_policy", &mut raw.loss_scale_policy)?;
     Config::validate(&raw).map_err(|e| corrupt(format!("saved configuration is invalid: {}", e.message)))
 }
 
@@ -300,6 +303,15 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
             config.scaler.hysteresis
         )));
     }
+    let growth_tracker: u32 = parse(meta, "growth_tracker")?;
+    let max_tracker = crate::engine::math::ScalerState::max_tracker(&config.scaler);
+    if growth_tracker > max_tracker {
+        return Err(corrupt(format!(
+            "growth_tracker {growth_tracker} is above {max_tracker}, the most a {:?} scaler with growth_interval {} \
+             holds",
+            config.scaler.policy, config.scaler.growth_interval
+        )));
+    }
     let lr: f32 = parse(meta, "lr")?;
     crate::engine::config::validate_lr(lr).map_err(|e| corrupt(format!("saved {}", e.message)))?;
     Ok(EngineSnapshot {
@@ -314,7 +326,7 @@ pub fn read_snapshot_from<R: Read + Seek>(mut input: R, file_len: u64) -> Result
             state1,
             state2,
             loss_scale,
-            growth_tracker: parse(meta, "growth_tracker")?,
+            growth_tracker,
             hysteresis_left,
             applied_steps: parse(meta, "applied_steps")?,
             comp,
@@ -331,7 +343,8 @@ pub fn save(engine: &mut Engine, path: &Path) -> Result<()> {
 }
 
 /// Loads a checkpoint into an existing engine whose layout (tensor sizes and weight
-/// decay flags), optimizer, precision and gradient reduction match it. On any failure
+/// decay flags), optimizer, precision, gradient reduction and loss-scale policy
+/// match it. On any failure
 /// the engine is left exactly as it was.
 pub fn load(engine: &mut Engine, path: &Path) -> Result<()> {
     let snap = read_snapshot(path)?;
@@ -361,6 +374,13 @@ fn check_compatible(engine: &Engine, snap: &EngineSnapshot) -> Result<()> {
         && cfg.optimizer.state_buffers() == snap.config.optimizer.state_buffers();
     let same_buffers = cfg.numerics.compensated == snap.config.numerics.compensated
         && cfg.numerics.drop_nonfinite == snap.config.numerics.drop_nonfinite;
+    if cfg.scaler.policy != snap.config.scaler.policy {
+        // The saved counters mean different things under the two rules.
+        return Err(corrupt(format!(
+            "checkpoint loss_scale_policy {:?} does not match the engine's {:?}",
+            snap.config.scaler.policy, cfg.scaler.policy
+        )));
+    }
     if !same_kind || !same_buffers || cfg.precision != snap.config.precision || cfg.reduction != snap.config.reduction
     {
         return Err(corrupt(format!(

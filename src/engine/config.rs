@@ -120,9 +120,20 @@ impl Optimizer {
     }
 }
 
-/// GradScaler settings.
+/// Which rule moves the FP16 loss scale (math::ScalerState::update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ScalePolicy {
+    /// torch.amp.GradScaler's `_amp_update_scale_` (plus gacc's hysteresis, floor, cap).
+    #[default]
+    GradScaler,
+    /// DeepSpeed's DynamicLossScaler.update_scale (stable-interval growth).
+    DeepSpeed,
+}
+
+/// Loss-scaler settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScalerConfig {
+    pub policy: ScalePolicy,
     pub init_scale: f32,
     pub growth_factor: f32,
     pub backoff_factor: f32,
@@ -168,6 +179,7 @@ pub struct Config {
 /// The defaults of c-api.md (PyTorch's AdamW and GradScaler defaults).
 pub fn default_raw_config() -> gacc_config {
     gacc_config {
+        struct_size: std::mem::size_of::<gacc_config>() as u32,
         device: GACC_DEVICE_AUTO,
         optimizer: GACC_OPTIMIZER_ADAMW,
         lr: 1e-3,
@@ -192,6 +204,7 @@ pub fn default_raw_config() -> gacc_config {
         compensated_accumulation: 0,
         stochastic_rounding: 0,
         seed: 0,
+        loss_scale_policy: GACC_LOSS_SCALE_GRADSCALER,
     }
 }
 
@@ -222,6 +235,27 @@ fn unit_interval(value: f32, field: &str) -> Result<f32> {
 /// Validates the learning rate (also used by gacc_set_lr).
 pub fn validate_lr(lr: f32) -> Result<f32> {
     finite_nonneg(lr, "lr")
+}
+
+/// DeepSpeed's scaler has one factor (scale_factor: multiply on growth, divide on
+/// overflow) and no cap: growth_factor must be exactly 1 / backoff_factor (which makes
+/// it a power of two, so the f32 scale equals DeepSpeed's Python float) and
+/// max_loss_scale 0.
+fn check_deepspeed(raw: &gacc_config) -> Result<()> {
+    if f64::from(raw.growth_factor) * f64::from(raw.backoff_factor) != 1.0 {
+        return Err(Error::invalid_argument(format!(
+            "backoff_factor ({}) must be exactly 1 / growth_factor ({}) with GACC_LOSS_SCALE_DEEPSPEED: \
+             DeepSpeed divides by its one scale_factor on overflow (a power of two, e.g. 2 and 0.5)",
+            raw.backoff_factor, raw.growth_factor
+        )));
+    }
+    if raw.max_loss_scale != 0.0 {
+        return Err(Error::invalid_argument(format!(
+            "max_loss_scale ({}) must be 0 with GACC_LOSS_SCALE_DEEPSPEED: DeepSpeed's DynamicLossScaler has no cap",
+            raw.max_loss_scale
+        )));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -321,6 +355,19 @@ impl Config {
                 raw.init_scale
             )));
         }
+        let policy = match raw.loss_scale_policy {
+            GACC_LOSS_SCALE_GRADSCALER => ScalePolicy::GradScaler,
+            GACC_LOSS_SCALE_DEEPSPEED => {
+                check_deepspeed(raw)?;
+                ScalePolicy::DeepSpeed
+            }
+            n => {
+                return Err(Error::invalid_argument(format!(
+                    "loss_scale_policy: unknown value {n} (expected GACC_LOSS_SCALE_GRADSCALER=0 or \
+                     GACC_LOSS_SCALE_DEEPSPEED=1)"
+                )))
+            }
+        };
         let stochastic_rounding = flag(raw.stochastic_rounding, "stochastic_rounding")?;
         if stochastic_rounding && precision == Precision::Fp32 {
             return Err(Error::invalid_argument(
@@ -340,6 +387,7 @@ impl Config {
             precision,
             max_grad_norm,
             scaler: ScalerConfig {
+                policy,
                 init_scale: raw.init_scale,
                 growth_factor: raw.growth_factor,
                 backoff_factor: raw.backoff_factor,
@@ -403,6 +451,10 @@ impl Config {
         raw.compensated_accumulation = u32::from(self.numerics.compensated);
         raw.stochastic_rounding = u32::from(self.numerics.stochastic_rounding);
         raw.seed = self.numerics.seed;
+        raw.loss_scale_policy = match self.scaler.policy {
+            ScalePolicy::GradScaler => GACC_LOSS_SCALE_GRADSCALER,
+            ScalePolicy::DeepSpeed => GACC_LOSS_SCALE_DEEPSPEED,
+        };
         raw
     }
 }
@@ -429,6 +481,11 @@ mod tests {
         raw.seed = u64::MAX - 5;
         let cfg = Config::validate(&raw).unwrap();
         assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
+        raw.max_loss_scale = 0.0;
+        raw.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+        let cfg = Config::validate(&raw).unwrap();
+        assert_eq!(cfg.scaler.policy, ScalePolicy::DeepSpeed);
+        assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
     }
 
     use super::*;
@@ -452,6 +509,7 @@ mod tests {
             (1, false, 0.0, 0.0)
         );
         assert_eq!(cfg.numerics, Numerics::default());
+        assert_eq!(cfg.scaler.policy, ScalePolicy::GradScaler);
         // A zero-filled numerics block is the same as the defaults.
         let mut zeroed = default_raw_config();
         zeroed.hysteresis = 0;
@@ -490,6 +548,29 @@ mod tests {
             ("compensated_accumulation", Box::new(|c| c.compensated_accumulation = 5)),
             ("stochastic_rounding", Box::new(|c| c.stochastic_rounding = 2)),
             ("stochastic_rounding", Box::new(|c| c.stochastic_rounding = 1)),
+            ("loss_scale_policy", Box::new(|c| c.loss_scale_policy = 2)),
+            (
+                "backoff_factor",
+                Box::new(|c| {
+                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.backoff_factor = 0.25;
+                }),
+            ),
+            (
+                "backoff_factor",
+                Box::new(|c| {
+                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.growth_factor = 1.5;
+                    c.backoff_factor = 1.0 / 1.5;
+                }),
+            ),
+            (
+                "max_loss_scale",
+                Box::new(|c| {
+                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.max_loss_scale = 1e9;
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut raw = default_raw_config();

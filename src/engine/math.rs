@@ -5,7 +5,7 @@
 //! single-tensor paths, torch.amp.GradScaler, torch.nn.utils.clip_grad_norm_), with
 //! Python-double scalars rounded to f32 where PyTorch hands them to an f32 kernel.
 
-use super::config::ScalerConfig;
+use super::config::{ScalePolicy, ScalerConfig};
 
 /// Added to the norm before dividing, as clip_grad_norm_ does.
 pub(crate) const CLIP_EPS: f32 = 1e-6;
@@ -28,17 +28,31 @@ pub fn clip_coef(max_norm: f32, norm: f32) -> f32 {
 
 /// Dynamic loss scale, its growth tracker and its hysteresis budget.
 ///
-/// One rule, which is torch's `_amp_update_scale_` with the default options
-/// (hysteresis 1, no floor, no cap) and DeepSpeed's DynamicLossScaler.update_scale
-/// (deepspeed/runtime/fp16/loss_scaler.py: delayed_shift = hysteresis,
-/// consecutive_hysteresis, min_scale; scale_window = growth_interval) otherwise:
+/// Two policies (config::ScalePolicy) share one state and differ only in when the
+/// scale grows and how it backs off:
 ///
-/// - overflow: if hysteresis_left <= 1 { scale = max(scale * backoff, min_scale) }
-///   else { hysteresis_left -= 1 }; tracker = 0 (the step is skipped either way);
-/// - clean step: if consecutive { hysteresis_left = hysteresis }; tracker += 1; when
-///   tracker reaches growth_interval: grown = scale * growth, taken (capped at
-///   max_scale when there is a cap) only if finite; tracker = 0; if !consecutive
-///   { hysteresis_left = hysteresis }.
+/// - overflow: if hysteresis_left <= 1 { scale = max(backed_off, min_scale) } else
+///   { hysteresis_left -= 1 }; tracker = 0 (the step is skipped either way), where
+///   backed_off = scale * backoff (GRADSCALER) or scale / growth (DEEPSPEED, whose one
+///   scale_factor divides; exact since growth = 1 / backoff is a power of two);
+/// - clean step: if consecutive { hysteresis_left = hysteresis }; then
+///   GRADSCALER (torch's `_amp_update_scale_`, aten/src/ATen/native/cpu/
+///   AmpGradScalerKernels.cpp): tracker += 1, and when it reaches growth_interval the
+///   scale grows and tracker = 0;
+///   DEEPSPEED (deepspeed/runtime/fp16/loss_scaler.py, DynamicLossScaler.update_scale):
+///   it grows when stable_interval = cur_iter - last_overflow_iter - 1 (the clean
+///   steps since the last overflow, before this one) is > 0 and a multiple of
+///   scale_window. The tracker holds stable_interval reduced to 0 (none yet) or
+///   1..=growth_interval, so it never wraps: it grows when tracker == growth_interval
+///   and then tracker = 1, else tracker += 1;
+///   on growth: grown = scale * growth, taken (capped at max_scale when there is a
+///   cap, GRADSCALER only) only if finite; if !consecutive { hysteresis_left =
+///   hysteresis }.
+///
+/// With the default options (hysteresis 1, no floor, no cap) GRADSCALER is exactly
+/// `_amp_update_scale_`. DEEPSPEED is exactly DeepSpeed's sequence while DeepSpeed's
+/// Python-float scale stays below f32's largest value (2^128 with a power-of-two
+/// start); beyond it gacc keeps the largest finite scale (docs/numerics.md).
 ///
 /// Mirrored by gacc_scaler_update in kernels/scaler.cu.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,29 +75,48 @@ impl ScalerState {
     pub fn update(&mut self, cfg: &ScalerConfig, found_inf: bool) {
         if found_inf {
             if self.hysteresis_left <= 1 {
-                let backed_off = self.scale * cfg.backoff_factor;
+                let backed_off = match cfg.policy {
+                    ScalePolicy::GradScaler => self.scale * cfg.backoff_factor,
+                    ScalePolicy::DeepSpeed => self.scale / cfg.growth_factor,
+                };
                 self.scale = if backed_off < cfg.min_scale { cfg.min_scale } else { backed_off };
             } else {
                 self.hysteresis_left -= 1;
             }
             self.growth_tracker = 0;
-        } else {
-            if cfg.consecutive_hysteresis {
+            return;
+        }
+        if cfg.consecutive_hysteresis {
+            self.hysteresis_left = cfg.hysteresis;
+        }
+        let grows = match cfg.policy {
+            ScalePolicy::GradScaler => {
+                let successful = self.growth_tracker + 1;
+                self.growth_tracker = if successful == cfg.growth_interval { 0 } else { successful };
+                successful == cfg.growth_interval
+            }
+            ScalePolicy::DeepSpeed => {
+                let grows = self.growth_tracker == cfg.growth_interval;
+                self.growth_tracker = if grows { 1 } else { self.growth_tracker + 1 };
+                grows
+            }
+        };
+        if grows {
+            let grown = self.scale * cfg.growth_factor;
+            if grown.is_finite() {
+                self.scale = if cfg.max_scale > 0.0 && grown > cfg.max_scale { cfg.max_scale } else { grown };
+            }
+            if !cfg.consecutive_hysteresis {
                 self.hysteresis_left = cfg.hysteresis;
             }
-            let successful = self.growth_tracker + 1;
-            if successful == cfg.growth_interval {
-                let grown = self.scale * cfg.growth_factor;
-                if grown.is_finite() {
-                    self.scale = if cfg.max_scale > 0.0 && grown > cfg.max_scale { cfg.max_scale } else { grown };
-                }
-                self.growth_tracker = 0;
-                if !cfg.consecutive_hysteresis {
-                    self.hysteresis_left = cfg.hysteresis;
-                }
-            } else {
-                self.growth_tracker = successful;
-            }
+        }
+    }
+
+    /// The largest growth_tracker the policy's state can hold (checkpoint validation).
+    pub fn max_tracker(cfg: &ScalerConfig) -> u32 {
+        match cfg.policy {
+            ScalePolicy::GradScaler => cfg.growth_interval - 1,
+            ScalePolicy::DeepSpeed => cfg.growth_interval,
         }
     }
 }
@@ -253,6 +286,7 @@ mod tests {
     #[test]
     fn scaler_matches_gradscaler_rule() {
         let cfg = ScalerConfig {
+            policy: ScalePolicy::GradScaler,
             init_scale: 8.0,
             growth_factor: 2.0,
             backoff_factor: 0.5,
@@ -280,6 +314,7 @@ mod tests {
     #[test]
     fn scaler_hysteresis_floor_and_cap() {
         let cfg = ScalerConfig {
+            policy: ScalePolicy::GradScaler,
             init_scale: 8.0,
             growth_factor: 2.0,
             backoff_factor: 0.5,

@@ -9,6 +9,7 @@
 
 pub mod boundary;
 pub mod registry;
+pub mod sized;
 pub mod types;
 
 use std::ffi::CStr;
@@ -70,7 +71,13 @@ pub extern "C" fn gacc_abi_version() -> u32 {
 /// grad_reduction MEAN (PyTorch's AdamW and torch.amp.GradScaler defaults); the
 /// numerics options off: hysteresis 1, consecutive_hysteresis 0, no loss-scale floor
 /// or cap, drop_nonfinite_microbatches 0, compensated_accumulation 0,
-/// stochastic_rounding 0, seed 0 (docs/numerics.md).
+/// stochastic_rounding 0, seed 0, loss_scale_policy GRADSCALER (docs/numerics.md);
+/// struct_size = sizeof(gacc_config).
+///
+/// In C and C++ the header turns `gacc_config_init(cfg)` into
+/// `gacc_config_init_sized(cfg, sizeof *(cfg))` (a macro below), so that a program
+/// keeps the struct size it was compiled with; this function is the one bindings and
+/// function pointers reach, and writes this library's whole struct.
 /// NULL: no effect (the failure is recorded for gacc_last_error).
 #[no_mangle]
 pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
@@ -78,6 +85,26 @@ pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
         require(cfg, "cfg")?;
         // SAFETY: non-null; the caller provides a writable gacc_config.
         unsafe { cfg.write(default_raw_config()) };
+        Ok(())
+    })
+}
+
+/// Fills the first `size` bytes of `cfg` with the defaults of gacc_config_init and
+/// sets struct_size = size: a program built against an older, shorter gacc_config
+/// passes its own sizeof and nothing past it is written. `size` must lie between the
+/// first ABI-2 layout (the struct up to `seed`) and sizeof(gacc_config) of this
+/// library. Errors: GACC_ERR_NULL_POINTER, GACC_ERR_INVALID_ARGUMENT (size out of
+/// range: nothing written).
+#[no_mangle]
+pub unsafe extern "C" fn gacc_config_init_sized(cfg: *mut gacc_config, size: usize) -> gacc_status {
+    guard("gacc_config_init_sized", || {
+        require(cfg, "cfg")?;
+        let n = sized::check_size(size, "size")?;
+        let mut defaults = default_raw_config();
+        defaults.struct_size = n as u32;
+        // SAFETY: non-null; the caller provides `size` writable bytes (checked to be
+        // at most this library's struct, so the copy stays within both).
+        unsafe { std::ptr::copy_nonoverlapping(&defaults as *const gacc_config as *const u8, cfg as *mut u8, n) };
         Ok(())
     })
 }
@@ -144,8 +171,9 @@ pub unsafe extern "C" fn gacc_create(
         require(cfg, "cfg")?;
         require(out, "out")?;
         require_aligned(cfg, std::mem::align_of::<gacc_config>(), "cfg")?;
-        // SAFETY: non-null and aligned; the caller provides a gacc_config.
-        let config = Config::validate(unsafe { &*cfg })?;
+        // SAFETY: non-null and aligned; the caller provides struct_size bytes.
+        let raw = unsafe { sized::read_config(cfg) }?;
+        let config = Config::validate(&raw)?;
         let (layout, params) = unsafe { read_tensors(&config, tensors, n_tensors) }?;
         let engine = Engine::new(config, layout, &params)?;
         let handle = registry::insert(engine)?;
@@ -430,7 +458,7 @@ pub unsafe extern "C" fn gacc_save(e: *mut gacc_engine, path: *const c_char) -> 
 }
 
 /// Loads a checkpoint written by gacc_save into an engine with the same tensor sizes,
-/// weight-decay flags, optimizer, precision and gradient reduction (other
+/// weight-decay flags, optimizer, precision, gradient reduction and loss_scale_policy (other
 /// hyper-parameters stay the engine's; the learning rate is restored). Everything is
 /// validated first (format version, sizes, a CRC-32 of every tensor and of the
 /// metadata): any mismatch is GACC_ERR_CORRUPT naming what failed, an unreadable file

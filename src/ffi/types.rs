@@ -12,7 +12,9 @@ pub const GACC_VERSION_PATCH: u32 = 0;
 /// Compare the two to detect a header/library mismatch at run time.
 pub const GACC_VERSION_NUMBER: u32 = 100;
 /// ABI generation: bumped only when a change breaks binary compatibility.
-pub const GACC_ABI_VERSION: u32 = 1;
+/// 2: gacc_config starts with `struct_size` (fields appended later no longer break
+/// programs built against an older header).
+pub const GACC_ABI_VERSION: u32 = 2;
 
 /// Version of the checkpoint format gacc_save writes (metadata "format_version");
 /// gacc_load refuses other versions with GACC_ERR_CORRUPT.
@@ -51,6 +53,12 @@ pub const GACC_GRADS_MEAN: u32 = 0;
 /// Each micro-batch gradient is of a sum-reduced loss: acc += grad.
 pub const GACC_GRADS_SUM: u32 = 1;
 
+/// Loss-scale policy (FP16): torch.amp.GradScaler's rule, exactly (the default).
+pub const GACC_LOSS_SCALE_GRADSCALER: u32 = 0;
+/// Loss-scale policy (FP16): DeepSpeed's DynamicLossScaler, exactly
+/// (docs/numerics.md).
+pub const GACC_LOSS_SCALE_DEEPSPEED: u32 = 1;
+
 /// Opaque engine handle, created by `gacc_create` and released by `gacc_destroy`.
 /// Handles are never reused, so a stale handle is always detected.
 pub struct gacc_engine {
@@ -58,9 +66,19 @@ pub struct gacc_engine {
 }
 
 /// Engine configuration. Fill it with `gacc_config_init`, then change what you need.
+///
+/// The struct grows at its end as gacc gains options. `struct_size` tells the library
+/// how much of it the caller's program knows: gacc_config_init sets it to the size of
+/// the struct in the header the program was compiled with, and gacc_create takes the
+/// fields past it at their defaults, so a program built against an older header keeps
+/// working with a newer library.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gacc_config {
+    /// sizeof(gacc_config) as the caller compiled it; set by gacc_config_init.
+    /// gacc_create refuses 0 (a struct not filled by gacc_config_init), a size below
+    /// the first ABI-2 layout, and a size larger than this library's struct.
+    pub struct_size: u32,
     /// GACC_DEVICE_AUTO, GACC_DEVICE_CPU, or a CUDA ordinal (no fallback).
     pub device: i32,
     /// GACC_OPTIMIZER_SGD or GACC_OPTIMIZER_ADAMW.
@@ -123,6 +141,11 @@ pub struct gacc_config {
     pub stochastic_rounding: u32,
     /// Seed of the stochastic rounding (any value; default 0).
     pub seed: u64,
+    /// FP16 loss-scale rule: GACC_LOSS_SCALE_GRADSCALER (default) or
+    /// GACC_LOSS_SCALE_DEEPSPEED (needs growth_factor * backoff_factor == 1 and no
+    /// max_loss_scale). Added after `seed`: an older program's struct ends before it
+    /// and gets GRADSCALER.
+    pub loss_scale_policy: u32,
 }
 
 /// One parameter tensor. Tensors are laid out in creation order in one flat buffer.

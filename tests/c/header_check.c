@@ -17,6 +17,7 @@ typedef const char *(*fn_version)(void);
 typedef uint32_t (*fn_version_number)(void);
 typedef uint32_t (*fn_abi_version)(void);
 typedef void (*fn_config_init)(gacc_config *);
+typedef gacc_status (*fn_config_init_sized)(gacc_config *, size_t);
 typedef gacc_status (*fn_create)(const gacc_config *, const gacc_tensor_desc *, size_t, gacc_engine **);
 typedef void (*fn_destroy)(gacc_engine *);
 typedef gacc_status (*fn_numel)(const gacc_engine *, size_t *);
@@ -49,7 +50,8 @@ int main(void) {
     fn_version p_version = gacc_version;
     fn_version_number p_version_number = gacc_version_number;
     fn_abi_version p_abi_version = gacc_abi_version;
-    fn_config_init p_config_init = gacc_config_init;
+    fn_config_init p_config_init = gacc_config_init; /* the function: no parentheses, no macro */
+    fn_config_init_sized p_config_init_sized = gacc_config_init_sized;
     fn_create p_create = gacc_create;
     fn_destroy p_destroy = gacc_destroy;
     fn_numel p_numel = gacc_numel;
@@ -86,7 +88,7 @@ int main(void) {
         (const void *)&p_set_stream, (const void *)&p_loss_scale_ptr, (const void *)&p_save,
         (const void *)&p_load, (const void *)&p_create_from_checkpoint, (const void *)&p_set_allreduce,
         (const void *)&p_comm_stats, (const void *)&p_set_mpi, (const void *)&p_nccl_unique_id,
-        (const void *)&p_set_nccl,
+        (const void *)&p_set_nccl, (const void *)&p_config_init_sized,
     };
 
     /* constants of c-api.md, with their values */
@@ -101,7 +103,8 @@ int main(void) {
                           GACC_ERR_COMMUNICATION == 10 && GACC_ERR_INTERNAL == 11 &&
                           GACC_VERSION_NUMBER == GACC_VERSION_MAJOR * 10000 + GACC_VERSION_MINOR * 100 +
                                                      GACC_VERSION_PATCH &&
-                          GACC_ABI_VERSION >= 1 && sizeof(GACC_VERSION) > 1 && GACC_DTYPE_F64 == 3 &&
+                          GACC_ABI_VERSION == 2 && GACC_LOSS_SCALE_GRADSCALER == 0 &&
+                          GACC_LOSS_SCALE_DEEPSPEED == 1 && sizeof(GACC_VERSION) > 1 && GACC_DTYPE_F64 == 3 &&
                           GACC_CHECKPOINT_FORMAT_VERSION == 1 &&
                           sizeof(gacc_nccl_id) == 128;
 
@@ -112,6 +115,7 @@ int main(void) {
     memset(&cfg, 0, sizeof cfg);
     memset(&desc, 0, sizeof desc);
     memset(&info, 0, sizeof info);
+    cfg.struct_size = (uint32_t)sizeof cfg; /* filled by hand: the caller states its size */
     cfg.device = GACC_DEVICE_CPU;
     cfg.optimizer = GACC_OPTIMIZER_SGD;
     cfg.lr = 0.1f;
@@ -136,6 +140,7 @@ int main(void) {
     cfg.compensated_accumulation = 0u;
     cfg.stochastic_rounding = 0u;
     cfg.seed = 0u;
+    cfg.loss_scale_policy = GACC_LOSS_SCALE_GRADSCALER;
     desc.name = "w";
     desc.numel = 2;
     desc.init = NULL;
@@ -150,10 +155,19 @@ int main(void) {
              info.dropped_microbatches == 0u &&
              info.loss_scale == 1.0f && info.grad_norm > 0.0f && info.clip_coef == 1.0f;
     p_destroy(e);
+    /* the macro and the sized call agree with the function */
+    gacc_config by_macro, by_function, by_sized;
+    gacc_config_init(&by_macro);
+    p_config_init(&by_function);
+    ok = ok && p_config_init_sized(&by_sized, sizeof by_sized) == GACC_OK &&
+         by_macro.struct_size == sizeof by_macro && by_function.struct_size == sizeof by_function &&
+         by_sized.struct_size == sizeof by_sized && by_macro.lr == by_function.lr && by_sized.lr == by_function.lr &&
+         by_macro.growth_interval == 2000u && by_sized.seed == by_function.seed &&
+         by_macro.loss_scale_policy == GACC_LOSS_SCALE_GRADSCALER &&
+         by_sized.loss_scale_policy == by_function.loss_scale_policy;
     ok = ok && all[0] != NULL && p_version_number() == GACC_VERSION_NUMBER &&
          p_abi_version() == GACC_ABI_VERSION && strcmp(p_version(), GACC_VERSION) == 0 &&
          strcmp(p_status_name(GACC_OK), "GACC_OK") == 0 && p_last_error() != NULL;
-    (void)p_config_init;
     (void)p_numel;
     (void)p_n_tensors;
     (void)p_tensor_span;

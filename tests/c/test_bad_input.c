@@ -147,8 +147,10 @@ static void bad_configs(void) {
 int main(void) {
     CHECK_MSG(strcmp(gacc_last_error(), "") == 0, "nothing failed yet, but last error is \"%s\"", gacc_last_error());
     status_names();
-    gacc_config_init(NULL); /* no crash; recorded */
+    (gacc_config_init)(NULL); /* the function itself: no crash */
     CHECK_ERROR_NAMES("gacc_config_init");
+    gacc_config_init(NULL); /* the header's macro (gacc_config_init_sized): no crash either */
+    CHECK_ERROR_NAMES("gacc_config_init_sized");
     CHECK_ERROR_NAMES("cfg");
     bad_configs();
 

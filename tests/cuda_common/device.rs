@@ -93,6 +93,18 @@ pub fn matches_cpu_with_numerics_options() {
     super::run_determinism_with_options(&target);
 }
 
+/// Both loss-scale policies against DeepSpeed's own scaler and torch's rule
+/// (tests/cuda_common/loss_scale.rs), through the real CUDA runtime.
+pub fn loss_scale_policies(test: &str, n: usize, max_steps: usize) {
+    let Some(refs) = super::loss_scale::references(test, n, max_steps) else { return };
+    let target = GpuTarget { live: RefCell::new(Vec::new()) };
+    let make = |config: Config, layout: Layout, params: &[f32]| target.engine(config, layout, params);
+    let (ds, gs, steps) = super::loss_scale::replay(&make, &refs);
+    let version = &refs.deepspeed_version;
+    println!("{test}: {ds} DeepSpeed {version} cases, {gs} GradScaler cases, {steps} steps: identical");
+    assert!(ds > 0 && gs > 0);
+}
+
 /// Same inputs twice: bit-identical results.
 pub fn deterministic() {
     super::run_determinism(&GpuTarget { live: RefCell::new(Vec::new()) });

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod loss_scale;
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub struct Case {
     pub drop_nonfinite: bool,
     pub compensated: bool,
     pub stochastic_rounding: bool,
+    /// GACC_LOSS_SCALE_DEEPSPEED (else GRADSCALER).
+    pub deepspeed: bool,
 }
 
 pub const SIZES: [&[(usize, bool)]; 3] =
@@ -122,6 +125,7 @@ pub fn cases() -> Vec<Case> {
                     drop_nonfinite: false,
                     compensated: false,
                     stochastic_rounding: false,
+                    deepspeed: false,
                 });
                 i += 1;
             }
@@ -141,13 +145,15 @@ pub fn option_cases() -> Vec<Case> {
         c.drop_nonfinite = mix == 1 || mix == 4;
         c.compensated = mix == 2 || mix == 4;
         c.stochastic_rounding = (mix == 3 || mix == 4 || i % 2 == 0) && c.precision != GACC_PRECISION_FP32;
+        c.deepspeed = i % 3 == 0;
         // Several windows with non-finite micro-batches: the scale moves, the
         // hysteresis counts, the drop mode drops.
         c.windows = 6;
         c.name = format!(
-            "{} +hyst{}{}{}{}",
+            "{} +hyst{}{}{}{}{}",
             c.name,
             c.hysteresis,
+            if c.deepspeed { "+deepspeed" } else { "" },
             if c.drop_nonfinite { "+drop" } else { "" },
             if c.compensated { "+kahan" } else { "" },
             if c.stochastic_rounding { "+sr" } else { "" }
@@ -173,7 +179,8 @@ pub fn config_for(case: &Case) -> Config {
     raw.hysteresis = case.hysteresis;
     raw.consecutive_hysteresis = u32::from(case.hysteresis > 2);
     raw.min_loss_scale = if case.hysteresis > 1 { 16.0 } else { 0.0 };
-    raw.max_loss_scale = if case.hysteresis > 1 { 4096.0 } else { 0.0 };
+    raw.max_loss_scale = if case.hysteresis > 1 && !case.deepspeed { 4096.0 } else { 0.0 };
+    raw.loss_scale_policy = if case.deepspeed { GACC_LOSS_SCALE_DEEPSPEED } else { GACC_LOSS_SCALE_GRADSCALER };
     raw.drop_nonfinite_microbatches = u32::from(case.drop_nonfinite);
     raw.compensated_accumulation = u32::from(case.compensated);
     raw.stochastic_rounding = u32::from(case.stochastic_rounding);
@@ -437,121 +444,6 @@ pub fn run_determinism_with_options(target: &dyn Target) {
     assert_eq!(a.0, b.0, "step infos differ run to run");
     assert!(a.1 == b.1, "params differ run to run");
     assert!(a.2 == b.2, "working copies differ run to run");
-}
-
-/// DeepSpeed's DynamicLossScaler.update_scale (deepspeed/runtime/fp16/loss_scaler.py),
-/// transcribed literally: iteration counters, `delayed_shift` = hysteresis,
-/// `scale_window` = growth_interval, scale_factor 2 (growth 2, backoff 0.5), Python
-/// floats (f64). raise_error_at_min_scale is off (gacc never raises).
-pub struct DeepSpeedScaler {
-    pub cur_scale: f64,
-    pub cur_iter: i64,
-    pub last_overflow_iter: i64,
-    pub scale_factor: f64,
-    pub scale_window: i64,
-    pub min_scale: f64,
-    pub delayed_shift: u32,
-    pub cur_hysteresis: u32,
-    pub consecutive_hysteresis: bool,
-}
-
-impl DeepSpeedScaler {
-    pub fn new(init_scale: f64, scale_window: i64, min_scale: f64, delayed_shift: u32, consecutive: bool) -> Self {
-        DeepSpeedScaler {
-            cur_scale: init_scale,
-            cur_iter: 0,
-            last_overflow_iter: -1,
-            scale_factor: 2.0,
-            scale_window,
-            min_scale,
-            delayed_shift,
-            cur_hysteresis: delayed_shift,
-            consecutive_hysteresis: consecutive,
-        }
-    }
-
-    pub fn update_scale(&mut self, overflow: bool) {
-        if overflow {
-            if self.delayed_shift == 1 || self.cur_hysteresis == 1 {
-                self.cur_scale = f64::max(self.cur_scale / self.scale_factor, self.min_scale);
-            } else {
-                self.cur_hysteresis -= 1;
-            }
-            self.last_overflow_iter = self.cur_iter;
-        } else {
-            if self.consecutive_hysteresis {
-                self.cur_hysteresis = self.delayed_shift;
-            }
-            if (self.cur_iter - self.last_overflow_iter) % self.scale_window == 0 {
-                if !self.consecutive_hysteresis {
-                    self.cur_hysteresis = self.delayed_shift;
-                }
-                self.cur_scale *= self.scale_factor;
-            }
-        }
-        self.cur_iter += 1;
-    }
-}
-
-/// Drives an FP16 engine through `steps` windows whose overflow sequence is random
-/// (probability `p`, plus always when the scale reaches a random ceiling, as a real
-/// model's gradients do), and checks after every step that its loss scale equals
-/// the DeepSpeed transcription's, bit for bit, and that exactly the overflowing
-/// windows were skipped. Returns the number of overflows seen.
-#[allow(clippy::too_many_arguments)]
-pub fn run_scaler_against_deepspeed(
-    make: &dyn Fn(Config, Layout, &[f32]) -> Engine,
-    seed: u64,
-    steps: usize,
-    hysteresis: u32,
-    consecutive: bool,
-    growth_interval: u32,
-    min_scale: f32,
-    p: f32,
-) -> usize {
-    let mut raw = default_raw_config();
-    raw.device = GACC_DEVICE_CPU;
-    raw.optimizer = GACC_OPTIMIZER_SGD;
-    raw.lr = 0.0;
-    raw.weight_decay = 0.0;
-    raw.precision = GACC_PRECISION_FP16;
-    raw.init_scale = 65536.0;
-    raw.growth_factor = 2.0;
-    raw.backoff_factor = 0.5;
-    raw.growth_interval = growth_interval;
-    raw.hysteresis = hysteresis;
-    raw.consecutive_hysteresis = u32::from(consecutive);
-    raw.min_loss_scale = min_scale;
-    let config = Config::validate(&raw).expect("valid config");
-    let layout = Layout::new(vec![(None, 3, true)]).unwrap();
-    let mut engine = make(config, layout, &[0.0; 3]);
-    let mut ds =
-        DeepSpeedScaler::new(65536.0, i64::from(growth_interval), f64::from(min_scale), hysteresis, consecutive);
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut overflows = 0;
-    let mut scale = 65536.0f32;
-    for step in 0..steps {
-        let ceiling = (1u64 << (10 + rng.next_u64() % 14)) as f32;
-        let overflow = rng.unit() < p || scale >= ceiling;
-        let g = [0.25f32, if overflow { f32::INFINITY } else { -0.5 }, 1.0];
-        let input = GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: 3 };
-        // SAFETY: g holds 3 f32.
-        unsafe { engine.microbatch(&input, 1.0).unwrap() };
-        let info = engine.step(true).unwrap().unwrap();
-        ds.update_scale(overflow);
-        overflows += usize::from(overflow);
-        assert_eq!(info.applied, u32::from(!overflow), "seed {seed} step {step}: applied");
-        assert_eq!(
-            f64::from(info.loss_scale).to_bits(),
-            ds.cur_scale.to_bits(),
-            "seed {seed} step {step}: scale {} vs DeepSpeed {} (hysteresis {hysteresis}, consecutive {consecutive}, \
-             window {growth_interval}, min {min_scale})",
-            info.loss_scale,
-            ds.cur_scale
-        );
-        scale = info.loss_scale;
-    }
-    overflows
 }
 
 /// Compiles host C++ (the kernel shim, the fake driver, the fake NCCL) into a shared

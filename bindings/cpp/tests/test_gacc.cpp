@@ -151,6 +151,35 @@ TEST(config_defaults_come_from_the_library) {
     c.cpu().sgd(0.1f, 0.9f, true).weight_decay(0.0f);
     CHECK(c.raw().device == GACC_DEVICE_CPU && c.raw().optimizer == GACC_OPTIMIZER_SGD);
     CHECK(c.raw().momentum == 0.9f && c.raw().nesterov == 1u);
+    CHECK(c.raw().struct_size == sizeof(gacc_config));
+    CHECK(c.raw().loss_scale_policy == GACC_LOSS_SCALE_GRADSCALER);
+}
+
+TEST(loss_scale_policy_deepspeed_waits_for_a_stable_interval) {
+    // Window 1: GradScaler doubles on every clean step; DeepSpeed's DynamicLossScaler
+    // not on the first one (its stable interval is 0 there).
+    const std::vector<float> good = {0.5f, -0.25f, 1.0f};
+    for (auto policy : {gacc::LossScalePolicy::gradscaler, gacc::LossScalePolicy::deepspeed}) {
+        gacc::Engine eng(gacc::Config()
+                             .cpu()
+                             .precision(gacc::Precision::fp16)
+                             .loss_scaling(1024.0f, 2.0f, 0.5f, 1)
+                             .loss_scale_policy(policy),
+                         3);
+        eng.microbatch(good, 1.0);
+        eng.step();
+        eng.microbatch(good, 1.0);
+        eng.step();
+        const bool ds = policy == gacc::LossScalePolicy::deepspeed;
+        CHECK(eng.loss_scale() == (ds ? 2048.0f : 4096.0f));
+    }
+    CHECK_THROWS_STATUS(gacc::Engine(gacc::Config()
+                                         .cpu()
+                                         .precision(gacc::Precision::fp16)
+                                         .loss_scaling(1024.0f, 2.0f, 0.25f)
+                                         .loss_scale_policy(gacc::LossScalePolicy::deepspeed),
+                                     3),
+                        gacc::Status::invalid_argument, "backoff_factor");
 }
 
 TEST(checkpoint_round_trip_and_corruption) {

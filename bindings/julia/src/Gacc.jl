@@ -48,7 +48,7 @@ const GACC_VERSION_MAJOR = 0
 const GACC_VERSION_MINOR = 1
 const GACC_VERSION_PATCH = 0
 const GACC_VERSION_NUMBER = 100
-const GACC_ABI_VERSION = 1
+const GACC_ABI_VERSION = 2
 
 const GACC_DEVICE_AUTO = Int32(-2)
 const GACC_DEVICE_CPU = Int32(-1)
@@ -69,6 +69,9 @@ const GACC_PRECISION_BF16 = UInt32(2)
 
 const GACC_GRADS_MEAN = UInt32(0)
 const GACC_GRADS_SUM = UInt32(1)
+
+const GACC_LOSS_SCALE_GRADSCALER = UInt32(0)
+const GACC_LOSS_SCALE_DEEPSPEED = UInt32(1)
 
 # enum gacc_status (a C int)
 const GACC_OK = Cint(0)
@@ -101,6 +104,7 @@ Mirror of `gacc_config`. `Config()` holds the library's defaults (gacc_config_in
 keywords override fields: `Config(device = GACC_DEVICE_CPU, optimizer = GACC_OPTIMIZER_SGD, lr = 0.1)`.
 """
 struct Config
+    struct_size::UInt32   # sizeof(Config) as this binding knows it (gacc_config_init_sized)
     device::Int32
     optimizer::UInt32
     lr::Cfloat
@@ -126,6 +130,7 @@ struct Config
     compensated_accumulation::UInt32
     stochastic_rounding::UInt32
     seed::UInt64
+    loss_scale_policy::UInt32   # GACC_LOSS_SCALE_GRADSCALER (default) or GACC_LOSS_SCALE_DEEPSPEED
 end
 
 "Mirror of `gacc_tensor_desc` (what gacc_create reads)."
@@ -150,7 +155,9 @@ end
 
 function default_config()
     r = Ref{Config}()
-    ccall((:gacc_config_init, libgacc), Cvoid, (Ref{Config},), r)
+    # The binding's own struct size: a library newer than this binding fills only
+    # the fields the binding knows (the later ones keep their defaults).
+    check(ccall((:gacc_config_init_sized, libgacc), Cint, (Ref{Config}, Csize_t), r, sizeof(Config)))
     return r[]
 end
 

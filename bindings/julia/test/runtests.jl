@@ -82,7 +82,9 @@ end
         @test c.min_loss_scale == 0 && c.max_loss_scale == 0
         @test c.drop_nonfinite_microbatches == 0 && c.compensated_accumulation == 0
         @test c.stochastic_rounding == 0 && c.seed == 0
-        @test sizeof(Gacc.Config) == 104
+        @test c.struct_size == sizeof(Gacc.Config)
+        @test c.loss_scale_policy == GACC_LOSS_SCALE_GRADSCALER
+        @test sizeof(Gacc.Config) == 112
         @test sizeof(Gacc.TensorDesc) == 32
         @test sizeof(Gacc.StepInfo) == 48
     end

@@ -18,7 +18,7 @@ use super::launch::{self, UpdateBuffers, UpdateKind};
 use super::runtime::{DevPtr, Runtime};
 use super::state::{bytes_of, DeviceState, Hyper};
 use crate::backend::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
-use crate::engine::config::{Config, Optimizer, Precision};
+use crate::engine::config::{Config, Optimizer, Precision, ScalePolicy};
 use crate::status::{Error, Result};
 
 /// A CUDA engine's device state, driven through runtime `R`.
@@ -240,6 +240,7 @@ fn hyper_of(c: &Config) -> Hyper {
         min_scale: c.scaler.min_scale,
         max_scale: c.scaler.max_scale,
         drop_nonfinite: u32::from(c.numerics.drop_nonfinite),
+        loss_scale_policy: u32::from(c.scaler.policy == ScalePolicy::DeepSpeed),
         ..Hyper::default()
     };
     match c.optimizer {

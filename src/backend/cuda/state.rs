@@ -56,6 +56,8 @@ pub struct Hyper {
     pub drop_nonfinite: u32,
     /// 1: the window total is the device's (a device collective, NCCL).
     pub device_total: u32,
+    /// 0: GRADSCALER, 1: DEEPSPEED (math::ScalerState::update).
+    pub loss_scale_policy: u32,
 }
 
 /// The raw bytes of a #[repr(C)] plain-data value (for by-value kernel arguments
