@@ -7,9 +7,19 @@
  * parallel. gacc_last_error() is per thread.
  *
  * Every fallible call returns a gacc_status; on failure gacc_last_error() tells why,
- * and nothing the call could have changed was changed. Output pointers are written
- * only on success. No call aborts the process: a Rust panic becomes
- * GACC_ERR_INTERNAL.
+ * and nothing the call could have changed was changed (a rejected micro-batch leaves
+ * the window as it was). Output pointers are written only on success. Every pointer
+ * argument is checked for NULL and every handle against the set of live engines
+ * (handles are never reused); gacc_destroy(NULL) is harmless. Integer enum arguments
+ * are validated: an unknown value is GACC_ERR_INVALID_ARGUMENT. No call aborts the
+ * process: a Rust panic becomes GACC_ERR_INTERNAL.
+ *
+ * The window: gacc_microbatch adds weight * grad (GACC_GRADS_MEAN) or grad
+ * (GACC_GRADS_SUM) into fp32 accumulators and weight into the window's total;
+ * gacc_step applies g = acc / (total * S): skipped when non-finite, clipped by global
+ * norm, SGD or AdamW exactly as PyTorch computes them, then the loss scale is updated,
+ * the working copy rewritten and the window emptied. The full contract is
+ * docs/c-api.md in gacc's repository.
  *
  * ABI: gacc_config grows only at its end; its first field, struct_size, set by
  * gacc_config_init, tells the library how much of it the caller knows, and fields
@@ -714,11 +724,11 @@ enum gacc_status gacc_set_nccl(struct gacc_engine *e,
 
 #ifndef gacc_config_init
 /**
- * gacc_config_init(cfg) in C and C++ passes the size of the caller's gacc_config (the
- * one of the header it was compiled with), so that a program built against an older
+ * gacc_config_init(cfg) in C and C++ passes sizeof(gacc_config) of the header the
+ * program was compiled with (cfg may be NULL: no effect, as for the function), so that a program built against an older
  * header keeps working with a newer library: see gacc_config_init_sized. A program
  * that fills a gacc_config by hand sets cfg.struct_size = sizeof(gacc_config). The
  * function itself: (gacc_config_init)(cfg) or a pointer to it.
  */
-#define gacc_config_init(cfg) ((void)gacc_config_init_sized((cfg), sizeof *(cfg)))
+#define gacc_config_init(cfg) ((void)gacc_config_init_sized((cfg), sizeof(gacc_config)))
 #endif
