@@ -26,7 +26,9 @@ pub struct GradInput {
     pub numel: usize,
 }
 
-/// Host-known inputs of one step.
+/// Host-known inputs of one step. The CUDA backend reads both from device memory
+/// instead (kept there by [`Backend::set_lr`], the accumulate kernel and
+/// [`Backend::mirror_window_total`]), so a replayed CUDA graph needs no host value.
 #[derive(Clone, Copy, Debug)]
 pub struct StepRequest {
     /// Sum of the window's weights (> 0).
@@ -134,6 +136,24 @@ pub trait Backend: Send {
     /// CUstream; NULL: the engine's own stream). Only CUDA engines have streams.
     fn set_stream(&mut self, _stream: *mut c_void) -> Result<()> {
         Err(crate::status::Error::invalid_state("a CPU engine has no CUDA stream"))
+    }
+
+    /// The learning rate of the next step. Backends that keep it in device memory
+    /// (CUDA: the step's kernels read it there, so a step captured in a CUDA graph
+    /// honours later calls) queue the update here, ordered with the engine's work and
+    /// without a host sync; the CPU backend takes it from each [`StepRequest`].
+    fn set_lr(&mut self, _lr: f32) -> Result<()> {
+        Ok(())
+    }
+
+    /// The open window's total weight as the engine holds it, for backends that keep
+    /// their own copy where the step reads it (CUDA: device memory, summed there by
+    /// each micro-batch). Called when the engine replaced its window (checkpoint
+    /// restore, a host data-parallel step's global window). Drop mode keeps the
+    /// backend's own total (see [`Backend::set_window_counts`]). The CPU backend reads
+    /// [`StepRequest::total_weight`] and ignores this.
+    fn mirror_window_total(&mut self, _total: f64) -> Result<()> {
+        Ok(())
     }
 
     /// Address of the current loss scale S (an f32): device memory on a CUDA engine,

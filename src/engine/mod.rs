@@ -200,6 +200,7 @@ impl Engine {
         // data-parallel step waits for its collectives anyway).
         let drop_mode = self.config.numerics.drop_nonfinite;
         let local_counts = if drop_mode { Some(self.backend.window_counts()?) } else { None };
+        let local_weight = self.total_weight;
         let mut totals = [self.total_weight, f64::from(self.microbatches), 0.0, 0.0];
         if let Some((total, dropped)) = local_counts {
             totals[2] = total;
@@ -222,8 +223,10 @@ impl Engine {
             if let Some((total, dropped)) = local_counts {
                 self.backend.set_window_counts(total, dropped)?;
             }
+            self.backend.mirror_window_total(local_weight)?;
             return Err(e);
         }
+        self.backend.mirror_window_total(global_weight)?;
         self.comm_stats.collectives += 2;
         self.comm_stats.bytes += (self.layout.numel * 4 + totals.len() * 8) as u64;
         // From here the window is the global one (accumulator and totals agree).
@@ -343,6 +346,8 @@ impl Engine {
     /// Hyper-parameters other than the learning rate stay the engine's own.
     pub fn restore(&mut self, snap: &EngineSnapshot) -> Result<()> {
         self.backend.import_state(&snap.state)?;
+        self.backend.set_lr(snap.lr)?;
+        self.backend.mirror_window_total(snap.total_weight)?;
         self.lr = snap.lr;
         self.total_weight = snap.total_weight;
         self.microbatches = snap.microbatches;
@@ -432,8 +437,12 @@ impl Engine {
         self.backend.as_mut()
     }
 
+    /// Sets the learning rate of the next step (on a CUDA engine also in device
+    /// memory, queued on the engine's stream: a captured step reads it at replay).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        self.lr = config::validate_lr(lr)?;
+        let lr = config::validate_lr(lr)?;
+        self.backend.set_lr(lr)?;
+        self.lr = lr;
         Ok(())
     }
 }

@@ -10,7 +10,14 @@
 //! check pass, then the gated add; plus a host-to-device copy when the gradient is
 //! in host memory); a step is three (norm partials, finalize, fused
 //! update), whatever the number of tensors. A step queues its work and returns: no
-//! device-to-host transfer, no synchronisation, so it can be captured in a graph.
+//! device-to-host transfer, no synchronisation.
+//!
+//! Everything that changes from window to window lives in device memory, not in
+//! kernel arguments: the window's total weight (added by the accumulate kernel), the
+//! learning rate (gacc_set_lr queues gacc_store_lr), the step count, the loss scale.
+//! So a window captured in a CUDA graph replays correctly: the arguments a replay
+//! reuses are pointers, sizes, the micro-batch weights and drop mode's per-window
+//! micro-batch numbers, all the same in every replay of that window.
 
 use std::ffi::c_void;
 
@@ -43,8 +50,10 @@ pub struct CudaBackend<R: Runtime> {
     norm_grid: u32,
     hyper: Hyper,
     update_kind: UpdateKind,
-    /// Drop mode: number of the last micro-batch (gacc_check_finite's flag value).
+    /// Drop mode: number of the last micro-batch within the open window
+    /// (gacc_check_finite's flag value; 0 when the window is empty).
     seq: u32,
+    drop_mode: bool,
     /// Stochastic rounding: on (1) / off (0), and its seed.
     sr: u32,
     seed: u64,
@@ -96,6 +105,7 @@ impl<R: Runtime> CudaBackend<R> {
                 Optimizer::Sgd { .. } => UpdateKind::Sgd,
             },
             seq: 0,
+            drop_mode: config.numerics.drop_nonfinite,
             sr: u32::from(config.numerics.stochastic_rounding),
             seed: config.numerics.seed,
             dp_scratch: 0,
@@ -140,6 +150,7 @@ impl<R: Runtime> CudaBackend<R> {
             grad_norm: f32::NAN,
             clip_coef: 1.0,
             hysteresis_left: config.scaler.hysteresis,
+            lr: config.lr,
             ..DeviceState::default()
         };
         // SAFETY: every destination was just allocated with at least these sizes.
@@ -301,12 +312,12 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
             staging
         };
-        let mut opts = launch::AccumulateOptions { comp: self.comp, ..Default::default() };
-        if self.hyper.drop_nonfinite != 0 {
-            // Never 0, so a fresh state's bad_seq (0) flags nothing.
+        let mut opts = launch::AccumulateOptions { comp: self.comp, state: self.state, seq: 0, weight };
+        if self.drop_mode {
+            // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
             launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grid)?;
-            opts = launch::AccumulateOptions { gate: self.state, seq: self.seq, weight, ..opts };
+            opts.seq = self.seq;
         }
         launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
     }
@@ -319,20 +330,22 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.rt.memset(self.comp, 0, self.n * 4)?;
             }
         }
-        if self.hyper.drop_nonfinite != 0 {
-            // The device's window total and dropped count (0.0 is all-zero bytes): two
-            // stream-ordered memsets, no sync.
-            let field = |offset: usize| self.state + offset as u64;
-            // SAFETY: both fields lie inside the one DeviceState at `state`.
-            unsafe {
-                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
-                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
-            }
+        // The device's window total, dropped count and drop mode's flag word (0.0 is
+        // all-zero bytes): stream-ordered memsets, no sync.
+        let field = |offset: usize| self.state + offset as u64;
+        // SAFETY: the fields lie inside the one DeviceState at `state`.
+        unsafe {
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, bad_seq)), 0, 4)?;
         }
+        self.seq = 0;
         Ok(())
     }
 
-    fn step(&mut self, request: &StepRequest) -> Result<()> {
+    /// The request's total weight and learning rate are not used: the kernels read
+    /// the device's (see the module docs).
+    fn step(&mut self, _request: &StepRequest) -> Result<()> {
         let buffers = UpdateBuffers {
             acc: self.acc,
             comp: self.comp,
@@ -348,32 +361,13 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             sr: self.sr,
             seed: self.seed,
         };
-        // Device total (drop mode, device collective): the kernels read the total
-        // from the device state; the host's value is then only a placeholder.
-        let device_total = self.hyper.drop_nonfinite != 0 || self.hyper.device_total != 0;
-        let total_weight = if self.hyper.device_total != 0 { 1.0 } else { request.total_weight };
+        // The next window's micro-batches are numbered from 1 again (finalize resets
+        // the device's flag word).
+        self.seq = 0;
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
-            launch::norm_partials(
-                &mut self.rt,
-                self.acc,
-                self.comp,
-                self.n,
-                total_weight,
-                device_total,
-                self.state,
-                self.partials,
-                self.norm_grid,
-            )?;
-            launch::finalize(
-                &mut self.rt,
-                self.state,
-                self.partials,
-                self.norm_grid,
-                total_weight,
-                request.lr,
-                &self.hyper,
-            )?;
+            launch::norm_partials(&mut self.rt, self.acc, self.comp, self.n, self.state, self.partials, self.norm_grid)?;
+            launch::finalize(&mut self.rt, self.state, self.partials, self.norm_grid, &self.hyper)?;
             launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grid)
         }
     }
@@ -417,6 +411,21 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.rt.set_stream(stream)
     }
 
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        // SAFETY: state is this engine's gacc_state.
+        unsafe { launch::store_lr(&mut self.rt, self.state, lr) }
+    }
+
+    fn mirror_window_total(&mut self, total: f64) -> Result<()> {
+        if self.drop_mode {
+            // The device's total is the kept micro-batches' (set_window_counts).
+            return Ok(());
+        }
+        let field = self.state + std::mem::offset_of!(DeviceState, window_total) as u64;
+        // SAFETY: the field is one f64 inside the DeviceState at `state`.
+        unsafe { self.rt.copy_h2d(field, total.to_le_bytes().as_ptr(), 8) }
+    }
+
     fn window_counts(&mut self) -> Result<(f64, u32)> {
         let st = self.read_state()?;
         Ok((st.window_total, st.window_dropped))
@@ -457,7 +466,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
     fn device_allreduce_window(
         &mut self,
         comm: &mut dyn crate::distributed::DeviceCollective,
-        weight: f64,
+        _weight: f64,
         microbatches: u32,
     ) -> Result<()> {
         let (scratch, totals) = self.dp_buffers()?;
@@ -466,7 +475,9 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         // SAFETY: totals holds 4 doubles, scratch/acc/comp n f32, state one gacc_state,
         // all on this device; everything is queued on the engine's stream.
         unsafe {
-            launch::dp_pack_totals(&mut self.rt, totals, self.state, weight, microbatches)?;
+            // The rank's total is the device's (equal to the host's `_weight` outside
+            // drop mode), so a captured window packs the replay's own.
+            launch::dp_pack_totals(&mut self.rt, totals, self.state, microbatches)?;
             comm.allreduce(totals, totals, 4, true, stream)?;
             if self.comp != 0 {
                 launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grid)?;
@@ -530,7 +541,9 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             hysteresis_left: st.hysteresis_left,
             applied_steps: st.step,
             comp,
-            window_total: st.window_total,
+            // Outside drop mode the device total only mirrors the engine's (which the
+            // snapshot holds): as on the CPU, the backend reports 0.
+            window_total: if self.drop_mode { st.window_total } else { 0.0 },
             window_dropped: st.window_dropped,
         })
     }
@@ -551,7 +564,11 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         st.growth_tracker = s.growth_tracker;
         st.hysteresis_left = s.hysteresis_left;
         st.step = s.applied_steps;
-        st.window_total = s.window_total;
+        if self.drop_mode {
+            st.window_total = s.window_total;
+        }
+        // Outside drop mode the device total stays (the engine mirrors its own after
+        // a restore: mirror_window_total).
         st.window_dropped = s.window_dropped;
         // SAFETY: every destination holds n f32 (state: one DeviceState).
         unsafe {

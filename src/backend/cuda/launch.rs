@@ -56,19 +56,20 @@ pub fn vector_aligned(ptr: DevPtr, dtype: Dtype) -> bool {
 pub struct AccumulateOptions {
     /// Kahan compensation buffer (0: plain accumulation).
     pub comp: DevPtr,
-    /// Drop mode: the gacc_state whose bad_seq gacc_check_finite set (0: no gate).
-    pub gate: DevPtr,
-    /// Drop mode: this micro-batch's sequence number.
+    /// The gacc_state whose window_total the kernel adds `weight` to (and, in drop
+    /// mode, whose bad_seq gacc_check_finite set).
+    pub state: DevPtr,
+    /// Drop mode: this micro-batch's number within its window (never 0); 0: no gate.
     pub seq: u32,
-    /// Drop mode: the weight booked on the device when the gradient is kept.
+    /// The micro-batch's weight, booked on the device (drop mode: when kept).
     pub weight: f64,
 }
 
-/// acc += mul * grad (accumulate.cu).
+/// acc += mul * grad (accumulate.cu), and the weight booked on the device.
 ///
 /// # Safety
 /// `acc` (and `opts.comp`) hold `n` f32 and `grad` `n` elements of `dtype`, all
-/// device memory; `opts.gate` is 0 or a gacc_state.
+/// device memory; `opts.state` is a gacc_state.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate<R: Runtime + ?Sized>(
     rt: &mut R,
@@ -80,7 +81,10 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
     grid: u32,
     opts: &AccumulateOptions,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0, "accumulate: n > 0, acc/comp 16-byte aligned")?;
+    require(
+        n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0 && opts.state != 0,
+        "accumulate: n > 0, acc/comp 16-byte aligned, state set",
+    )?;
     let name = match dtype {
         Dtype::F32 => "gacc_accumulate_f32",
         Dtype::F16 => "gacc_accumulate_f16",
@@ -99,7 +103,7 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
             Arg::U64(n as u64),
             Arg::F32(mul),
             Arg::I32(vec),
-            Arg::Ptr(opts.gate),
+            Arg::Ptr(opts.state),
             Arg::U32(opts.seq),
             Arg::F64(opts.weight),
         ],
@@ -135,44 +139,33 @@ pub unsafe fn check_finite<R: Runtime + ?Sized>(
     )
 }
 
-/// Per-block partial sums of squares (norm.cu); writes `grid` doubles. With
-/// `device_total` the kernel takes the window total from the device state (drop
-/// mode) instead of `total_weight`.
+/// Per-block partial sums of squares (norm.cu); writes `grid` doubles. The window
+/// total comes from the device state.
 ///
 /// # Safety
 /// `acc` (and `comp` when not 0) hold `n` f32, `state` a gacc_state, `partials` at
 /// least `grid` doubles.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn norm_partials<R: Runtime + ?Sized>(
     rt: &mut R,
     acc: DevPtr,
     comp: DevPtr,
     n: usize,
-    total_weight: f64,
-    device_total: bool,
     state: DevPtr,
     partials: DevPtr,
     grid: u32,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && total_weight > 0.0, "norm: n > 0, acc aligned, total > 0")?;
+    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && state != 0, "norm: n > 0, acc aligned, state set")?;
     rt.launch(
         "gacc_norm_partials",
         grid,
         BLOCK,
         0,
-        &[
-            Arg::Ptr(acc),
-            Arg::Ptr(comp),
-            Arg::U64(n as u64),
-            Arg::F64(total_weight),
-            Arg::U32(u32::from(device_total)),
-            Arg::Ptr(state),
-            Arg::Ptr(partials),
-        ],
+        &[Arg::Ptr(acc), Arg::Ptr(comp), Arg::U64(n as u64), Arg::Ptr(state), Arg::Ptr(partials)],
     )
 }
 
-/// The step's decision kernel (scaler.cu): one thread.
+/// The step's decision kernel (scaler.cu): one thread. The window total and the
+/// learning rate come from the device state.
 ///
 /// # Safety
 /// `state` is a gacc_state and `partials` holds `n_partials` doubles.
@@ -181,30 +174,30 @@ pub unsafe fn finalize<R: Runtime + ?Sized>(
     state: DevPtr,
     partials: DevPtr,
     n_partials: u32,
-    total_weight: f64,
-    lr: f32,
     hyper: &Hyper,
 ) -> Result<()> {
-    require(n_partials > 0 && total_weight > 0.0, "finalize: partials > 0, total > 0")?;
+    require(n_partials > 0 && state != 0, "finalize: partials > 0, state set")?;
     rt.launch(
         "gacc_finalize",
         1,
         1,
         0,
-        &[
-            Arg::Ptr(state),
-            Arg::Ptr(partials),
-            Arg::U32(n_partials),
-            Arg::F64(total_weight),
-            Arg::F32(lr),
-            Arg::Bytes(bytes_of(hyper)),
-        ],
+        &[Arg::Ptr(state), Arg::Ptr(partials), Arg::U32(n_partials), Arg::Bytes(bytes_of(hyper))],
     )
 }
 
-/// Data parallelism (dp.cu): totals[0..4] = { weight, microbatches,
-/// state->window_total, state->window_dropped }; the host values travel as kernel
-/// arguments (no copy, no sync).
+/// state->lr = lr (scaler.cu), queued on the stream in use.
+///
+/// # Safety
+/// `state` is a gacc_state, device memory.
+pub unsafe fn store_lr<R: Runtime + ?Sized>(rt: &mut R, state: DevPtr, lr: f32) -> Result<()> {
+    require(state != 0, "store_lr: state set")?;
+    rt.launch("gacc_store_lr", 1, 1, 0, &[Arg::Ptr(state), Arg::F32(lr)])
+}
+
+/// Data parallelism (dp.cu): totals[0..4] = { state->window_total, microbatches,
+/// state->window_total, state->window_dropped }; the micro-batch count travels as a
+/// kernel argument (no copy, no sync).
 ///
 /// # Safety
 /// `totals` holds 4 doubles and `state` is a gacc_state, device memory.
@@ -212,7 +205,6 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
     rt: &mut R,
     totals: DevPtr,
     state: DevPtr,
-    weight: f64,
     microbatches: u32,
 ) -> Result<()> {
     require(totals % 8 == 0 && totals != 0 && state != 0, "dp_pack_totals: pointers set")?;
@@ -221,7 +213,7 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
         1,
         1,
         0,
-        &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(weight), Arg::F64(f64::from(microbatches))],
+        &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(f64::from(microbatches))],
     )
 }
 
