@@ -7,6 +7,8 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+#[path = "cuda_common/capture.rs"]
+mod capture;
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -395,4 +397,129 @@ fn checkpoint_resume_case(mut case: Case, tag: &str) {
     feed(&mut cpu, 13..24);
     assert_eq!(params(&mut cpu), params(&mut whole), "CUDA checkpoint resumed on the CPU differs");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The gradient of micro-batch `k` of replay `r` (drop mode: replay 1's second
+/// micro-batch holds a NaN, the others are finite).
+fn capture_grad(n: usize, r: usize, k: usize, nan: bool) -> Vec<f32> {
+    let mut g: Vec<f32> = (0..n).map(|i| ((((i * 7 + k * 11 + r * 5) % 23) as f32) - 11.0) / 32.0).collect();
+    if nan && r == 1 && k == 1 {
+        g[n / 2] = f32::NAN;
+    }
+    g
+}
+
+/// A window (K micro-batches with device gradients, then gacc_step without info)
+/// captured once and replayed N times, with the learning rate changed before every
+/// replay and new gradients written into the captured buffers, against N windows
+/// of direct calls on the CPU backend: bit-identical parameters, working copy, loss
+/// scale and optimizer state, and the step count right afterwards. Fails when the
+/// learning rate, the window total or drop mode's flag is a frozen kernel argument.
+fn captured_window_replays_like_direct_windows(mut case: Case) {
+    const K: usize = 3;
+    const N: usize = 4;
+    case.tensors = vec![(1030, true), (5, false), (262, true)];
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
+    let target = ShimTarget::new();
+    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
+    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), 0);
+    let mut cpu = Engine::new(config, layout, &init).unwrap();
+    let weights = [1.0, 2.5, 0.5];
+    let lrs = [0.02f32, 0.005, 0.0, 0.03];
+    let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let buffers: Vec<*const c_void> = (0..K).map(|k| target.upload(&to_bytes(&capture_grad(n, 0, k, false)), 0)).collect();
+    let feed_cpu = |e: &mut Engine, r: usize| {
+        for (k, w) in weights.iter().enumerate() {
+            let g = capture_grad(n, r, k, case.drop_nonfinite);
+            // SAFETY: host memory of n floats.
+            unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, *w) }.unwrap();
+        }
+        e.step(false).unwrap();
+    };
+
+    graph.lock().unwrap().begin_capture();
+    for (k, w) in weights.iter().enumerate() {
+        // SAFETY: device memory of n floats (the shim's).
+        unsafe { dut.microbatch(&GradInput { ptr: buffers[k], dtype: Dtype::F32, numel: n }, *w) }.unwrap();
+    }
+    dut.step(false).unwrap();
+    graph.lock().unwrap().end_capture();
+    assert_eq!(dut.window(), (0.0, 0), "the host's window is closed by the captured step");
+    let frozen = graph.lock().unwrap().f32_args();
+    assert!(
+        frozen.iter().all(|(name, _)| name.starts_with("gacc_accumulate")),
+        "only the accumulate kernels' micro-batch weights are f32 arguments: {frozen:?}"
+    );
+
+    for (r, &lr) in lrs.iter().enumerate() {
+        for (k, &buffer) in buffers.iter().enumerate() {
+            let g = capture_grad(n, r, k, case.drop_nonfinite);
+            // SAFETY: the shim's device memory is host memory of n floats.
+            unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), buffer as *mut f32, n) };
+        }
+        dut.set_lr(lr).unwrap();
+        cpu.set_lr(lr).unwrap();
+        graph.lock().unwrap().replay().unwrap();
+        feed_cpu(&mut cpu, r);
+    }
+    // A direct window after the replays: the host accepts it, the step count is the
+    // device's.
+    dut.set_lr(0.01).unwrap();
+    cpu.set_lr(0.01).unwrap();
+    let g = capture_grad(n, 9, 0, false);
+    for e in [&mut dut, &mut cpu] {
+        // SAFETY: host memory of n floats.
+        unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 2.0) }.unwrap();
+    }
+    let (a, b) = (cpu.step(true).unwrap().unwrap(), dut.step(true).unwrap().unwrap());
+    // Every window applies (a dropped micro-batch leaves the others in its window).
+    assert_eq!(b.step, (N + 1) as u64, "{}: step count after {N} replays", case.name);
+    assert_eq!((a.step, a.applied, a.loss_scale.to_bits()), (b.step, b.applied, b.loss_scale.to_bits()), "{}", case.name);
+    let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+    common::compare_f32(&format!("{}: master weights", case.name), &sc.master, &sd.master, true, 0.0);
+    common::compare_f32(&format!("{}: optimizer state 1", case.name), &sc.state1, &sd.state1, true, 0.0);
+    common::compare_f32(&format!("{}: optimizer state 2", case.name), &sc.state2, &sd.state2, true, 0.0);
+    assert_eq!(
+        (sd.loss_scale.to_bits(), sd.growth_tracker, sd.applied_steps),
+        (sc.loss_scale.to_bits(), sc.growth_tracker, sc.applied_steps),
+        "{}: scaler state",
+        case.name
+    );
+    target.release();
+}
+
+#[test]
+fn captured_window_replays_honour_lr_and_step_count() {
+    let case = common::cases()
+        .into_iter()
+        .find(|c| {
+            !c.clip
+                && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW
+                && c.precision == gacc::ffi::types::GACC_PRECISION_FP16
+        })
+        .unwrap();
+    captured_window_replays_like_direct_windows(case);
+    let sgd = common::cases()
+        .into_iter()
+        .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_SGD && c.momentum != 0.0)
+        .unwrap();
+    captured_window_replays_like_direct_windows(sgd);
+}
+
+#[test]
+fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
+    // Replay 1's second micro-batch holds a NaN and is dropped; in replays 2 and 3
+    // the same buffer is finite again and must be kept (a flag frozen at capture, or
+    // left over from replay 1, would drop it).
+    let mut case = common::cases()
+        .into_iter()
+        .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW)
+        .unwrap();
+    case.drop_nonfinite = true;
+    case.compensated = true;
+    captured_window_replays_like_direct_windows(case);
 }
