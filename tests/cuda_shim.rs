@@ -523,3 +523,76 @@ fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
     case.compensated = true;
     captured_window_replays_like_direct_windows(case);
 }
+
+/// A one-rank device collective over the shim (test double): the sum of one rank
+/// is a copy. Its drop is logged next to the runtime's.
+struct OneRankCollective(Arc<std::sync::Mutex<capture::Graph>>);
+
+impl gacc::distributed::DeviceCollective for OneRankCollective {
+    fn rank(&self) -> u32 {
+        0
+    }
+    fn world_size(&self) -> u32 {
+        1
+    }
+    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, _stream: *mut c_void) -> gacc::Result<()> {
+        let bytes = count * if f64 { 8 } else { 4 };
+        // SAFETY: shim device memory is host memory of at least `bytes`.
+        unsafe { std::ptr::copy(send as *const u8, recv as *mut u8, bytes) };
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "one-rank test collective".into()
+    }
+}
+
+impl Drop for OneRankCollective {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().log.push("communicator dropped".to_string());
+    }
+}
+
+fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<capture::Graph>>) {
+    let config = common::config_for(case);
+    let layout = common::layout_for(case);
+    let params = vec![0.25f32; layout.numel];
+    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    (Engine::from_parts(config, layout, Box::new(backend), 0), graph)
+}
+
+/// Fails before the fix: the engine's fields dropped the backend (stream, context)
+/// before the NCCL communicator.
+#[test]
+fn the_communicator_is_destroyed_before_the_backend() {
+    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    engine.set_device_collective(Box::new(OneRankCollective(graph.clone()))).unwrap();
+    let n = engine.numel();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    assert_eq!(engine.step(true).unwrap().unwrap().step, 1);
+    drop(engine);
+    let log = graph.lock().unwrap().log.clone();
+    let at = |what: &str| log.iter().position(|l| l == what).unwrap_or_else(|| panic!("{what} missing: {log:?}"));
+    assert!(at("communicator dropped") < at("runtime dropped"), "{log:?}");
+}
+
+/// Fails before the fix: teardown synchronised the stream given to gacc_set_stream,
+/// which the caller may have destroyed by then; it must wait for the engine's work
+/// without naming that stream (CudaRuntime: cuCtxSynchronize).
+#[test]
+fn destroy_does_not_synchronise_the_callers_stream() {
+    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    engine.set_stream(0xCA11_E4 as *mut c_void).unwrap();
+    let n = engine.numel();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.step(false).unwrap();
+    let before = graph.lock().unwrap().log.len();
+    drop(engine);
+    let log = graph.lock().unwrap().log[before..].to_vec();
+    assert!(!log.iter().any(|l| l.starts_with("synchronize 0xca11e4")), "teardown used the caller's stream: {log:?}");
+    assert_eq!(log.first().map(String::as_str), Some("finish"), "teardown waits for the engine's work first: {log:?}");
+}

@@ -47,6 +47,16 @@ pub struct Engine {
     comm_stats: CommStats,
 }
 
+impl Drop for Engine {
+    /// Transports first: an NCCL communicator is destroyed while the backend's
+    /// stream and context are still alive (fields would drop in declaration order,
+    /// the backend first).
+    fn drop(&mut self) {
+        self.device_comm = None;
+        self.comm = None;
+    }
+}
+
 impl Engine {
     /// Builds an engine on the device the configuration asks for.
     pub fn new(config: Config, layout: Layout, params: &[f32]) -> Result<Engine> {

@@ -68,6 +68,11 @@ pub struct Graph {
     pub inner: ShimRuntime,
     capturing: bool,
     pub ops: Vec<Op>,
+    /// Calls of interest, in order: "set_stream <handle>", "synchronize <stream>",
+    /// "finish", "runtime dropped" (teardown-order tests).
+    pub log: Vec<String>,
+    /// The stream work goes to (0: the runtime's own).
+    pub stream: usize,
 }
 
 impl Graph {
@@ -124,7 +129,7 @@ pub struct CapturingRuntime(pub Arc<Mutex<Graph>>);
 
 impl CapturingRuntime {
     pub fn new(inner: ShimRuntime) -> (CapturingRuntime, Arc<Mutex<Graph>>) {
-        let g = Arc::new(Mutex::new(Graph { inner, capturing: false, ops: Vec::new() }));
+        let g = Arc::new(Mutex::new(Graph { inner, capturing: false, ops: Vec::new(), log: Vec::new(), stream: 0 }));
         (CapturingRuntime(g.clone()), g)
     }
     fn g(&self) -> MutexGuard<'_, Graph> {
@@ -196,9 +201,26 @@ impl Runtime for CapturingRuntime {
         if g.capturing {
             return Err(not_capturable("a synchronisation"));
         }
+        let entry = format!("synchronize {:#x}", g.stream);
+        g.log.push(entry);
         g.inner.synchronize()
     }
+    fn finish(&mut self) -> Result<()> {
+        let mut g = self.g();
+        g.log.push("finish".to_string());
+        g.inner.finish()
+    }
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
-        self.g().inner.set_stream(stream)
+        let mut g = self.g();
+        g.stream = stream as usize;
+        let entry = format!("set_stream {:#x}", stream as usize);
+        g.log.push(entry);
+        g.inner.set_stream(stream)
+    }
+}
+
+impl Drop for CapturingRuntime {
+    fn drop(&mut self) {
+        self.g().log.push("runtime dropped".to_string());
     }
 }

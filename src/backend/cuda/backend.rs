@@ -273,7 +273,8 @@ fn hyper_of(c: &Config) -> Hyper {
 
 impl<R: Runtime> Drop for CudaBackend<R> {
     fn drop(&mut self) {
-        let _ = self.rt.synchronize();
+        // Not synchronize(): the caller's stream may already be destroyed.
+        let _ = self.rt.finish();
         let ptrs = [
             self.master,
             self.acc,

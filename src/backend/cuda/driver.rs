@@ -245,9 +245,9 @@ impl Drop for CudaRuntime {
             let _ = self.make_current();
             // SAFETY: handles created in open(); nothing uses them afterwards.
             unsafe {
-                if !self.stream.is_null() {
-                    sys::cuStreamSynchronize(self.stream);
-                }
+                // The whole context, not `self.stream`: a caller's stream given to
+                // gacc_set_stream may be destroyed before gacc_destroy.
+                sys::cuCtxSynchronize();
                 if !self.module.is_null() {
                     sys::cuModuleUnload(self.module);
                 }
@@ -355,6 +355,11 @@ impl Runtime for CudaRuntime {
         self.make_current()?;
         // SAFETY: a live stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.make_current()?;
+        // SAFETY: the context is current; waits for all of its streams.
+        check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
     }
     fn stream_handle(&self) -> *mut c_void {
         self.stream as *mut c_void

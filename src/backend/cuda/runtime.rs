@@ -99,6 +99,12 @@ pub trait Runtime: Send {
     fn is_device_pointer(&mut self, ptr: *const c_void) -> Result<bool>;
     /// Waits until all queued work is done.
     fn synchronize(&mut self) -> Result<()>;
+    /// Waits until all work this runtime queued is done, on whatever stream, without
+    /// naming the caller's stream (teardown: gacc_destroy may come after the caller
+    /// destroyed the stream it gave to gacc_set_stream).
+    fn finish(&mut self) -> Result<()> {
+        self.synchronize()
+    }
     /// Queues work on the caller's stream from now on (NULL: the runtime's own).
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()>;
     /// The CUstream work is queued on, for libraries that queue on it (NCCL); NULL
