@@ -596,3 +596,54 @@ fn destroy_does_not_synchronise_the_callers_stream() {
     assert!(!log.iter().any(|l| l.starts_with("synchronize 0xca11e4")), "teardown used the caller's stream: {log:?}");
     assert_eq!(log.first().map(String::as_str), Some("finish"), "teardown waits for the engine's work first: {log:?}");
 }
+
+fn engine_with_memory(case: &Case, memory: u64) -> gacc::Result<Engine> {
+    let config = common::config_for(case);
+    let layout = common::layout_for(case);
+    let params = vec![0.25f32; layout.numel];
+    let rt = ShimRuntime::new(shim(), SM, memory);
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params })?;
+    Ok(Engine::from_parts(config, layout, Box::new(backend), 0))
+}
+
+/// Fails before the fix: the check at creation left out the staging buffer of host
+/// gradients, so an engine that fit failed on its first host micro-batch.
+#[test]
+fn the_memory_check_at_create_includes_the_staging_buffer() {
+    let case = common::cases()[0].clone();
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
+    let err = engine_with_memory(&case, need - 1).err().expect("one byte short must fail at create");
+    assert_eq!(err.status, gacc::gacc_status::GACC_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("numel"), "{}", err.message);
+    let mut engine = engine_with_memory(&case, need).unwrap();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats (goes through the staging buffer).
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.step(true).unwrap();
+}
+
+/// Fails before the fix: gacc_set_nccl's buffers were allocated only while joining
+/// the group, after the communicator existed; now the device is checked (and the
+/// buffers allocated) before, and an engine too full for them is refused there.
+#[test]
+fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
+    let case = common::cases()[0].clone();
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
+    let mut engine = engine_with_memory(&case, need).unwrap();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats: the staging buffer is allocated.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.zero().unwrap();
+    let err = engine.prepare_device_collective().err().expect("no room for the NCCL buffers");
+    assert_eq!(err.status, gacc::gacc_status::GACC_ERR_OUT_OF_MEMORY);
+    assert!(err.message.contains("gacc_set_nccl") && err.message.contains("bytes"), "{}", err.message);
+    let extra = gacc::backend::cuda::backend::device_group_bytes(n);
+    let mut roomy = engine_with_memory(&case, need + extra).unwrap();
+    roomy.prepare_device_collective().unwrap();
+}

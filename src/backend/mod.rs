@@ -192,6 +192,13 @@ pub trait Backend: Send {
         Err(crate::status::Error::invalid_state("a CPU engine has no device"))
     }
 
+    /// Allocates what a device collective group needs (CUDA: the reduction buffers),
+    /// before the communicator is created, so that a device too full for it fails
+    /// here (GACC_ERR_OUT_OF_MEMORY) and not in the middle of joining the group.
+    fn reserve_device_group(&mut self) -> Result<()> {
+        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    }
+
     /// Joins a device collective group (NCCL): rank 0's master weights go to every
     /// rank through one device all-reduce (the other ranks contribute zeros), and
     /// from now on the step takes the window total from the device (the global one

@@ -388,8 +388,9 @@ impl Engine {
     }
 
     /// Checks that this engine can take a device collective (a CUDA engine with an
-    /// empty window) and makes its device current on this thread, before the
-    /// communicator is created.
+    /// empty window), allocates the device buffers the group needs (an error here
+    /// leaves no communicator behind) and makes its device current on this thread,
+    /// before the communicator is created.
     pub fn prepare_device_collective(&mut self) -> Result<()> {
         if self.device < 0 {
             return Err(Error::invalid_state(
@@ -407,6 +408,7 @@ impl Engine {
                 "set the data-parallel transport before the first micro-batch of a window",
             ));
         }
+        self.backend.reserve_device_group()?;
         self.backend.bind_device()
     }
 

@@ -63,14 +63,23 @@ pub struct CudaBackend<R: Runtime> {
     dp_totals: DevPtr,
 }
 
-/// Device bytes an engine of `n` parameters needs (without the staging buffer).
+/// Device bytes an engine of `n` parameters needs, the staging buffer for host
+/// gradients (4 bytes per parameter, allocated on the first host micro-batch)
+/// included. Not included: what gacc_set_nccl adds ([`device_group_bytes`]), checked
+/// there before the communicator is created.
 pub fn device_bytes(config: &Config, n: usize, runs: usize, norm_blocks: u32) -> u64 {
-    let per_param = crate::backend::bytes_per_param(config) as u64;
+    let per_param = crate::backend::bytes_per_param(config) as u64 + 4 /* staging */;
     (n as u64).saturating_mul(per_param)
         + std::mem::size_of::<DeviceState>() as u64
         + 8 * u64::from(norm_blocks)
         + 8 * runs as u64
-        + 6 * 256 // allocation rounding
+        + 7 * 256 // allocation rounding
+}
+
+/// Device bytes a device collective (NCCL) adds: the reduction scratch buffer (n
+/// f32) and the window totals (4 doubles).
+pub fn device_group_bytes(n: usize) -> u64 {
+    (n as u64).saturating_mul(4) + 4 * 8 + 2 * 256
 }
 
 impl<R: Runtime> CudaBackend<R> {
@@ -442,6 +451,22 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     fn bind_device(&mut self) -> Result<()> {
         self.rt.bind()
+    }
+
+    fn reserve_device_group(&mut self) -> Result<()> {
+        if self.dp_scratch == 0 || self.dp_totals == 0 {
+            let need = device_group_bytes(self.n);
+            let (free, total) = self.rt.memory_info()?;
+            if need > free {
+                return Err(Error::out_of_memory(format!(
+                    "gacc_set_nccl: the NCCL reduction buffers of {} parameters need {need} bytes of device memory, \
+                     more than the {free} bytes free ({total} total) on {}",
+                    self.n,
+                    self.rt.describe()
+                )));
+            }
+        }
+        self.dp_buffers().map(|_| ())
     }
 
     fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
