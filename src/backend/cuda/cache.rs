@@ -2,8 +2,10 @@
 //!
 //! Key: a hash of the kernel sources and every compile option, the architecture and
 //! the NVRTC version. Disk location: `GACC_CACHE_DIR`, else `$XDG_CACHE_HOME/gacc`,
-//! else `~/.cache/gacc`. Files are written to a temporary name and renamed, so a
-//! concurrent reader sees a whole cubin or none. Any cache failure (unwritable
+//! else `~/.cache/gacc`. Files are written to a temporary name of their own (process
+//! id and a per-process counter: unique per writer, also for two engines compiling
+//! at once in one process) and renamed, so a concurrent reader sees a whole cubin or
+//! none. Any cache failure (unwritable
 //! folder, corrupt file) only costs a compile: it never fails engine creation.
 
 use std::collections::HashMap;
@@ -108,13 +110,15 @@ fn looks_like_cubin(b: &[u8]) -> bool {
     b.len() > 64 && &b[..4] == b"\x7fELF"
 }
 
-fn store(path: &PathBuf, bytes: &[u8]) {
+fn store(path: &std::path::Path, bytes: &[u8]) {
+    static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
+    let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{writer}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("gacc"),
         std::process::id()
     ));
@@ -126,6 +130,37 @@ fn store(path: &PathBuf, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails before the fix (one temporary name per process): writers in one process
+    /// truncated and interleaved each other's temporary file, and readers of the
+    /// cache file saw a mix of two cubins.
+    #[test]
+    fn concurrent_writers_in_one_process_leave_one_whole_file() {
+        let dir = std::env::temp_dir().join(format!("gacc-cache-writers-{}", std::process::id()));
+        let path = dir.join("k.cubin");
+        const WRITERS: usize = 6;
+        const BYTES: usize = 1 << 21;
+        let contents: Vec<Vec<u8>> = (0..WRITERS).map(|w| vec![w as u8 + 1; BYTES]).collect();
+        for round in 0..4 {
+            std::thread::scope(|s| {
+                for c in &contents {
+                    s.spawn(|| store(&path, c));
+                }
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        if let Ok(b) = std::fs::read(&path) {
+                            assert!(contents.contains(&b), "round {round}: a reader saw a partial or mixed file");
+                        }
+                    }
+                });
+            });
+            let b = std::fs::read(&path).unwrap();
+            assert!(contents.contains(&b), "round {round}: the cache file is not one writer's whole file");
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "temporary files left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn hash_is_stable_and_sensitive() {
