@@ -254,8 +254,9 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
     assert_eq!(names, ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
     assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "step without info: no transfer, no sync");
-    let (grid, norm_grid) = be.grids();
-    assert_eq!(grid, launch::elementwise_grid(n, SM));
+    let grids = be.grids();
+    let (grid, norm_grid) = (grids.update, grids.norm);
+    assert_eq!(grid, launch::elementwise_grid(n, SM, gacc::backend::cuda::shim::SHIM_BLOCKS_PER_SM));
     assert_eq!(norm_grid, launch::norm_grid(n, SM));
     for (name, g, block) in &be.runtime().launches[before..] {
         let expect = if name == "gacc_finalize" {
@@ -646,4 +647,42 @@ fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
     let extra = gacc::backend::cuda::backend::device_group_bytes(n);
     let mut roomy = engine_with_memory(&case, need + extra).unwrap();
     roomy.prepare_device_collective().unwrap();
+}
+
+/// Fails before the fix (8 blocks per multiprocessor for every kernel): each
+/// element-wise kernel's grid is the runtime's occupancy answer for that kernel
+/// times the multiprocessor count, and the launches use it.
+#[test]
+fn grids_follow_the_occupancy_answer_per_kernel() {
+    let mut case = common::cases()[0].clone();
+    assert_eq!(case.optimizer, gacc::ffi::types::GACC_OPTIMIZER_ADAMW);
+    case.tensors = vec![(40_000, true), (3, false)];
+    case.drop_nonfinite = true;
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let mut rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
+    rt.occupancy.insert("gacc_update_adamw".into(), 5);
+    rt.occupancy.insert("gacc_check_finite".into(), 3);
+    let params = vec![0.5f32; n];
+    let mut be = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    let grids = be.grids();
+    assert!(n > 4 * 256 * 8 * SM as usize, "n covers every cap");
+    assert_eq!((grids.update, grids.check_finite, grids.accumulate(Dtype::F32)), (5 * SM, 3 * SM, 8 * SM));
+    let g = vec![1.0f32; n];
+    let before = be.runtime().launches.len();
+    // SAFETY: g holds n f32.
+    unsafe { be.accumulate(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0, 1.0) }.unwrap();
+    be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
+    let launched: Vec<(&str, u32)> = be.runtime().launches[before..].iter().map(|l| (l.0.as_str(), l.1)).collect();
+    assert_eq!(
+        launched,
+        [
+            ("gacc_check_finite", 3 * SM),
+            ("gacc_accumulate_f32", 8 * SM),
+            ("gacc_norm_partials", launch::norm_grid(n, SM)),
+            ("gacc_finalize", 1),
+            ("gacc_update_adamw", 5 * SM)
+        ]
+    );
 }

@@ -144,6 +144,9 @@ impl Runtime for CapturingRuntime {
     fn multiprocessor_count(&self) -> u32 {
         self.g().inner.multiprocessor_count()
     }
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32> {
+        self.g().inner.max_active_blocks_per_sm(kernel, block)
+    }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
         self.g().inner.memory_info()
     }

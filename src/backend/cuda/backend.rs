@@ -46,7 +46,7 @@ pub struct CudaBackend<R: Runtime> {
     n_runs: u32,
     first_decay: u32,
     staging: DevPtr,
-    grid: u32,
+    grids: launch::Grids,
     norm_grid: u32,
     hyper: Hyper,
     update_kind: UpdateKind,
@@ -87,8 +87,14 @@ impl<R: Runtime> CudaBackend<R> {
     pub fn new(rt: R, init: BackendInit<'_>) -> Result<CudaBackend<R>> {
         let config = *init.config;
         let n = init.layout.numel;
-        let sm = rt.multiprocessor_count();
-        let norm_grid = launch::norm_grid(n, sm);
+        let mut rt = rt;
+        let update_kind = match config.optimizer {
+            Optimizer::AdamW { .. } => UpdateKind::AdamW,
+            Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
+            Optimizer::Sgd { .. } => UpdateKind::Sgd,
+        };
+        let grids = launch::Grids::new(&mut rt, n, update_kind);
+        let norm_grid = grids.norm;
         let mut backend = CudaBackend {
             rt,
             n,
@@ -105,14 +111,10 @@ impl<R: Runtime> CudaBackend<R> {
             n_runs: init.layout.runs.len() as u32,
             first_decay: u32::from(init.layout.runs.first().is_some_and(|r| r.decay)),
             staging: 0,
-            grid: launch::elementwise_grid(n, sm),
+            grids,
             norm_grid,
             hyper: hyper_of(&config),
-            update_kind: match config.optimizer {
-                Optimizer::AdamW { .. } => UpdateKind::AdamW,
-                Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
-                Optimizer::Sgd { .. } => UpdateKind::Sgd,
-            },
+            update_kind,
             seq: 0,
             drop_mode: config.numerics.drop_nonfinite,
             sr: u32::from(config.numerics.stochastic_rounding),
@@ -191,9 +193,9 @@ impl<R: Runtime> CudaBackend<R> {
         &mut self.rt
     }
 
-    /// Grid of the element-wise kernels and of the norm pass.
-    pub fn grids(&self) -> (u32, u32) {
-        (self.grid, self.norm_grid)
+    /// The grid of every kernel.
+    pub fn grids(&self) -> launch::Grids {
+        self.grids
     }
 
     fn refresh_working_copy(&mut self) -> Result<()> {
@@ -208,7 +210,7 @@ impl<R: Runtime> CudaBackend<R> {
                 self.working,
                 self.working_dtype,
                 self.n,
-                self.grid,
+                self.grids.write_working,
                 self.state,
                 self.sr,
                 self.seed,
@@ -326,10 +328,10 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         if self.drop_mode {
             // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
-            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grid)?;
+            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grids.check_finite)?;
             opts.seq = self.seq;
         }
-        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
+        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grids.accumulate(grad.dtype), &opts)
     }
 
     fn zero_window(&mut self) -> Result<()> {
@@ -378,7 +380,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         unsafe {
             launch::norm_partials(&mut self.rt, self.acc, self.comp, self.n, self.state, self.partials, self.norm_grid)?;
             launch::finalize(&mut self.rt, self.state, self.partials, self.norm_grid, &self.hyper)?;
-            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grid)
+            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)
         }
     }
 
@@ -506,7 +508,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             launch::dp_pack_totals(&mut self.rt, totals, self.state, microbatches)?;
             comm.allreduce(totals, totals, 4, true, stream)?;
             if self.comp != 0 {
-                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grid)?;
+                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grids.dp_fold)?;
                 comm.allreduce(scratch, scratch, self.n, false, stream)?;
             } else {
                 comm.allreduce(self.acc, scratch, self.n, false, stream)?;

@@ -268,6 +268,19 @@ impl Runtime for CudaRuntime {
     fn multiprocessor_count(&self) -> u32 {
         self.sm_count
     }
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32> {
+        self.make_current()?;
+        let f = *self.functions.get(kernel).ok_or_else(|| Error::internal(format!("no kernel named {kernel}")))?;
+        no_panic("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
+            let mut blocks: c_int = 0;
+            // SAFETY: f is a loaded kernel; writes one int.
+            check(
+                unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, block as c_int, 0) },
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            )?;
+            Ok(blocks.max(1) as u32)
+        })
+    }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
         self.make_current()?;
         let (mut free, mut total) = (0usize, 0usize);

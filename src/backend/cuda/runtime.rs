@@ -60,6 +60,10 @@ pub trait Runtime: Send {
     fn describe(&self) -> String;
     /// Multiprocessors: grid sizes are a multiple of this.
     fn multiprocessor_count(&self) -> u32;
+    /// How many blocks of `block` threads of kernel `kernel` can be resident on one
+    /// multiprocessor at once (cuOccupancyMaxActiveBlocksPerMultiprocessor); the
+    /// element-wise grids are this times the multiprocessor count.
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32>;
     /// (free, total) device memory in bytes.
     fn memory_info(&mut self) -> Result<(u64, u64)>;
     /// Allocates `bytes` (contents undefined). Failure: GACC_ERR_OUT_OF_MEMORY.
