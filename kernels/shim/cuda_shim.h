@@ -46,9 +46,19 @@ extern thread_local std::barrier<>* block_barrier;
 inline void __syncthreads() { gacc_shim::block_barrier->arrive_and_wait(); }
 
 // CUDA's atomicExch on a 32-bit word: returns the old value.
+#ifndef GACC_SHIM_PLAIN_ATOMICS
 inline unsigned atomicExch(unsigned* address, unsigned value) {
     return std::atomic_ref<unsigned>(*address).exchange(value);
 }
+#else
+// Only for make tsan-shim's self-test: plain loads and stores, the race the kernels
+// had before they used atomicExch; ThreadSanitizer must report it.
+inline unsigned atomicExch(unsigned* address, unsigned value) {
+    const unsigned old = *address;
+    *address = value;
+    return old;
+}
+#endif
 
 struct alignas(16) float4 {
     float x, y, z, w;
