@@ -585,7 +585,7 @@ fn the_communicator_is_destroyed_before_the_backend() {
 #[test]
 fn destroy_does_not_synchronise_the_callers_stream() {
     let (mut engine, graph) = logged_engine(&common::cases()[0]);
-    engine.set_stream(0xCA11_E4 as *mut c_void).unwrap();
+    engine.set_stream(0x00CA_11E4 as *mut c_void).unwrap();
     let n = engine.numel();
     let g = vec![0.5f32; n];
     // SAFETY: host memory of n floats.
@@ -641,7 +641,7 @@ fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
     // SAFETY: host memory of n floats: the staging buffer is allocated.
     unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
     engine.zero().unwrap();
-    let err = engine.prepare_device_collective().err().expect("no room for the NCCL buffers");
+    let err = engine.prepare_device_collective().expect_err("no room for the NCCL buffers");
     assert_eq!(err.status, gacc::gacc_status::GACC_ERR_OUT_OF_MEMORY);
     assert!(err.message.contains("gacc_set_nccl") && err.message.contains("bytes"), "{}", err.message);
     let extra = gacc::backend::cuda::backend::device_group_bytes(n);

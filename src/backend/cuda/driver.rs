@@ -8,8 +8,10 @@
 //!
 //! The engine uses the device's primary context and a non-blocking stream of its
 //! own, or the caller's stream after gacc_set_stream. Kernels come from the embedded
-//! sources through NVRTC as a cubin for the device's exact architecture (cached: see
-//! cache.rs).
+//! sources through NVRTC (the NVRTC of the driver's CUDA major) as a cubin for the
+//! device's exact architecture, or as PTX for the newest architecture NVRTC knows
+//! when the device is newer, JIT-compiled by cuModuleLoadData (cached: see
+//! cache.rs). The grids come from the occupancy API.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
