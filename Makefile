@@ -10,6 +10,8 @@
 #   make header-check  include/gacc.h as C99, C11 and C++17, -Wall -Wextra -Wpedantic -Werror
 #   make readme-check  the C example in README.md compiles (-Werror) and runs
 #   make sanitize      the C tests with AddressSanitizer + UBSan (+ LeakSanitizer)
+#   make tsan-shim     every kernel through the host shim under ThreadSanitizer: zero
+#                      reports, and an injected race (plain atomics) must be reported
 #   make valgrind      the C tests under valgrind memcheck
 #   make mpi-test      data parallelism over MPI, 2 and 3 ranks
 #   make fuzz          each cargo-fuzz target for FUZZ_SECONDS (default 30)
@@ -48,7 +50,7 @@ VALGRIND    ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --quiet
 
-TEST_TARGETS ?= rust-test lint header-check readme-check c-tests bindings-test package-test mpi-test
+TEST_TARGETS ?= rust-test lint header-check readme-check c-tests bindings-test package-test mpi-test tsan-shim
 FUZZ_SECONDS ?= 30
 
 C_TEST_SRCS  := $(sort $(wildcard tests/c/test_*.c))
@@ -57,7 +59,7 @@ C_TEST_BINS  := $(addprefix $(BUILD)/c/,$(C_TEST_NAMES))
 C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 
-.PHONY: FORCE all lib demo check test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind clean
+.PHONY: FORCE all lib demo check test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind tsan-shim clean
 
 all: lib
 
@@ -138,6 +140,31 @@ sanitize: $(LIB)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	 sh tests/c/run.sh $(BUILD)/sanitize.summary "" $(C_SAN_BINS)
+
+# ThreadSanitizer over the kernel shim (tests/tsan/shim_tsan.cpp): the clean build
+# must run without a report (TSan's exit code 66 otherwise); the build with
+# -DGACC_SHIM_PLAIN_ATOMICS (atomicExch as plain loads and stores) must be reported,
+# so the check is known to be able to fail.
+TSAN_CXXFLAGS := -std=c++20 -O1 -g -fsanitize=thread -pthread -ffp-contract=off -Wall -Wextra -Werror -Ikernels
+TSAN_DEPS     := tests/tsan/shim_tsan.cpp kernels/common.cuh $(wildcard kernels/*.cu) kernels/shim/shim_main.cpp \
+                 kernels/shim/cuda_shim.h
+
+$(BUILD)/tsan/shim_tsan: $(TSAN_DEPS)
+	@mkdir -p $(@D)
+	$(CXX) $(TSAN_CXXFLAGS) $< -o $@
+
+$(BUILD)/tsan/shim_tsan_plain_atomics: $(TSAN_DEPS)
+	@mkdir -p $(@D)
+	$(CXX) $(TSAN_CXXFLAGS) -DGACC_SHIM_PLAIN_ATOMICS $< -o $@
+
+tsan-shim: $(BUILD)/tsan/shim_tsan $(BUILD)/tsan/shim_tsan_plain_atomics
+	TSAN_OPTIONS="halt_on_error=0 exitcode=66" ./$(BUILD)/tsan/shim_tsan
+	@if TSAN_OPTIONS="halt_on_error=1 exitcode=66" ./$(BUILD)/tsan/shim_tsan_plain_atomics \
+	    > $(BUILD)/tsan/injected.log 2>&1; then \
+	  echo "tsan-shim: the injected race was NOT reported"; exit 1; fi
+	@grep -q "ThreadSanitizer: data race" $(BUILD)/tsan/injected.log || \
+	  { echo "tsan-shim: the injected run failed without a race report:"; cat $(BUILD)/tsan/injected.log; exit 1; }
+	@echo "tsan-shim: zero reports; the injected race (plain atomicExch) is reported"
 
 valgrind: $(LIB)
 	@rm -f $(BUILD)/valgrind.summary

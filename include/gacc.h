@@ -40,6 +40,17 @@
 
 
 /**
+ * Resident blocks per multiprocessor assumed when the occupancy query fails (the
+ * grid size only changes speed, so that is no reason to refuse an engine).
+ */
+#define FALLBACK_BLOCKS_PER_SM 8
+
+/**
+ * The shim's occupancy answer for kernels not in [`ShimRuntime::occupancy`].
+ */
+#define SHIM_BLOCKS_PER_SM 8
+
+/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0
@@ -505,6 +516,9 @@ enum gacc_status gacc_create(const struct gacc_config *cfg,
  * Releases an engine and all its memory. NULL, or an already destroyed handle: no
  * effect, no crash. If another thread is inside a call on this engine, the memory is
  * released when that call returns; later calls see GACC_ERR_INVALID_HANDLE.
+ * CUDA engines: waits for the engine's queued work (cuCtxSynchronize on gacc's
+ * context, not on the stream given to gacc_set_stream, which may already be
+ * destroyed), then destroys an NCCL communicator before the stream and context.
  */
 void gacc_destroy(struct gacc_engine *e);
 
@@ -557,6 +571,15 @@ enum gacc_status gacc_microbatch(struct gacc_engine *e,
  * With drop_nonfinite_microbatches the total is the device's (dropped micro-batches
  * left out); a window whose micro-batches were all dropped is skipped (applied 0),
  * not an error. The loss scale follows hysteresis/min/max_loss_scale (docs/numerics.md).
+ * CUDA graphs: on a CUDA engine the step's kernels read the learning rate, the
+ * window's total weight and the step count from device memory, so a window of
+ * gacc_microbatch calls with device gradients and gacc_step with `info` NULL,
+ * captured on the stream given to gacc_set_stream, may be replayed: each replay is
+ * one window with the learning rate last set by gacc_set_lr. A replay reuses the
+ * captured gradient addresses (their contents may change), micro-batch count and
+ * weights. gacc_step with `info`, host gradients and calls that read back cannot
+ * be captured. After replays the host's window is empty and the next gacc_step
+ * info reports the device's step count (docs/cuda.md, "CUDA graphs").
  */
 enum gacc_status gacc_step(struct gacc_engine *e, struct gacc_step_info *info);
 
@@ -592,7 +615,9 @@ enum gacc_status gacc_params_ptr(struct gacc_engine *e, size_t tensor, uint32_t 
 enum gacc_status gacc_loss_scale(const struct gacc_engine *e, float *out);
 
 /**
- * Sets the learning rate used from the next step on (finite, >= 0).
+ * Sets the learning rate used from the next step on (finite, >= 0). On a CUDA engine
+ * the value is also written into device memory by a kernel queued on the engine's
+ * stream (no host sync), where a step (also a replayed CUDA graph) reads it.
  */
 enum gacc_status gacc_set_lr(struct gacc_engine *e, float lr);
 
@@ -606,6 +631,10 @@ enum gacc_status gacc_get_lr(const struct gacc_engine *e, float *out);
  * `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
  * engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
  * otherwise).
+ * A window captured on this stream into a CUDA graph may be replayed (see
+ * gacc_step); a replay may not change the stream, the gradient addresses, the
+ * number of micro-batches or their weights. gacc_destroy waits for the engine's
+ * work without using this stream, so the caller may destroy it first.
  */
 enum gacc_status gacc_set_stream(struct gacc_engine *e, void *stream);
 

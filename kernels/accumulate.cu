@@ -11,11 +11,18 @@
 // acc (8 B): 12 B (f32) or 10 B (f16/bf16); +8 B (comp read and written) when
 // compensated. One pass, one launch per micro-batch.
 //
-// Drop mode (gate != NULL, drop_nonfinite_microbatches): gacc_check_finite ran just
-// before on the same stream and stored `seq` into gate->bad_seq if the gradient holds
-// inf/NaN. Every thread reads that flag; thread 0 of block 0 books the micro-batch on
-// the device (window_total += weight, or window_dropped += 1), and a flagged gradient
-// is not added. No host sync: the host never learns which happened until it asks.
+// The window's total weight is summed on the device: thread 0 of block 0 adds
+// `weight` to state->window_total (in f64, in call order: the same sum as the CPU
+// backend's), so a step reads it from device memory and a replayed CUDA graph needs
+// no host value. No other thread of this kernel touches window_total.
+// Drop mode (seq != 0, drop_nonfinite_microbatches): gacc_check_finite ran just
+// before on the same stream and stored `seq` into state->bad_seq if the gradient
+// holds inf/NaN. Every thread reads that flag; thread 0 of block 0 books the
+// micro-batch (window_total += weight, or window_dropped += 1), and a flagged
+// gradient is not added. `seq` is the micro-batch's number within its window (1, 2,
+// ...: the same in every replay of a captured window) and bad_seq is reset to 0 when
+// a window ends, so a flag never outlives its window. No host sync: the host never
+// learns which happened until it asks.
 //
 // Vectorised path (vec = 1): 16-byte float4 loads/stores of acc, and 16-byte (f32)
 // or 8-byte (f16/bf16, four halves) loads of grad, chosen by the launcher only when
@@ -33,15 +40,15 @@ GACC_INLINE void gacc_kahan_add(float& acc, float& comp, float v) {
     acc = t;
 }
 
-// Drop mode: whether this micro-batch was flagged; thread 0 books it on the device.
-GACC_INLINE bool gacc_gate(gacc_state* gate, unsigned seq, double weight) {
-    if (!gate) return false;
-    const bool bad = gate->bad_seq == seq;
+// Books the micro-batch on the device (thread 0 only) and says whether it was
+// dropped (drop mode, seq != 0: flagged by gacc_check_finite).
+GACC_INLINE bool gacc_book(gacc_state* state, unsigned seq, double weight) {
+    const bool bad = seq != 0u && state->bad_seq == seq;
     if (gacc_thread_index() == 0) {
         if (bad) {
-            gate->window_dropped = gate->window_dropped + 1u;
+            state->window_dropped = state->window_dropped + 1u;
         } else {
-            gate->window_total = gate->window_total + weight;
+            state->window_total = state->window_total + weight;
         }
     }
     return bad;
@@ -49,9 +56,9 @@ GACC_INLINE bool gacc_gate(gacc_state* gate, unsigned seq, double weight) {
 
 template <typename Load>
 GACC_INLINE void gacc_accumulate_body(float* __restrict__ acc, float* __restrict__ comp, gacc_u64 n, float mul,
-                                      int vec, Load load, const void* grad, gacc_state* gate, unsigned seq,
+                                      int vec, Load load, const void* grad, gacc_state* state, unsigned seq,
                                       double weight) {
-    if (gacc_gate(gate, seq, weight)) {
+    if (gacc_book(state, seq, weight)) {
         return;
     }
     const gacc_u64 tid = gacc_thread_index();
@@ -130,27 +137,28 @@ struct gacc_load_bf16 {
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_accumulate_f32(float* __restrict__ acc, float* __restrict__ comp, const float* __restrict__ grad, gacc_u64 n,
-                    float mul, int vec, gacc_state* gate, unsigned seq, double weight) {
-    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_f32(), grad, gate, seq, weight);
+                    float mul, int vec, gacc_state* state, unsigned seq, double weight) {
+    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_f32(), grad, state, seq, weight);
 }
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_accumulate_f16(float* __restrict__ acc, float* __restrict__ comp, const unsigned short* __restrict__ grad,
-                    gacc_u64 n, float mul, int vec, gacc_state* gate, unsigned seq, double weight) {
-    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_f16(), grad, gate, seq, weight);
+                    gacc_u64 n, float mul, int vec, gacc_state* state, unsigned seq, double weight) {
+    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_f16(), grad, state, seq, weight);
 }
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_accumulate_bf16(float* __restrict__ acc, float* __restrict__ comp, const unsigned short* __restrict__ grad,
-                     gacc_u64 n, float mul, int vec, gacc_state* gate, unsigned seq, double weight) {
-    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_bf16(), grad, gate, seq, weight);
+                     gacc_u64 n, float mul, int vec, gacc_state* state, unsigned seq, double weight) {
+    gacc_accumulate_body(acc, comp, n, mul, vec, gacc_load_bf16(), grad, state, seq, weight);
 }
 
 // Drop mode's check pass: stores `seq` into state->bad_seq when any element of the
 // gradient is inf or NaN (all-ones exponent, tested on the bits). Every thread that
-// finds one stores the same value with a plain store: racy but idempotent, no atomics,
-// no reduction. The flag is compared with `seq` (a per-engine micro-batch number the
-// host increments), so it never needs resetting. Traffic: the gradient read once.
+// finds one stores the same value, with atomicExch (concurrent plain stores would be
+// a data race under the CUDA memory model, even of one value); no reduction. The flag
+// is compared with `seq` (the micro-batch's number in its window) and reset when the
+// window ends. Traffic: the gradient read once.
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_check_finite(const void* __restrict__ grad, int dtype, gacc_u64 n, gacc_state* state, unsigned seq) {
     const gacc_u64 tid = gacc_thread_index();
@@ -165,6 +173,6 @@ gacc_check_finite(const void* __restrict__ grad, int dtype, gacc_u64 n, gacc_sta
         for (gacc_u64 i = tid; i < n; i += stride) bad |= (g[i] & mask) == mask;
     }
     if (bad) {
-        state->bad_seq = seq;
+        atomicExch(&state->bad_seq, seq);
     }
 }

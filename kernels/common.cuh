@@ -38,8 +38,9 @@ typedef unsigned long long gacc_u64;
 struct gacc_state {
     gacc_u64 step;            // applied updates so far
     double sumsq;             // last step: sum of squares of g, in f64
-    double window_total;      // drop mode: the open window's total weight (dropped left out)
-    double last_total;        // drop mode: the last closed window's total (for the step info)
+    double window_total;      // the open window's total weight, summed on the device by the
+                              // accumulate kernels (drop mode: dropped micro-batches left out)
+    double last_total;        // the last closed window's total (for the step info)
     float loss_scale;         // S for the next window (read by callers' loss kernels)
     unsigned growth_tracker;  // clean steps in a row since the last growth/backoff
     unsigned applied;         // last step: 1 applied, 0 skipped
@@ -62,8 +63,11 @@ struct gacc_state {
     unsigned hysteresis_left; // overflows still tolerated before the scale backs off
     unsigned window_dropped;  // drop mode: micro-batches of the open window left out
     unsigned last_dropped;    // drop mode: the same, for the last closed window
-    unsigned bad_seq;         // drop mode: sequence number of the last micro-batch
-                              // found non-finite (gacc_check_finite's flag word)
+    unsigned bad_seq;         // drop mode: number (1, 2, ... within the window) of the last
+                              // micro-batch found non-finite (gacc_check_finite's flag word);
+                              // 0 at the start of every window (gacc_finalize, gacc_zero)
+    float lr;                 // learning rate of the next step (gacc_store_lr, on the stream)
+    unsigned reserved;        // keeps the size a multiple of 8 (no implicit padding)
 };
 
 // --- conversions -----------------------------------------------------------------

@@ -8,9 +8,11 @@
 // No float atomics: for a given grid size the result is bit-identical run to run.
 // A non-finite g makes the sum non-finite: that is the found_inf test, no extra pass.
 // Compensated accumulation (comp != NULL): g[i] = (acc[i] - comp[i]) * factor (+4 B).
-// Drop mode (device_total = 1): total is state->window_total, summed on the device;
-// when every micro-batch was dropped it is 0, factor is inf and g = 0 * inf is NaN:
-// the step is skipped, as on the CPU.
+// total is state->window_total, summed on the device by the accumulate kernels (or
+// the global one a device collective left there), never a kernel argument: a
+// replayed CUDA graph reads the replay's own total. Drop mode: when every
+// micro-batch was dropped it is 0, factor is inf and g = 0 * inf is NaN: the step is
+// skipped, as on the CPU.
 //
 // Memory traffic per parameter: read acc (4 B). Plus 8 B per block.
 // acc is a device allocation, so the float4 path is always aligned; the scalar tail
@@ -18,10 +20,10 @@
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
-gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp, gacc_u64 n, double total_weight,
-                   unsigned device_total, const gacc_state* state, double* __restrict__ partials) {
+gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp, gacc_u64 n, const gacc_state* state,
+                   double* __restrict__ partials) {
     __shared__ double shared_sum[GACC_BLOCK];
-    const double total = device_total ? state->window_total : total_weight;
+    const double total = state->window_total;
     const float factor = gacc_unscale_factor(total, state->loss_scale);
     const float4* comp4 = reinterpret_cast<const float4*>(comp);
     const gacc_u64 tid = gacc_thread_index();

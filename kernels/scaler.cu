@@ -12,14 +12,17 @@
 //    t = step + 1; the optimizer's scalars for update t (AdamW bias corrections in
 //    f64 from t, exactly as math::AdamScalars::new; SGD first = (t == 1)); then the
 //    scale grows after growth_interval clean steps (when the grown value is finite).
-// 5. Drop mode: the window's total is the device's (state->window_total) and a
-//    window with every micro-batch dropped (total 0) is skipped; a dropped
-//    micro-batch counts as an overflow for the loss scale even when the step is
-//    applied. The window's total and dropped count move to last_total/last_dropped
-//    (the step info) and the open-window ones are reset.
+// 5. The window's total is the device's (state->window_total, summed by the
+//    accumulate kernels) and the learning rate is state->lr (gacc_store_lr): neither
+//    is a kernel argument, so a replayed CUDA graph uses the replay's values. The
+//    window's total and dropped count move to last_total/last_dropped (the step
+//    info), the open-window ones and drop mode's flag word (bad_seq) are reset.
+//    Drop mode: a window with every micro-batch dropped (total 0) is skipped; a
+//    dropped micro-batch counts as an overflow for the loss scale even when the step
+//    is applied.
 // 6. Device collective (h.device_total, NCCL): the total is the global one that
-//    gacc_dp_unpack_totals (dp.cu) left in state->window_total, as in drop mode. A
-//    global total of 0 with nothing dropped skips the step and leaves the loss scale.
+//    gacc_dp_unpack_totals (dp.cu) left in state->window_total. A global total of 0
+//    with nothing dropped skips the step and leaves the loss scale.
 // The scaler rule (math::ScalerState::update), two policies: overflow: if
 // hysteresis_left <= 1 { S = max(S * backoff (GRADSCALER) or S / growth (DEEPSPEED),
 // min_scale) } else { hysteresis_left -= 1 }; tracker = 0. Clean: if consecutive
@@ -32,7 +35,7 @@
 // host reads back only when asked. Memory traffic: 8 B per norm block + the state.
 #include "common.cuh"
 
-// Hyper-parameters that do not change during training (lr is passed per step).
+// Hyper-parameters that do not change during training (lr lives in the state).
 struct gacc_hyper {
     float max_norm;        // <= 0: no clipping
     float beta1, beta2, eps, weight_decay, momentum;
@@ -89,8 +92,7 @@ GACC_INLINE void gacc_scaler_update(gacc_state* st, const gacc_hyper& h, bool fo
 }
 
 extern "C" __global__ void __launch_bounds__(32)
-gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n_partials, double total_weight,
-              float lr, gacc_hyper h) {
+gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n_partials, gacc_hyper h) {
     if (threadIdx.x != 0 || blockIdx.x != 0) {
         return;
     }
@@ -99,16 +101,13 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
     for (unsigned i = 0; i < n_partials; ++i) {
         sumsq = sumsq + partials[i];
     }
-    double total = total_weight;
-    unsigned dropped = 0;
-    const bool device_total = h.drop_nonfinite || h.device_total;
-    if (device_total) {
-        total = st.window_total;
-        dropped = st.window_dropped;
-        st.window_total = 0.0;
-        st.window_dropped = 0;
-    }
-    st.last_total = device_total ? total : 0.0;
+    const float lr = st.lr;
+    const double total = st.window_total;
+    const unsigned dropped = st.window_dropped;
+    st.window_total = 0.0;
+    st.window_dropped = 0;
+    st.bad_seq = 0;
+    st.last_total = total;
     st.last_dropped = dropped;
     // An empty window (device total 0 with nothing dropped: every rank's weights
     // were 0) is skipped without touching the loss scale.
@@ -155,4 +154,14 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
         gacc_scaler_update(&st, h, found_inf || dropped > 0u);
     }
     *state = st;
+}
+
+// gacc_set_lr on a CUDA engine: state->lr = lr, queued on the engine's stream, so it
+// is ordered with the steps around it (no host sync, no host memory to keep alive).
+// Captured in a graph, it sets this value at every replay.
+extern "C" __global__ void __launch_bounds__(32) gacc_store_lr(gacc_state* state, float lr) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) {
+        return;
+    }
+    state->lr = lr;
 }

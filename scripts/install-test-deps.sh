@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a Debian machine with Rust, gcc and
 # python3, then writes .deps/env.sh (source it) with the environment the tests use.
-#   - Debian: make, g++, valgrind, libasan/libubsan, golang-go, cmake, pkg-config,
+#   - Debian: make, g++, valgrind, libasan/libubsan/libtsan, golang-go, cmake, pkg-config,
 #     patchelf, Open MPI (only what is missing; apt-get update first)
 #   - PyPI into .deps/python: safetensors + numpy (checkpoints opened from Python)
 #   - PyPI into build/pyenv: tree-sitter + tree-sitter-julia (Julia syntax check; optional)
@@ -31,7 +31,9 @@ have mpicc || need+=(openmpi-bin libopenmpi-dev)
 if have gcc; then
     probe=$(mktemp -d)
     echo 'int main(void) { return 0; }' >"$probe/p.c"
-    gcc -fsanitize=address,undefined "$probe/p.c" -o "$probe/p" >/dev/null 2>&1 ||
+    # ASan/UBSan (make sanitize) and TSan (make tsan-shim) come with libgcc-N-dev.
+    { gcc -fsanitize=address,undefined "$probe/p.c" -o "$probe/p" >/dev/null 2>&1 &&
+        gcc -fsanitize=thread "$probe/p.c" -o "$probe/p" >/dev/null 2>&1; } ||
         need+=("libgcc-$(gcc -dumpversion | cut -d. -f1)-dev")
     rm -rf "$probe"
 fi

@@ -7,6 +7,8 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+#[path = "cuda_common/capture.rs"]
+mod capture;
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -245,8 +247,9 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
     assert_eq!(names, ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
     assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "step without info: no transfer, no sync");
-    let (grid, norm_grid) = be.grids();
-    assert_eq!(grid, launch::elementwise_grid(n, SM));
+    let grids = be.grids();
+    let (grid, norm_grid) = (grids.update, grids.norm);
+    assert_eq!(grid, launch::elementwise_grid(n, SM, gacc::backend::cuda::shim::SHIM_BLOCKS_PER_SM));
     assert_eq!(norm_grid, launch::norm_grid(n, SM));
     for (name, g, block) in &be.runtime().launches[before..] {
         let expect = if name == "gacc_finalize" {
@@ -388,4 +391,338 @@ fn checkpoint_resume_case(mut case: Case, tag: &str) {
     feed(&mut cpu, 13..24);
     assert_eq!(params(&mut cpu), params(&mut whole), "CUDA checkpoint resumed on the CPU differs");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The gradient of micro-batch `k` of replay `r` (drop mode: replay 1's second
+/// micro-batch holds a NaN, the others are finite).
+fn capture_grad(n: usize, r: usize, k: usize, nan: bool) -> Vec<f32> {
+    let mut g: Vec<f32> = (0..n).map(|i| ((((i * 7 + k * 11 + r * 5) % 23) as f32) - 11.0) / 32.0).collect();
+    if nan && r == 1 && k == 1 {
+        g[n / 2] = f32::NAN;
+    }
+    g
+}
+
+/// A window (K micro-batches with device gradients, then gacc_step without info)
+/// captured once and replayed N times, with the learning rate changed before every
+/// replay and new gradients written into the captured buffers, against N windows
+/// of direct calls on the CPU backend: bit-identical parameters, working copy, loss
+/// scale and optimizer state, and the step count right afterwards. Fails when the
+/// learning rate, the window total or drop mode's flag is a frozen kernel argument.
+fn captured_window_replays_like_direct_windows(mut case: Case) {
+    const K: usize = 3;
+    const N: usize = 4;
+    case.tensors = vec![(1030, true), (5, false), (262, true)];
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
+    let target = ShimTarget::new();
+    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
+    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), 0);
+    let mut cpu = Engine::new(config, layout, &init).unwrap();
+    let weights = [1.0, 2.5, 0.5];
+    let lrs = [0.02f32, 0.005, 0.0, 0.03];
+    let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let buffers: Vec<*const c_void> = (0..K).map(|k| target.upload(&to_bytes(&capture_grad(n, 0, k, false)), 0)).collect();
+    let feed_cpu = |e: &mut Engine, r: usize| {
+        for (k, w) in weights.iter().enumerate() {
+            let g = capture_grad(n, r, k, case.drop_nonfinite);
+            // SAFETY: host memory of n floats.
+            unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, *w) }.unwrap();
+        }
+        e.step(false).unwrap();
+    };
+
+    graph.lock().unwrap().begin_capture();
+    for (k, w) in weights.iter().enumerate() {
+        // SAFETY: device memory of n floats (the shim's).
+        unsafe { dut.microbatch(&GradInput { ptr: buffers[k], dtype: Dtype::F32, numel: n }, *w) }.unwrap();
+    }
+    dut.step(false).unwrap();
+    graph.lock().unwrap().end_capture();
+    assert_eq!(dut.window(), (0.0, 0), "the host's window is closed by the captured step");
+    let frozen = graph.lock().unwrap().f32_args();
+    assert!(
+        frozen.iter().all(|(name, _)| name.starts_with("gacc_accumulate")),
+        "only the accumulate kernels' micro-batch weights are f32 arguments: {frozen:?}"
+    );
+
+    for (r, &lr) in lrs.iter().enumerate() {
+        for (k, &buffer) in buffers.iter().enumerate() {
+            let g = capture_grad(n, r, k, case.drop_nonfinite);
+            // SAFETY: the shim's device memory is host memory of n floats.
+            unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), buffer as *mut f32, n) };
+        }
+        dut.set_lr(lr).unwrap();
+        cpu.set_lr(lr).unwrap();
+        graph.lock().unwrap().replay().unwrap();
+        feed_cpu(&mut cpu, r);
+    }
+    // A direct window after the replays: the host accepts it, the step count is the
+    // device's.
+    dut.set_lr(0.01).unwrap();
+    cpu.set_lr(0.01).unwrap();
+    let g = capture_grad(n, 9, 0, false);
+    for e in [&mut dut, &mut cpu] {
+        // SAFETY: host memory of n floats.
+        unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 2.0) }.unwrap();
+    }
+    let (a, b) = (cpu.step(true).unwrap().unwrap(), dut.step(true).unwrap().unwrap());
+    // Every window applies (a dropped micro-batch leaves the others in its window).
+    assert_eq!(b.step, (N + 1) as u64, "{}: step count after {N} replays", case.name);
+    assert_eq!((a.step, a.applied, a.loss_scale.to_bits()), (b.step, b.applied, b.loss_scale.to_bits()), "{}", case.name);
+    let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+    common::compare_f32(&format!("{}: master weights", case.name), &sc.master, &sd.master, true, 0.0);
+    common::compare_f32(&format!("{}: optimizer state 1", case.name), &sc.state1, &sd.state1, true, 0.0);
+    common::compare_f32(&format!("{}: optimizer state 2", case.name), &sc.state2, &sd.state2, true, 0.0);
+    assert_eq!(
+        (sd.loss_scale.to_bits(), sd.growth_tracker, sd.applied_steps),
+        (sc.loss_scale.to_bits(), sc.growth_tracker, sc.applied_steps),
+        "{}: scaler state",
+        case.name
+    );
+    target.release();
+}
+
+#[test]
+fn captured_window_replays_honour_lr_and_step_count() {
+    let case = common::cases()
+        .into_iter()
+        .find(|c| {
+            !c.clip
+                && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW
+                && c.precision == gacc::ffi::types::GACC_PRECISION_FP16
+        })
+        .unwrap();
+    captured_window_replays_like_direct_windows(case);
+    let sgd = common::cases()
+        .into_iter()
+        .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_SGD && c.momentum != 0.0)
+        .unwrap();
+    captured_window_replays_like_direct_windows(sgd);
+}
+
+#[test]
+fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
+    // Replay 1's second micro-batch holds a NaN and is dropped; in replays 2 and 3
+    // the same buffer is finite again and must be kept (a flag frozen at capture, or
+    // left over from replay 1, would drop it).
+    let mut case = common::cases()
+        .into_iter()
+        .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW)
+        .unwrap();
+    case.drop_nonfinite = true;
+    case.compensated = true;
+    captured_window_replays_like_direct_windows(case);
+}
+
+/// A one-rank device collective over the shim (test double): the sum of one rank
+/// is a copy. Its drop is logged next to the runtime's.
+struct OneRankCollective(Arc<std::sync::Mutex<capture::Graph>>);
+
+impl gacc::distributed::DeviceCollective for OneRankCollective {
+    fn rank(&self) -> u32 {
+        0
+    }
+    fn world_size(&self) -> u32 {
+        1
+    }
+    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, _stream: *mut c_void) -> gacc::Result<()> {
+        let bytes = count * if f64 { 8 } else { 4 };
+        // SAFETY: shim device memory is host memory of at least `bytes`.
+        unsafe { std::ptr::copy(send as *const u8, recv as *mut u8, bytes) };
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "one-rank test collective".into()
+    }
+}
+
+impl Drop for OneRankCollective {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().log.push("communicator dropped".to_string());
+    }
+}
+
+fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<capture::Graph>>) {
+    let config = common::config_for(case);
+    let layout = common::layout_for(case);
+    let params = vec![0.25f32; layout.numel];
+    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    (Engine::from_parts(config, layout, Box::new(backend), 0), graph)
+}
+
+/// Fails before the fix: the engine's fields dropped the backend (stream, context)
+/// before the NCCL communicator.
+#[test]
+fn the_communicator_is_destroyed_before_the_backend() {
+    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    engine.set_device_collective(Box::new(OneRankCollective(graph.clone()))).unwrap();
+    let n = engine.numel();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    assert_eq!(engine.step(true).unwrap().unwrap().step, 1);
+    drop(engine);
+    let log = graph.lock().unwrap().log.clone();
+    let at = |what: &str| log.iter().position(|l| l == what).unwrap_or_else(|| panic!("{what} missing: {log:?}"));
+    assert!(at("communicator dropped") < at("runtime dropped"), "{log:?}");
+}
+
+/// Fails before the fix: teardown synchronised the stream given to gacc_set_stream,
+/// which the caller may have destroyed by then; it must wait for the engine's work
+/// without naming that stream (CudaRuntime: cuCtxSynchronize).
+#[test]
+fn destroy_does_not_synchronise_the_callers_stream() {
+    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    engine.set_stream(0x00CA_11E4 as *mut c_void).unwrap();
+    let n = engine.numel();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.step(false).unwrap();
+    let before = graph.lock().unwrap().log.len();
+    drop(engine);
+    let log = graph.lock().unwrap().log[before..].to_vec();
+    assert!(!log.iter().any(|l| l.starts_with("synchronize 0xca11e4")), "teardown used the caller's stream: {log:?}");
+    assert_eq!(log.first().map(String::as_str), Some("finish"), "teardown waits for the engine's work first: {log:?}");
+}
+
+fn engine_with_memory(case: &Case, memory: u64) -> gacc::Result<Engine> {
+    let config = common::config_for(case);
+    let layout = common::layout_for(case);
+    let params = vec![0.25f32; layout.numel];
+    let rt = ShimRuntime::new(shim(), SM, memory);
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params })?;
+    Ok(Engine::from_parts(config, layout, Box::new(backend), 0))
+}
+
+/// Fails before the fix: the check at creation left out the staging buffer of host
+/// gradients, so an engine that fit failed on its first host micro-batch.
+#[test]
+fn the_memory_check_at_create_includes_the_staging_buffer() {
+    let case = common::cases()[0].clone();
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
+    let err = engine_with_memory(&case, need - 1).err().expect("one byte short must fail at create");
+    assert_eq!(err.status, gacc::gacc_status::GACC_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("numel"), "{}", err.message);
+    let mut engine = engine_with_memory(&case, need).unwrap();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats (goes through the staging buffer).
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.step(true).unwrap();
+}
+
+/// Fails before the fix: gacc_set_nccl's buffers were allocated only while joining
+/// the group, after the communicator existed; now the device is checked (and the
+/// buffers allocated) before, and an engine too full for them is refused there.
+#[test]
+fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
+    let case = common::cases()[0].clone();
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
+    let mut engine = engine_with_memory(&case, need).unwrap();
+    let g = vec![0.5f32; n];
+    // SAFETY: host memory of n floats: the staging buffer is allocated.
+    unsafe { engine.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+    engine.zero().unwrap();
+    let err = engine.prepare_device_collective().expect_err("no room for the NCCL buffers");
+    assert_eq!(err.status, gacc::gacc_status::GACC_ERR_OUT_OF_MEMORY);
+    assert!(err.message.contains("gacc_set_nccl") && err.message.contains("bytes"), "{}", err.message);
+    let extra = gacc::backend::cuda::backend::device_group_bytes(n);
+    let mut roomy = engine_with_memory(&case, need + extra).unwrap();
+    roomy.prepare_device_collective().unwrap();
+}
+
+/// Fails before the fix (8 blocks per multiprocessor for every kernel): each
+/// element-wise kernel's grid is the runtime's occupancy answer for that kernel
+/// times the multiprocessor count, and the launches use it.
+#[test]
+fn grids_follow_the_occupancy_answer_per_kernel() {
+    let mut case = common::cases()[0].clone();
+    assert_eq!(case.optimizer, gacc::ffi::types::GACC_OPTIMIZER_ADAMW);
+    case.tensors = vec![(40_000, true), (3, false)];
+    case.drop_nonfinite = true;
+    let config = common::config_for(&case);
+    let layout = common::layout_for(&case);
+    let n = layout.numel;
+    let mut rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
+    rt.occupancy.insert("gacc_update_adamw".into(), 5);
+    rt.occupancy.insert("gacc_check_finite".into(), 3);
+    let params = vec![0.5f32; n];
+    let mut be = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    let grids = be.grids();
+    assert!(n > 4 * 256 * 8 * SM as usize, "n covers every cap");
+    assert_eq!((grids.update, grids.check_finite, grids.accumulate(Dtype::F32)), (5 * SM, 3 * SM, 8 * SM));
+    let g = vec![1.0f32; n];
+    let before = be.runtime().launches.len();
+    // SAFETY: g holds n f32.
+    unsafe { be.accumulate(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0, 1.0) }.unwrap();
+    be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
+    let launched: Vec<(&str, u32)> = be.runtime().launches[before..].iter().map(|l| (l.0.as_str(), l.1)).collect();
+    assert_eq!(
+        launched,
+        [
+            ("gacc_check_finite", 3 * SM),
+            ("gacc_accumulate_f32", 8 * SM),
+            ("gacc_norm_partials", launch::norm_grid(n, SM)),
+            ("gacc_finalize", 1),
+            ("gacc_update_adamw", 5 * SM)
+        ]
+    );
+}
+
+/// gacc_set_lr between direct steps (0 included) on a CUDA engine: the device's
+/// learning rate follows, bit-identical to the CPU backend, step counts equal; and
+/// a checkpoint restore carries its learning rate to the device.
+#[test]
+fn lr_changes_between_steps_match_the_cpu() {
+    for optimizer in [gacc::ffi::types::GACC_OPTIMIZER_ADAMW, gacc::ffi::types::GACC_OPTIMIZER_SGD] {
+        let case = common::cases().into_iter().find(|c| !c.clip && c.optimizer == optimizer).unwrap();
+        let config = common::config_for(&case);
+        let layout = common::layout_for(&case);
+        let n = layout.numel;
+        let init: Vec<f32> = (0..n).map(|i| ((i * 31 % 89) as f32 - 44.0) / 64.0).collect();
+        let target = ShimTarget::new();
+        let mut dut = target.engine(config, layout.clone(), &init);
+        let mut cpu = Engine::new(config, layout.clone(), &init).unwrap();
+        for (w, lr) in [0.03f32, 0.0, 0.001, 0.02, 0.0075].into_iter().enumerate() {
+            let g = capture_grad(n, w, 0, false);
+            for e in [&mut dut, &mut cpu] {
+                e.set_lr(lr).unwrap();
+                // SAFETY: host memory of n floats.
+                unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.5) }.unwrap();
+            }
+            let (a, b) = (cpu.step(true).unwrap().unwrap(), dut.step(true).unwrap().unwrap());
+            assert_eq!((a.step, a.applied), (b.step, b.applied), "{}: window {w}", case.name);
+        }
+        let mut p_cpu = vec![0f32; n];
+        let mut p_dut = vec![0f32; n];
+        cpu.read_params(&mut p_cpu).unwrap();
+        dut.read_params(&mut p_dut).unwrap();
+        common::compare_f32(&format!("{}: master after an lr schedule", case.name), &p_cpu, &p_dut, true, 0.0);
+        // A snapshot taken at lr 0.0075, restored into an engine now at lr 0.5.
+        let snap = dut.snapshot().unwrap();
+        let mut resumed = target.engine(config, layout, &init);
+        resumed.set_lr(0.5).unwrap();
+        resumed.restore(&snap).unwrap();
+        assert_eq!(resumed.lr(), 0.0075);
+        let g = capture_grad(n, 7, 0, false);
+        for e in [&mut resumed, &mut cpu] {
+            // SAFETY: host memory of n floats.
+            unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0) }.unwrap();
+            e.step(false).unwrap();
+        }
+        cpu.read_params(&mut p_cpu).unwrap();
+        resumed.read_params(&mut p_dut).unwrap();
+        common::compare_f32(&format!("{}: master after a restore", case.name), &p_cpu, &p_dut, true, 0.0);
+    }
 }

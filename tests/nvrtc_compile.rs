@@ -188,3 +188,30 @@ fn compiled_module_is_cached_in_memory_and_on_disk() {
     assert!(cache::kernels_cubin_in(Some(&unwritable), 90, false).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Fails before the fix (NVRTC was asked for sm_<device arch> and refused it): a
+/// device newer than every architecture this NVRTC knows gets PTX for the newest
+/// one it knows (compute_XX, JIT-compiled by the driver), through the library's
+/// cache path, with its own cache key.
+#[test]
+fn an_unknown_newer_architecture_gets_ptx_for_the_newest_known() {
+    if !nvrtc_or_skip("an_unknown_newer_architecture_gets_ptx_for_the_newest_known") {
+        return;
+    }
+    let known = nvrtc::supported_archs_of_loaded().unwrap();
+    let Some(&newest) = known.iter().max() else {
+        println!("skipped: this NVRTC cannot list its architectures");
+        return;
+    };
+    let future = newest + 10;
+    assert_eq!(nvrtc::target_for(future).unwrap(), nvrtc::CodeTarget::Ptx(newest));
+    let key = cache::cache_key(future).unwrap();
+    assert!(key.contains(&format!("compute{newest}-ptx")), "{key}");
+    let (image, _) = cache::kernels_cubin_in(None, future, true).unwrap();
+    assert_eq!(image.last(), Some(&0), "PTX for cuModuleLoadData is NUL-terminated");
+    let text = String::from_utf8_lossy(&image[..image.len() - 1]).into_owned();
+    assert!(text.contains(&format!(".target sm_{newest}")), "PTX targets sm_{newest}");
+    for name in kernels::KERNEL_NAMES {
+        assert!(text.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
+    }
+}

@@ -8,11 +8,14 @@
 // and __shared__ variables are function statics (one block at a time, and one
 // launch at a time under a process-wide lock, so a static is exactly one block's
 // shared memory). fp16/bf16 are bit containers with round-to-nearest-even
-// conversions. gacc's kernels use no warp shuffles and no atomics, so none are
-// emulated. What this does not model: the memory model, warp scheduling, real races,
-// performance.
+// conversions. gacc's kernels use no warp shuffles; the one atomic they use
+// (atomicExch) is a std::atomic_ref exchange, so that concurrent threads are as
+// well-defined here as on a GPU and ThreadSanitizer (make tsan-shim) can check the
+// shim's threads for races. What this does not model: the CUDA memory model beyond
+// that, warp scheduling, performance.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -41,6 +44,21 @@ extern thread_local std::barrier<>* block_barrier;
 #define __shared__ static
 
 inline void __syncthreads() { gacc_shim::block_barrier->arrive_and_wait(); }
+
+// CUDA's atomicExch on a 32-bit word: returns the old value.
+#ifndef GACC_SHIM_PLAIN_ATOMICS
+inline unsigned atomicExch(unsigned* address, unsigned value) {
+    return std::atomic_ref<unsigned>(*address).exchange(value);
+}
+#else
+// Only for make tsan-shim's self-test: plain loads and stores, the race the kernels
+// had before they used atomicExch; ThreadSanitizer must report it.
+inline unsigned atomicExch(unsigned* address, unsigned value) {
+    const unsigned old = *address;
+    *address = value;
+    return old;
+}
+#endif
 
 struct alignas(16) float4 {
     float x, y, z, w;

@@ -59,7 +59,7 @@ const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_update_sgd_momentum), GACC_SHIM_KERNEL(gacc_update_sgd),
     GACC_SHIM_KERNEL(gacc_write_working),  GACC_SHIM_KERNEL(gacc_check_finite),
     GACC_SHIM_KERNEL(gacc_dp_pack_totals), GACC_SHIM_KERNEL(gacc_dp_unpack_totals),
-    GACC_SHIM_KERNEL(gacc_dp_fold),
+    GACC_SHIM_KERNEL(gacc_dp_fold),        GACC_SHIM_KERNEL(gacc_store_lr),
 };
 
 std::mutex launch_lock;

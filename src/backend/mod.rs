@@ -26,7 +26,9 @@ pub struct GradInput {
     pub numel: usize,
 }
 
-/// Host-known inputs of one step.
+/// Host-known inputs of one step. The CUDA backend reads both from device memory
+/// instead (kept there by [`Backend::set_lr`], the accumulate kernel and
+/// [`Backend::mirror_window_total`]), so a replayed CUDA graph needs no host value.
 #[derive(Clone, Copy, Debug)]
 pub struct StepRequest {
     /// Sum of the window's weights (> 0).
@@ -136,6 +138,24 @@ pub trait Backend: Send {
         Err(crate::status::Error::invalid_state("a CPU engine has no CUDA stream"))
     }
 
+    /// The learning rate of the next step. Backends that keep it in device memory
+    /// (CUDA: the step's kernels read it there, so a step captured in a CUDA graph
+    /// honours later calls) queue the update here, ordered with the engine's work and
+    /// without a host sync; the CPU backend takes it from each [`StepRequest`].
+    fn set_lr(&mut self, _lr: f32) -> Result<()> {
+        Ok(())
+    }
+
+    /// The open window's total weight as the engine holds it, for backends that keep
+    /// their own copy where the step reads it (CUDA: device memory, summed there by
+    /// each micro-batch). Called when the engine replaced its window (checkpoint
+    /// restore, a host data-parallel step's global window). Drop mode keeps the
+    /// backend's own total (see [`Backend::set_window_counts`]). The CPU backend reads
+    /// [`StepRequest::total_weight`] and ignores this.
+    fn mirror_window_total(&mut self, _total: f64) -> Result<()> {
+        Ok(())
+    }
+
     /// Address of the current loss scale S (an f32): device memory on a CUDA engine,
     /// so a loss kernel can read it without a sync; host memory on the CPU.
     fn loss_scale_ptr(&mut self) -> Result<*const f32>;
@@ -170,6 +190,13 @@ pub trait Backend: Send {
     /// library (NCCL) creates a communicator for it. CPU engines have no device.
     fn bind_device(&mut self) -> Result<()> {
         Err(crate::status::Error::invalid_state("a CPU engine has no device"))
+    }
+
+    /// Allocates what a device collective group needs (CUDA: the reduction buffers),
+    /// before the communicator is created, so that a device too full for it fails
+    /// here (GACC_ERR_OUT_OF_MEMORY) and not in the middle of joining the group.
+    fn reserve_device_group(&mut self) -> Result<()> {
+        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
     }
 
     /// Joins a device collective group (NCCL): rank 0's master weights go to every

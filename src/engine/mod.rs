@@ -47,6 +47,16 @@ pub struct Engine {
     comm_stats: CommStats,
 }
 
+impl Drop for Engine {
+    /// Transports first: an NCCL communicator is destroyed while the backend's
+    /// stream and context are still alive (fields would drop in declaration order,
+    /// the backend first).
+    fn drop(&mut self) {
+        self.device_comm = None;
+        self.comm = None;
+    }
+}
+
 impl Engine {
     /// Builds an engine on the device the configuration asks for.
     pub fn new(config: Config, layout: Layout, params: &[f32]) -> Result<Engine> {
@@ -200,6 +210,7 @@ impl Engine {
         // data-parallel step waits for its collectives anyway).
         let drop_mode = self.config.numerics.drop_nonfinite;
         let local_counts = if drop_mode { Some(self.backend.window_counts()?) } else { None };
+        let local_weight = self.total_weight;
         let mut totals = [self.total_weight, f64::from(self.microbatches), 0.0, 0.0];
         if let Some((total, dropped)) = local_counts {
             totals[2] = total;
@@ -222,8 +233,10 @@ impl Engine {
             if let Some((total, dropped)) = local_counts {
                 self.backend.set_window_counts(total, dropped)?;
             }
+            self.backend.mirror_window_total(local_weight)?;
             return Err(e);
         }
+        self.backend.mirror_window_total(global_weight)?;
         self.comm_stats.collectives += 2;
         self.comm_stats.bytes += (self.layout.numel * 4 + totals.len() * 8) as u64;
         // From here the window is the global one (accumulator and totals agree).
@@ -343,6 +356,8 @@ impl Engine {
     /// Hyper-parameters other than the learning rate stay the engine's own.
     pub fn restore(&mut self, snap: &EngineSnapshot) -> Result<()> {
         self.backend.import_state(&snap.state)?;
+        self.backend.set_lr(snap.lr)?;
+        self.backend.mirror_window_total(snap.total_weight)?;
         self.lr = snap.lr;
         self.total_weight = snap.total_weight;
         self.microbatches = snap.microbatches;
@@ -373,8 +388,9 @@ impl Engine {
     }
 
     /// Checks that this engine can take a device collective (a CUDA engine with an
-    /// empty window) and makes its device current on this thread, before the
-    /// communicator is created.
+    /// empty window), allocates the device buffers the group needs (an error here
+    /// leaves no communicator behind) and makes its device current on this thread,
+    /// before the communicator is created.
     pub fn prepare_device_collective(&mut self) -> Result<()> {
         if self.device < 0 {
             return Err(Error::invalid_state(
@@ -392,6 +408,7 @@ impl Engine {
                 "set the data-parallel transport before the first micro-batch of a window",
             ));
         }
+        self.backend.reserve_device_group()?;
         self.backend.bind_device()
     }
 
@@ -432,8 +449,12 @@ impl Engine {
         self.backend.as_mut()
     }
 
+    /// Sets the learning rate of the next step (on a CUDA engine also in device
+    /// memory, queued on the engine's stream: a captured step reads it at replay).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        self.lr = config::validate_lr(lr)?;
+        let lr = config::validate_lr(lr)?;
+        self.backend.set_lr(lr)?;
+        self.lr = lr;
         Ok(())
     }
 }

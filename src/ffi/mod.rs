@@ -186,6 +186,9 @@ pub unsafe extern "C" fn gacc_create(
 /// Releases an engine and all its memory. NULL, or an already destroyed handle: no
 /// effect, no crash. If another thread is inside a call on this engine, the memory is
 /// released when that call returns; later calls see GACC_ERR_INVALID_HANDLE.
+/// CUDA engines: waits for the engine's queued work (cuCtxSynchronize on gacc's
+/// context, not on the stream given to gacc_set_stream, which may already be
+/// destroyed), then destroys an NCCL communicator before the stream and context.
 #[no_mangle]
 pub extern "C" fn gacc_destroy(e: *mut gacc_engine) {
     guard_void("gacc_destroy", || {
@@ -295,6 +298,15 @@ pub unsafe extern "C" fn gacc_microbatch(
 /// With drop_nonfinite_microbatches the total is the device's (dropped micro-batches
 /// left out); a window whose micro-batches were all dropped is skipped (applied 0),
 /// not an error. The loss scale follows hysteresis/min/max_loss_scale (docs/numerics.md).
+/// CUDA graphs: on a CUDA engine the step's kernels read the learning rate, the
+/// window's total weight and the step count from device memory, so a window of
+/// gacc_microbatch calls with device gradients and gacc_step with `info` NULL,
+/// captured on the stream given to gacc_set_stream, may be replayed: each replay is
+/// one window with the learning rate last set by gacc_set_lr. A replay reuses the
+/// captured gradient addresses (their contents may change), micro-batch count and
+/// weights. gacc_step with `info`, host gradients and calls that read back cannot
+/// be captured. After replays the host's window is empty and the next gacc_step
+/// info reports the device's step count (docs/cuda.md, "CUDA graphs").
 #[no_mangle]
 pub unsafe extern "C" fn gacc_step(e: *mut gacc_engine, info: *mut gacc_step_info) -> gacc_status {
     guard("gacc_step", || {
@@ -384,7 +396,9 @@ pub unsafe extern "C" fn gacc_loss_scale(e: *const gacc_engine, out: *mut f32) -
     })
 }
 
-/// Sets the learning rate used from the next step on (finite, >= 0).
+/// Sets the learning rate used from the next step on (finite, >= 0). On a CUDA engine
+/// the value is also written into device memory by a kernel queued on the engine's
+/// stream (no host sync), where a step (also a replayed CUDA graph) reads it.
 #[no_mangle]
 pub unsafe extern "C" fn gacc_set_lr(e: *mut gacc_engine, lr: f32) -> gacc_status {
     guard("gacc_set_lr", || registry::with_engine(e, |eng| eng.set_lr(lr)))
@@ -406,6 +420,10 @@ pub unsafe extern "C" fn gacc_get_lr(e: *const gacc_engine, out: *mut f32) -> ga
 /// `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
 /// engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
 /// otherwise).
+/// A window captured on this stream into a CUDA graph may be replayed (see
+/// gacc_step); a replay may not change the stream, the gradient addresses, the
+/// number of micro-batches or their weights. gacc_destroy waits for the engine's
+/// work without using this stream, so the caller may destroy it first.
 #[no_mangle]
 pub unsafe extern "C" fn gacc_set_stream(e: *mut gacc_engine, stream: *mut c_void) -> gacc_status {
     guard("gacc_set_stream", || {

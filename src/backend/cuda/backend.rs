@@ -10,7 +10,14 @@
 //! check pass, then the gated add; plus a host-to-device copy when the gradient is
 //! in host memory); a step is three (norm partials, finalize, fused
 //! update), whatever the number of tensors. A step queues its work and returns: no
-//! device-to-host transfer, no synchronisation, so it can be captured in a graph.
+//! device-to-host transfer, no synchronisation.
+//!
+//! Everything that changes from window to window lives in device memory, not in
+//! kernel arguments: the window's total weight (added by the accumulate kernel), the
+//! learning rate (gacc_set_lr queues gacc_store_lr), the step count, the loss scale.
+//! So a window captured in a CUDA graph replays correctly: the arguments a replay
+//! reuses are pointers, sizes, the micro-batch weights and drop mode's per-window
+//! micro-batch numbers, all the same in every replay of that window.
 
 use std::ffi::c_void;
 
@@ -39,12 +46,14 @@ pub struct CudaBackend<R: Runtime> {
     n_runs: u32,
     first_decay: u32,
     staging: DevPtr,
-    grid: u32,
+    grids: launch::Grids,
     norm_grid: u32,
     hyper: Hyper,
     update_kind: UpdateKind,
-    /// Drop mode: number of the last micro-batch (gacc_check_finite's flag value).
+    /// Drop mode: number of the last micro-batch within the open window
+    /// (gacc_check_finite's flag value; 0 when the window is empty).
     seq: u32,
+    drop_mode: bool,
     /// Stochastic rounding: on (1) / off (0), and its seed.
     sr: u32,
     seed: u64,
@@ -54,14 +63,23 @@ pub struct CudaBackend<R: Runtime> {
     dp_totals: DevPtr,
 }
 
-/// Device bytes an engine of `n` parameters needs (without the staging buffer).
+/// Device bytes an engine of `n` parameters needs, the staging buffer for host
+/// gradients (4 bytes per parameter, allocated on the first host micro-batch)
+/// included. Not included: what gacc_set_nccl adds ([`device_group_bytes`]), checked
+/// there before the communicator is created.
 pub fn device_bytes(config: &Config, n: usize, runs: usize, norm_blocks: u32) -> u64 {
-    let per_param = crate::backend::bytes_per_param(config) as u64;
+    let per_param = crate::backend::bytes_per_param(config) as u64 + 4 /* staging */;
     (n as u64).saturating_mul(per_param)
         + std::mem::size_of::<DeviceState>() as u64
         + 8 * u64::from(norm_blocks)
         + 8 * runs as u64
-        + 6 * 256 // allocation rounding
+        + 7 * 256 // allocation rounding
+}
+
+/// Device bytes a device collective (NCCL) adds: the reduction scratch buffer (n
+/// f32) and the window totals (4 doubles).
+pub fn device_group_bytes(n: usize) -> u64 {
+    (n as u64).saturating_mul(4) + 4 * 8 + 2 * 256
 }
 
 impl<R: Runtime> CudaBackend<R> {
@@ -69,8 +87,14 @@ impl<R: Runtime> CudaBackend<R> {
     pub fn new(rt: R, init: BackendInit<'_>) -> Result<CudaBackend<R>> {
         let config = *init.config;
         let n = init.layout.numel;
-        let sm = rt.multiprocessor_count();
-        let norm_grid = launch::norm_grid(n, sm);
+        let mut rt = rt;
+        let update_kind = match config.optimizer {
+            Optimizer::AdamW { .. } => UpdateKind::AdamW,
+            Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
+            Optimizer::Sgd { .. } => UpdateKind::Sgd,
+        };
+        let grids = launch::Grids::new(&mut rt, n, update_kind);
+        let norm_grid = grids.norm;
         let mut backend = CudaBackend {
             rt,
             n,
@@ -87,15 +111,12 @@ impl<R: Runtime> CudaBackend<R> {
             n_runs: init.layout.runs.len() as u32,
             first_decay: u32::from(init.layout.runs.first().is_some_and(|r| r.decay)),
             staging: 0,
-            grid: launch::elementwise_grid(n, sm),
+            grids,
             norm_grid,
             hyper: hyper_of(&config),
-            update_kind: match config.optimizer {
-                Optimizer::AdamW { .. } => UpdateKind::AdamW,
-                Optimizer::Sgd { momentum, .. } if momentum != 0.0 => UpdateKind::SgdMomentum,
-                Optimizer::Sgd { .. } => UpdateKind::Sgd,
-            },
+            update_kind,
             seq: 0,
+            drop_mode: config.numerics.drop_nonfinite,
             sr: u32::from(config.numerics.stochastic_rounding),
             seed: config.numerics.seed,
             dp_scratch: 0,
@@ -140,6 +161,7 @@ impl<R: Runtime> CudaBackend<R> {
             grad_norm: f32::NAN,
             clip_coef: 1.0,
             hysteresis_left: config.scaler.hysteresis,
+            lr: config.lr,
             ..DeviceState::default()
         };
         // SAFETY: every destination was just allocated with at least these sizes.
@@ -171,9 +193,9 @@ impl<R: Runtime> CudaBackend<R> {
         &mut self.rt
     }
 
-    /// Grid of the element-wise kernels and of the norm pass.
-    pub fn grids(&self) -> (u32, u32) {
-        (self.grid, self.norm_grid)
+    /// The grid of every kernel.
+    pub fn grids(&self) -> launch::Grids {
+        self.grids
     }
 
     fn refresh_working_copy(&mut self) -> Result<()> {
@@ -188,7 +210,7 @@ impl<R: Runtime> CudaBackend<R> {
                 self.working,
                 self.working_dtype,
                 self.n,
-                self.grid,
+                self.grids.write_working,
                 self.state,
                 self.sr,
                 self.seed,
@@ -263,7 +285,8 @@ fn hyper_of(c: &Config) -> Hyper {
 
 impl<R: Runtime> Drop for CudaBackend<R> {
     fn drop(&mut self) {
-        let _ = self.rt.synchronize();
+        // Not synchronize(): the caller's stream may already be destroyed.
+        let _ = self.rt.finish();
         let ptrs = [
             self.master,
             self.acc,
@@ -302,14 +325,14 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
             staging
         };
-        let mut opts = launch::AccumulateOptions { comp: self.comp, ..Default::default() };
-        if self.hyper.drop_nonfinite != 0 {
-            // Never 0, so a fresh state's bad_seq (0) flags nothing.
+        let mut opts = launch::AccumulateOptions { comp: self.comp, state: self.state, seq: 0, weight };
+        if self.drop_mode {
+            // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
-            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grid)?;
-            opts = launch::AccumulateOptions { gate: self.state, seq: self.seq, weight, ..opts };
+            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grids.check_finite)?;
+            opts.seq = self.seq;
         }
-        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
+        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grids.accumulate(grad.dtype), &opts)
     }
 
     fn zero_window(&mut self) -> Result<()> {
@@ -320,20 +343,22 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.rt.memset(self.comp, 0, self.n * 4)?;
             }
         }
-        if self.hyper.drop_nonfinite != 0 {
-            // The device's window total and dropped count (0.0 is all-zero bytes): two
-            // stream-ordered memsets, no sync.
-            let field = |offset: usize| self.state + offset as u64;
-            // SAFETY: both fields lie inside the one DeviceState at `state`.
-            unsafe {
-                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
-                self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
-            }
+        // The device's window total, dropped count and drop mode's flag word (0.0 is
+        // all-zero bytes): stream-ordered memsets, no sync.
+        let field = |offset: usize| self.state + offset as u64;
+        // SAFETY: the fields lie inside the one DeviceState at `state`.
+        unsafe {
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
+            self.rt.memset(field(std::mem::offset_of!(DeviceState, bad_seq)), 0, 4)?;
         }
+        self.seq = 0;
         Ok(())
     }
 
-    fn step(&mut self, request: &StepRequest) -> Result<()> {
+    /// The request's total weight and learning rate are not used: the kernels read
+    /// the device's (see the module docs).
+    fn step(&mut self, _request: &StepRequest) -> Result<()> {
         let buffers = UpdateBuffers {
             acc: self.acc,
             comp: self.comp,
@@ -349,33 +374,14 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             sr: self.sr,
             seed: self.seed,
         };
-        // Device total (drop mode, device collective): the kernels read the total
-        // from the device state; the host's value is then only a placeholder.
-        let device_total = self.hyper.drop_nonfinite != 0 || self.hyper.device_total != 0;
-        let total_weight = if self.hyper.device_total != 0 { 1.0 } else { request.total_weight };
+        // The next window's micro-batches are numbered from 1 again (finalize resets
+        // the device's flag word).
+        self.seq = 0;
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
-            launch::norm_partials(
-                &mut self.rt,
-                self.acc,
-                self.comp,
-                self.n,
-                total_weight,
-                device_total,
-                self.state,
-                self.partials,
-                self.norm_grid,
-            )?;
-            launch::finalize(
-                &mut self.rt,
-                self.state,
-                self.partials,
-                self.norm_grid,
-                total_weight,
-                request.lr,
-                &self.hyper,
-            )?;
-            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grid)
+            launch::norm_partials(&mut self.rt, self.acc, self.comp, self.n, self.state, self.partials, self.norm_grid)?;
+            launch::finalize(&mut self.rt, self.state, self.partials, self.norm_grid, &self.hyper)?;
+            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)
         }
     }
 
@@ -418,6 +424,21 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.rt.set_stream(stream)
     }
 
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        // SAFETY: state is this engine's gacc_state.
+        unsafe { launch::store_lr(&mut self.rt, self.state, lr) }
+    }
+
+    fn mirror_window_total(&mut self, total: f64) -> Result<()> {
+        if self.drop_mode {
+            // The device's total is the kept micro-batches' (set_window_counts).
+            return Ok(());
+        }
+        let field = self.state + std::mem::offset_of!(DeviceState, window_total) as u64;
+        // SAFETY: the field is one f64 inside the DeviceState at `state`.
+        unsafe { self.rt.copy_h2d(field, total.to_le_bytes().as_ptr(), 8) }
+    }
+
     fn window_counts(&mut self) -> Result<(f64, u32)> {
         let st = self.read_state()?;
         Ok((st.window_total, st.window_dropped))
@@ -433,6 +454,22 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     fn bind_device(&mut self) -> Result<()> {
         self.rt.bind()
+    }
+
+    fn reserve_device_group(&mut self) -> Result<()> {
+        if self.dp_scratch == 0 || self.dp_totals == 0 {
+            let need = device_group_bytes(self.n);
+            let (free, total) = self.rt.memory_info()?;
+            if need > free {
+                return Err(Error::out_of_memory(format!(
+                    "gacc_set_nccl: the NCCL reduction buffers of {} parameters need {need} bytes of device memory, \
+                     more than the {free} bytes free ({total} total) on {}",
+                    self.n,
+                    self.rt.describe()
+                )));
+            }
+        }
+        self.dp_buffers().map(|_| ())
     }
 
     fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
@@ -458,7 +495,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
     fn device_allreduce_window(
         &mut self,
         comm: &mut dyn crate::distributed::DeviceCollective,
-        weight: f64,
+        _weight: f64,
         microbatches: u32,
     ) -> Result<()> {
         let (scratch, totals) = self.dp_buffers()?;
@@ -467,10 +504,12 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         // SAFETY: totals holds 4 doubles, scratch/acc/comp n f32, state one gacc_state,
         // all on this device; everything is queued on the engine's stream.
         unsafe {
-            launch::dp_pack_totals(&mut self.rt, totals, self.state, weight, microbatches)?;
+            // The rank's total is the device's (equal to the host's `_weight` outside
+            // drop mode), so a captured window packs the replay's own.
+            launch::dp_pack_totals(&mut self.rt, totals, self.state, microbatches)?;
             comm.allreduce(totals, totals, 4, true, stream)?;
             if self.comp != 0 {
-                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grid)?;
+                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grids.dp_fold)?;
                 comm.allreduce(scratch, scratch, self.n, false, stream)?;
             } else {
                 comm.allreduce(self.acc, scratch, self.n, false, stream)?;
@@ -531,7 +570,9 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             hysteresis_left: st.hysteresis_left,
             applied_steps: st.step,
             comp,
-            window_total: st.window_total,
+            // Outside drop mode the device total only mirrors the engine's (which the
+            // snapshot holds): as on the CPU, the backend reports 0.
+            window_total: if self.drop_mode { st.window_total } else { 0.0 },
             window_dropped: st.window_dropped,
         })
     }
@@ -552,7 +593,11 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         st.growth_tracker = s.growth_tracker;
         st.hysteresis_left = s.hysteresis_left;
         st.step = s.applied_steps;
-        st.window_total = s.window_total;
+        if self.drop_mode {
+            st.window_total = s.window_total;
+        }
+        // Outside drop mode the device total stays (the engine mirrors its own after
+        // a restore: mirror_window_total).
         st.window_dropped = s.window_dropped;
         // SAFETY: every destination holds n f32 (state: one DeviceState).
         unsafe {

@@ -2,8 +2,10 @@
 //!
 //! Key: a hash of the kernel sources and every compile option, the architecture and
 //! the NVRTC version. Disk location: `GACC_CACHE_DIR`, else `$XDG_CACHE_HOME/gacc`,
-//! else `~/.cache/gacc`. Files are written to a temporary name and renamed, so a
-//! concurrent reader sees a whole cubin or none. Any cache failure (unwritable
+//! else `~/.cache/gacc`. Files are written to a temporary name of their own (process
+//! id and a per-process counter: unique per writer, also for two engines compiling
+//! at once in one process) and renamed, so a concurrent reader sees a whole cubin or
+//! none. Any cache failure (unwritable
 //! folder, corrupt file) only costs a compile: it never fails engine creation.
 
 use std::collections::HashMap;
@@ -46,17 +48,23 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gacc"))
 }
 
-/// The cache key of the library's kernels for `sm_{arch}`: hash of the sources and
-/// options, the architecture and the NVRTC version. The disk file is
-/// `cache_dir()/<key>.cubin`.
+/// The cache key of the library's kernels for a device of compute capability
+/// `arch`: hash of the sources and options, the code target (a cubin for `sm_{arch}`,
+/// or PTX for an older architecture when NVRTC does not know the device's: see
+/// nvrtc::choose_target) and the NVRTC version. The disk file is
+/// `cache_dir()/<key>.cubin` (`.ptx` for PTX).
 pub fn cache_key(arch: u32) -> Result<String> {
+    cache_key_for(nvrtc::target_for(arch)?)
+}
+
+fn cache_key_for(target: nvrtc::CodeTarget) -> Result<String> {
     let (major, minor) = nvrtc::version()?;
-    let mut options = nvrtc::base_options(arch);
+    let mut options = nvrtc::target_options(target);
     options.extend(nvrtc::kernel_include_options()?);
     let source = kernels::bundle_source();
     let mut parts: Vec<&str> = vec![&source, kernels::COMMON_CUH];
     parts.extend(options.iter().map(String::as_str));
-    Ok(format!("gacc-{}-sm{arch}-nvrtc{major}.{minor}", source_hash(&parts)))
+    Ok(format!("gacc-{}-{}-nvrtc{major}.{minor}", source_hash(&parts), target.label()))
 }
 
 /// Where a cubin came from.
@@ -67,9 +75,10 @@ pub enum Origin {
     Compiled,
 }
 
-/// The library's kernels as a cubin for `sm_{arch}`: from memory, disk or NVRTC.
+/// The library's kernels for a device of compute capability `arch` (a cubin, or PTX
+/// text when NVRTC does not know the architecture): from memory, disk or NVRTC.
 /// `refresh` skips both caches and overwrites them (used when the driver refused a
-/// cached cubin).
+/// cached image).
 pub fn kernels_cubin(arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)> {
     kernels_cubin_in(cache_dir().as_deref(), arch, refresh)
 }
@@ -77,7 +86,9 @@ pub fn kernels_cubin(arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)>
 /// [`kernels_cubin`] with an explicit disk cache folder (None: memory only).
 pub fn kernels_cubin_in(dir: Option<&std::path::Path>, arch: u32, refresh: bool) -> Result<(Arc<Vec<u8>>, Origin)> {
     static MEMORY: OnceLock<Mutex<HashMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
-    let key = cache_key(arch)?;
+    let target = nvrtc::target_for(arch)?;
+    let key = cache_key_for(target)?;
+    let ptx = matches!(target, nvrtc::CodeTarget::Ptx(_));
 
     let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
     if !refresh {
@@ -85,13 +96,13 @@ pub fn kernels_cubin_in(dir: Option<&std::path::Path>, arch: u32, refresh: bool)
             return Ok((c.clone(), Origin::Memory));
         }
     }
-    let file = dir.map(|d| d.join(format!("{key}.cubin")));
-    let from_disk =
-        if refresh { None } else { file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(|b| looks_like_cubin(b)) };
+    let file = dir.map(|d| d.join(format!("{key}.{}", if ptx { "ptx" } else { "cubin" })));
+    let whole = |b: &Vec<u8>| if ptx { looks_like_ptx(b) } else { looks_like_cubin(b) };
+    let from_disk = if refresh { None } else { file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(whole) };
     let (cubin, origin) = match from_disk {
         Some(bytes) => (bytes, Origin::Disk),
         None => {
-            let compiled = nvrtc::compile_kernels(arch, &[])?;
+            let compiled = nvrtc::compile_kernels_for(target, &[])?;
             if let Some(f) = &file {
                 store(f, &compiled.cubin);
             }
@@ -108,13 +119,21 @@ fn looks_like_cubin(b: &[u8]) -> bool {
     b.len() > 64 && &b[..4] == b"\x7fELF"
 }
 
-fn store(path: &PathBuf, bytes: &[u8]) {
+/// PTX as NVRTC writes it: text with a .version and a .target line, NUL-terminated.
+fn looks_like_ptx(b: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(b);
+    b.last() == Some(&0) && text.contains(".version") && text.contains(".target")
+}
+
+fn store(path: &std::path::Path, bytes: &[u8]) {
+    static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
+    let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{writer}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("gacc"),
         std::process::id()
     ));
@@ -126,6 +145,37 @@ fn store(path: &PathBuf, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails before the fix (one temporary name per process): writers in one process
+    /// truncated and interleaved each other's temporary file, and readers of the
+    /// cache file saw a mix of two cubins.
+    #[test]
+    fn concurrent_writers_in_one_process_leave_one_whole_file() {
+        let dir = std::env::temp_dir().join(format!("gacc-cache-writers-{}", std::process::id()));
+        let path = dir.join("k.cubin");
+        const WRITERS: usize = 6;
+        const BYTES: usize = 1 << 21;
+        let contents: Vec<Vec<u8>> = (0..WRITERS).map(|w| vec![w as u8 + 1; BYTES]).collect();
+        for round in 0..4 {
+            std::thread::scope(|s| {
+                for c in &contents {
+                    s.spawn(|| store(&path, c));
+                }
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        if let Ok(b) = std::fs::read(&path) {
+                            assert!(contents.contains(&b), "round {round}: a reader saw a partial or mixed file");
+                        }
+                    }
+                });
+            });
+            let b = std::fs::read(&path).unwrap();
+            assert!(contents.contains(&b), "round {round}: the cache file is not one writer's whole file");
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "temporary files left behind: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn hash_is_stable_and_sensitive() {

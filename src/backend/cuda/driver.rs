@@ -8,8 +8,10 @@
 //!
 //! The engine uses the device's primary context and a non-blocking stream of its
 //! own, or the caller's stream after gacc_set_stream. Kernels come from the embedded
-//! sources through NVRTC as a cubin for the device's exact architecture (cached: see
-//! cache.rs).
+//! sources through NVRTC (the NVRTC of the driver's CUDA major) as a cubin for the
+//! device's exact architecture, or as PTX for the newest architecture NVRTC knows
+//! when the device is newer, JIT-compiled by cuModuleLoadData (cached: see
+//! cache.rs). The grids come from the occupancy API.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -245,9 +247,9 @@ impl Drop for CudaRuntime {
             let _ = self.make_current();
             // SAFETY: handles created in open(); nothing uses them afterwards.
             unsafe {
-                if !self.stream.is_null() {
-                    sys::cuStreamSynchronize(self.stream);
-                }
+                // The whole context, not `self.stream`: a caller's stream given to
+                // gacc_set_stream may be destroyed before gacc_destroy.
+                sys::cuCtxSynchronize();
                 if !self.module.is_null() {
                     sys::cuModuleUnload(self.module);
                 }
@@ -267,6 +269,19 @@ impl Runtime for CudaRuntime {
     }
     fn multiprocessor_count(&self) -> u32 {
         self.sm_count
+    }
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32> {
+        self.make_current()?;
+        let f = *self.functions.get(kernel).ok_or_else(|| Error::internal(format!("no kernel named {kernel}")))?;
+        no_panic("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
+            let mut blocks: c_int = 0;
+            // SAFETY: f is a loaded kernel; writes one int.
+            check(
+                unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, block as c_int, 0) },
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            )?;
+            Ok(blocks.max(1) as u32)
+        })
     }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
         self.make_current()?;
@@ -355,6 +370,11 @@ impl Runtime for CudaRuntime {
         self.make_current()?;
         // SAFETY: a live stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.make_current()?;
+        // SAFETY: the context is current; waits for all of its streams.
+        check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
     }
     fn stream_handle(&self) -> *mut c_void {
         self.stream as *mut c_void

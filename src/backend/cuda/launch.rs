@@ -1,9 +1,13 @@
-//! One launcher per kernel: preconditions checked, grid from a ceil-div capped by
-//! the multiprocessor count, the argument list in the kernel's order.
+//! One launcher per kernel: preconditions checked, the argument list in the
+//! kernel's order; and the grids ([`Grids`]).
 //!
-//! Every element-wise kernel uses grid-stride loops, so the grid size changes only
-//! speed; the norm pass's grid is fixed per engine (its partial sums are added in
-//! index order, so a fixed grid gives bit-identical norms run to run).
+//! Grids: each element-wise kernel gets a ceil-div of its work, capped at the blocks
+//! that can be resident at once: the occupancy API's answer for that kernel
+//! (cuOccupancyMaxActiveBlocksPerMultiprocessor, asked once per engine through
+//! [`Runtime::max_active_blocks_per_sm`]) times the multiprocessor count. Every
+//! element-wise kernel uses grid-stride loops, so the grid size changes only speed;
+//! the norm pass's grid is fixed per engine (its partial sums are added in index
+//! order, so a fixed grid gives bit-identical norms run to run).
 
 use super::runtime::{Arg, DevPtr, Runtime};
 use super::state::{bytes_of, Hyper};
@@ -12,8 +16,9 @@ use crate::status::{Error, Result};
 
 /// Threads per block (GACC_BLOCK in kernels/common.cuh).
 pub(crate) const BLOCK: u32 = 256;
-/// Resident blocks per multiprocessor aimed at by the element-wise kernels.
-const BLOCKS_PER_SM: u64 = 8;
+/// Resident blocks per multiprocessor assumed when the occupancy query fails (the
+/// grid size only changes speed, so that is no reason to refuse an engine).
+pub const FALLBACK_BLOCKS_PER_SM: u32 = 8;
 /// Blocks per multiprocessor of the norm pass (one double each to reduce).
 const NORM_BLOCKS_PER_SM: u64 = 4;
 
@@ -21,10 +26,53 @@ pub fn ceil_div(a: u64, b: u64) -> u64 {
     a.div_ceil(b)
 }
 
-/// Grid of an element-wise pass over `n` elements (4 per thread and iteration).
-pub fn elementwise_grid(n: usize, sm_count: u32) -> u32 {
+/// Grid of an element-wise pass over `n` elements (4 per thread and iteration) of a
+/// kernel of which `blocks_per_sm` blocks fit on one multiprocessor.
+pub fn elementwise_grid(n: usize, sm_count: u32, blocks_per_sm: u32) -> u32 {
     let blocks = ceil_div(ceil_div(n as u64, 4), u64::from(BLOCK));
-    blocks.clamp(1, u64::from(sm_count.max(1)) * BLOCKS_PER_SM) as u32
+    blocks.clamp(1, u64::from(sm_count.max(1)) * u64::from(blocks_per_sm.max(1))) as u32
+}
+
+/// The grid of every kernel an engine launches over its `n` parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grids {
+    /// gacc_accumulate_{f32, f16, bf16}.
+    pub accumulate: [u32; 3],
+    pub check_finite: u32,
+    /// The engine's gacc_update_* kernel.
+    pub update: u32,
+    pub write_working: u32,
+    pub dp_fold: u32,
+    /// gacc_norm_partials (fixed from the multiprocessor count alone).
+    pub norm: u32,
+}
+
+impl Grids {
+    /// Asks the runtime how many blocks of each kernel fit on a multiprocessor.
+    pub fn new<R: Runtime + ?Sized>(rt: &mut R, n: usize, kind: UpdateKind) -> Grids {
+        let sm = rt.multiprocessor_count();
+        let mut grid = |kernel: &str| {
+            let per_sm = rt.max_active_blocks_per_sm(kernel, BLOCK).unwrap_or(FALLBACK_BLOCKS_PER_SM);
+            elementwise_grid(n, sm, per_sm)
+        };
+        Grids {
+            accumulate: [grid("gacc_accumulate_f32"), grid("gacc_accumulate_f16"), grid("gacc_accumulate_bf16")],
+            check_finite: grid("gacc_check_finite"),
+            update: grid(kind.kernel()),
+            write_working: grid("gacc_write_working"),
+            dp_fold: grid("gacc_dp_fold"),
+            norm: norm_grid(n, sm),
+        }
+    }
+
+    /// The accumulate kernel's grid for gradients of `dtype`.
+    pub fn accumulate(&self, dtype: Dtype) -> u32 {
+        match dtype {
+            Dtype::F32 => self.accumulate[0],
+            Dtype::F16 => self.accumulate[1],
+            Dtype::BF16 => self.accumulate[2],
+        }
+    }
 }
 
 /// Grid (and number of partial sums) of the norm pass.
@@ -56,19 +104,20 @@ pub fn vector_aligned(ptr: DevPtr, dtype: Dtype) -> bool {
 pub struct AccumulateOptions {
     /// Kahan compensation buffer (0: plain accumulation).
     pub comp: DevPtr,
-    /// Drop mode: the gacc_state whose bad_seq gacc_check_finite set (0: no gate).
-    pub gate: DevPtr,
-    /// Drop mode: this micro-batch's sequence number.
+    /// The gacc_state whose window_total the kernel adds `weight` to (and, in drop
+    /// mode, whose bad_seq gacc_check_finite set).
+    pub state: DevPtr,
+    /// Drop mode: this micro-batch's number within its window (never 0); 0: no gate.
     pub seq: u32,
-    /// Drop mode: the weight booked on the device when the gradient is kept.
+    /// The micro-batch's weight, booked on the device (drop mode: when kept).
     pub weight: f64,
 }
 
-/// acc += mul * grad (accumulate.cu).
+/// acc += mul * grad (accumulate.cu), and the weight booked on the device.
 ///
 /// # Safety
 /// `acc` (and `opts.comp`) hold `n` f32 and `grad` `n` elements of `dtype`, all
-/// device memory; `opts.gate` is 0 or a gacc_state.
+/// device memory; `opts.state` is a gacc_state.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate<R: Runtime + ?Sized>(
     rt: &mut R,
@@ -80,7 +129,10 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
     grid: u32,
     opts: &AccumulateOptions,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0, "accumulate: n > 0, acc/comp 16-byte aligned")?;
+    require(
+        n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0 && opts.state != 0,
+        "accumulate: n > 0, acc/comp 16-byte aligned, state set",
+    )?;
     let name = match dtype {
         Dtype::F32 => "gacc_accumulate_f32",
         Dtype::F16 => "gacc_accumulate_f16",
@@ -99,7 +151,7 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
             Arg::U64(n as u64),
             Arg::F32(mul),
             Arg::I32(vec),
-            Arg::Ptr(opts.gate),
+            Arg::Ptr(opts.state),
             Arg::U32(opts.seq),
             Arg::F64(opts.weight),
         ],
@@ -135,44 +187,33 @@ pub unsafe fn check_finite<R: Runtime + ?Sized>(
     )
 }
 
-/// Per-block partial sums of squares (norm.cu); writes `grid` doubles. With
-/// `device_total` the kernel takes the window total from the device state (drop
-/// mode) instead of `total_weight`.
+/// Per-block partial sums of squares (norm.cu); writes `grid` doubles. The window
+/// total comes from the device state.
 ///
 /// # Safety
 /// `acc` (and `comp` when not 0) hold `n` f32, `state` a gacc_state, `partials` at
 /// least `grid` doubles.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn norm_partials<R: Runtime + ?Sized>(
     rt: &mut R,
     acc: DevPtr,
     comp: DevPtr,
     n: usize,
-    total_weight: f64,
-    device_total: bool,
     state: DevPtr,
     partials: DevPtr,
     grid: u32,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && total_weight > 0.0, "norm: n > 0, acc aligned, total > 0")?;
+    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && state != 0, "norm: n > 0, acc aligned, state set")?;
     rt.launch(
         "gacc_norm_partials",
         grid,
         BLOCK,
         0,
-        &[
-            Arg::Ptr(acc),
-            Arg::Ptr(comp),
-            Arg::U64(n as u64),
-            Arg::F64(total_weight),
-            Arg::U32(u32::from(device_total)),
-            Arg::Ptr(state),
-            Arg::Ptr(partials),
-        ],
+        &[Arg::Ptr(acc), Arg::Ptr(comp), Arg::U64(n as u64), Arg::Ptr(state), Arg::Ptr(partials)],
     )
 }
 
-/// The step's decision kernel (scaler.cu): one thread.
+/// The step's decision kernel (scaler.cu): one thread. The window total and the
+/// learning rate come from the device state.
 ///
 /// # Safety
 /// `state` is a gacc_state and `partials` holds `n_partials` doubles.
@@ -181,30 +222,30 @@ pub unsafe fn finalize<R: Runtime + ?Sized>(
     state: DevPtr,
     partials: DevPtr,
     n_partials: u32,
-    total_weight: f64,
-    lr: f32,
     hyper: &Hyper,
 ) -> Result<()> {
-    require(n_partials > 0 && total_weight > 0.0, "finalize: partials > 0, total > 0")?;
+    require(n_partials > 0 && state != 0, "finalize: partials > 0, state set")?;
     rt.launch(
         "gacc_finalize",
         1,
         1,
         0,
-        &[
-            Arg::Ptr(state),
-            Arg::Ptr(partials),
-            Arg::U32(n_partials),
-            Arg::F64(total_weight),
-            Arg::F32(lr),
-            Arg::Bytes(bytes_of(hyper)),
-        ],
+        &[Arg::Ptr(state), Arg::Ptr(partials), Arg::U32(n_partials), Arg::Bytes(bytes_of(hyper))],
     )
 }
 
-/// Data parallelism (dp.cu): totals[0..4] = { weight, microbatches,
-/// state->window_total, state->window_dropped }; the host values travel as kernel
-/// arguments (no copy, no sync).
+/// state->lr = lr (scaler.cu), queued on the stream in use.
+///
+/// # Safety
+/// `state` is a gacc_state, device memory.
+pub unsafe fn store_lr<R: Runtime + ?Sized>(rt: &mut R, state: DevPtr, lr: f32) -> Result<()> {
+    require(state != 0, "store_lr: state set")?;
+    rt.launch("gacc_store_lr", 1, 1, 0, &[Arg::Ptr(state), Arg::F32(lr)])
+}
+
+/// Data parallelism (dp.cu): totals[0..4] = { state->window_total, microbatches,
+/// state->window_total, state->window_dropped }; the micro-batch count travels as a
+/// kernel argument (no copy, no sync).
 ///
 /// # Safety
 /// `totals` holds 4 doubles and `state` is a gacc_state, device memory.
@@ -212,7 +253,6 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
     rt: &mut R,
     totals: DevPtr,
     state: DevPtr,
-    weight: f64,
     microbatches: u32,
 ) -> Result<()> {
     require(totals % 8 == 0 && totals != 0 && state != 0, "dp_pack_totals: pointers set")?;
@@ -221,7 +261,7 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
         1,
         1,
         0,
-        &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(weight), Arg::F64(f64::from(microbatches))],
+        &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(f64::from(microbatches))],
     )
 }
 
@@ -250,6 +290,17 @@ pub enum UpdateKind {
     AdamW,
     SgdMomentum,
     Sgd,
+}
+
+impl UpdateKind {
+    /// The kernel's name.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            UpdateKind::AdamW => "gacc_update_adamw",
+            UpdateKind::SgdMomentum => "gacc_update_sgd_momentum",
+            UpdateKind::Sgd => "gacc_update_sgd",
+        }
+    }
 }
 
 /// The buffers of the fused update pass.
@@ -301,21 +352,19 @@ pub unsafe fn update<R: Runtime + ?Sized>(
         Arg::U64(b.seed),
     ];
     let mut args = vec![Arg::Ptr(b.acc), Arg::Ptr(b.comp), Arg::Ptr(b.master)];
-    let name = match kind {
+    match kind {
         UpdateKind::AdamW => {
             require(b.state1 != 0 && b.state2 != 0, "update: AdamW state allocated")?;
             args.extend([Arg::Ptr(b.state1), Arg::Ptr(b.state2)]);
-            "gacc_update_adamw"
         }
         UpdateKind::SgdMomentum => {
             require(b.state1 != 0, "update: momentum buffer allocated")?;
             args.push(Arg::Ptr(b.state1));
-            "gacc_update_sgd_momentum"
         }
-        UpdateKind::Sgd => "gacc_update_sgd",
-    };
+        UpdateKind::Sgd => {}
+    }
     args.extend(tail);
-    rt.launch(name, grid, BLOCK, 0, &args)
+    rt.launch(kind.kernel(), grid, BLOCK, 0, &args)
 }
 
 /// working = RNE(master), or stochastic rounding keyed by (seed, state->step)
@@ -363,10 +412,12 @@ mod tests {
 
     #[test]
     fn grids_are_capped_and_nonzero() {
-        assert_eq!(elementwise_grid(1, 132), 1);
-        assert_eq!(elementwise_grid(1024, 132), 1);
-        assert_eq!(elementwise_grid(1025, 132), 2);
-        assert_eq!(elementwise_grid(1 << 30, 132), 132 * 8);
+        assert_eq!(elementwise_grid(1, 132, 8), 1);
+        assert_eq!(elementwise_grid(1024, 132, 8), 1);
+        assert_eq!(elementwise_grid(1025, 132, 8), 2);
+        assert_eq!(elementwise_grid(1 << 30, 132, 8), 132 * 8);
+        assert_eq!(elementwise_grid(1 << 30, 132, 5), 132 * 5);
+        assert_eq!(elementwise_grid(1 << 30, 132, 0), 132, "at least one block per multiprocessor");
         assert_eq!(norm_grid(1 << 30, 132), 132 * 4);
         assert!(vector_aligned(32, Dtype::F32) && !vector_aligned(8, Dtype::F32));
         assert!(vector_aligned(8, Dtype::F16) && !vector_aligned(2, Dtype::BF16));

@@ -1,11 +1,19 @@
 //! NVRTC: found at run time, asked for a cubin for the device's exact architecture.
 //!
 //! A cubin (not PTX) because PTX made by a newer NVRTC is rejected by an older
-//! driver, while a cubin loads on any driver of the same CUDA major version.
+//! driver, while a cubin loads on any driver of the same CUDA major version (and a
+//! driver refuses the cubin of a newer major: NVRTC 13 with a 12.x driver fails).
+//! So the NVRTC chosen matches the driver's major version ([`candidates`],
+//! [`check_driver_compatible`]), and when the device is newer than every
+//! architecture this NVRTC knows (nvrtcGetSupportedArchs), the kernels are compiled
+//! to PTX for the newest one it knows, which the driver JIT-compiles for the device
+//! ([`choose_target`]).
 //!
 //! Where NVRTC comes from: the environment variable `GACC_NVRTC_LIB` (full path of
-//! libnvrtc.so.*), else the default names (libnvrtc.so.13, .12, libnvrtc.so) through
-//! the dynamic loader. The CUDA headers NVRTC needs for cuda_fp16.h / cuda_bf16.h
+//! libnvrtc.so.*; refused when its major version is newer than the driver's), else
+//! libnvrtc.so.<driver major> and then libnvrtc.so when a driver is loaded, else
+//! the default names (libnvrtc.so.13, .12, libnvrtc.so), through the dynamic
+//! loader. The CUDA headers NVRTC needs for cuda_fp16.h / cuda_bf16.h
 //! come from `GACC_CUDA_INCLUDE`, else from a pip-installed layout next to the
 //! NVRTC library (…/nvidia/cu13/include or …/nvidia/cuda_runtime/include), else
 //! /usr/local/cuda/include. The library is opened by gacc itself (libloading), not
@@ -39,23 +47,54 @@ struct Api {
     log: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
     cubin_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> NvrtcResult,
     cubin: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
+    ptx_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> NvrtcResult,
+    ptx: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
     error_string: unsafe extern "C" fn(NvrtcResult) -> *const c_char,
+    /// The architectures this NVRTC compiles for (empty: it cannot say, NVRTC < 11.2).
+    supported_archs: Vec<u32>,
 }
 
 // SAFETY: NVRTC's API is thread-safe (programs are not shared between threads here).
 unsafe impl Send for Api {}
 unsafe impl Sync for Api {}
 
-fn candidates() -> Vec<String> {
-    if let Some(p) = std::env::var_os("GACC_NVRTC_LIB") {
-        return vec![p.to_string_lossy().into_owned()];
+/// The libraries tried, in order: `explicit` (GACC_NVRTC_LIB) alone; with a driver
+/// of CUDA major `driver_major`, the NVRTC of that major and then the unversioned
+/// name (whose version [`check_driver_compatible`] checks); without a driver, the
+/// newest first.
+pub fn candidates(explicit: Option<String>, driver_major: Option<u32>) -> Vec<String> {
+    if let Some(p) = explicit {
+        return vec![p];
     }
-    ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"].iter().map(|s| s.to_string()).collect()
+    match driver_major {
+        Some(major) => vec![format!("libnvrtc.so.{major}"), "libnvrtc.so".to_string()],
+        None => ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"].iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Whether code from NVRTC `nvrtc_major` loads on a driver of CUDA `driver_major`:
+/// not when NVRTC is newer (the driver refuses its cubin and its PTX).
+pub fn check_driver_compatible(nvrtc: (i32, i32), driver_major: Option<u32>, path: &str) -> std::result::Result<(), String> {
+    match driver_major {
+        Some(d) if i64::from(nvrtc.0) > i64::from(d) => Err(format!(
+            "{path} is NVRTC {}.{}, newer than the CUDA {d}.x driver, which cannot load what it compiles; \
+             install NVRTC {d} (e.g. pip install nvidia-cuda-nvrtc-cu{d}) or point GACC_NVRTC_LIB at it",
+            nvrtc.0, nvrtc.1
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The loaded driver's CUDA major version (None without a driver).
+fn driver_major() -> Option<u32> {
+    super::driver::driver_version().and_then(|v| v.split('.').next()?.parse().ok())
 }
 
 fn load_api() -> std::result::Result<Api, String> {
     let mut tried = Vec::new();
-    for name in candidates() {
+    let driver = driver_major();
+    let explicit = std::env::var_os("GACC_NVRTC_LIB").map(|p| p.to_string_lossy().into_owned());
+    for name in candidates(explicit, driver) {
         // SAFETY: loading NVRTC runs its initialisers, which have no preconditions.
         let lib = match unsafe { libloading::Library::new(&name) } {
             Ok(lib) => lib,
@@ -77,6 +116,11 @@ fn load_api() -> std::result::Result<Api, String> {
                 return Err(format!("{name}: nvrtcVersion failed"));
             }
             let path = loaded_path(&lib, name.as_str());
+            if let Err(e) = check_driver_compatible((major, minor), driver, &path) {
+                tried.push(e);
+                continue;
+            }
+            let supported_archs = supported_archs(&lib);
             return Ok(Api {
                 create: sym!(b"nvrtcCreateProgram\0"),
                 compile: sym!(b"nvrtcCompileProgram\0"),
@@ -85,6 +129,9 @@ fn load_api() -> std::result::Result<Api, String> {
                 log: sym!(b"nvrtcGetProgramLog\0"),
                 cubin_size: sym!(b"nvrtcGetCUBINSize\0"),
                 cubin: sym!(b"nvrtcGetCUBIN\0"),
+                ptx_size: sym!(b"nvrtcGetPTXSize\0"),
+                ptx: sym!(b"nvrtcGetPTX\0"),
+                supported_archs,
                 error_string: sym!(b"nvrtcGetErrorString\0"),
                 version: (major, minor),
                 path,
@@ -93,6 +140,83 @@ fn load_api() -> std::result::Result<Api, String> {
         }
     }
     Err(format!("NVRTC not found (set GACC_NVRTC_LIB to the full path of libnvrtc.so.*); tried: {}", tried.join("; ")))
+}
+
+/// nvrtcGetSupportedArchs (NVRTC 11.2 and later; empty before).
+fn supported_archs(lib: &libloading::Library) -> Vec<u32> {
+    type Num = unsafe extern "C" fn(*mut c_int) -> NvrtcResult;
+    type List = unsafe extern "C" fn(*mut c_int) -> NvrtcResult;
+    // SAFETY: NVRTC's documented signatures; the list has the size NVRTC reported.
+    unsafe {
+        let (Ok(num), Ok(list)) = (lib.get::<Num>(b"nvrtcGetNumSupportedArchs\0"), lib.get::<List>(b"nvrtcGetSupportedArchs\0"))
+        else {
+            return Vec::new();
+        };
+        let mut n: c_int = 0;
+        if num(&mut n) != 0 || n <= 0 {
+            return Vec::new();
+        }
+        let mut archs = vec![0 as c_int; n as usize];
+        if list(archs.as_mut_ptr()) != 0 {
+            return Vec::new();
+        }
+        archs.into_iter().filter(|&a| a > 0).map(|a| a as u32).collect()
+    }
+}
+
+/// What NVRTC produces for a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeTarget {
+    /// A cubin for `sm_<arch>`, the device's own architecture.
+    Cubin(u32),
+    /// PTX for `compute_<arch>` (an older architecture than the device's), which the
+    /// driver JIT-compiles when the module is loaded.
+    Ptx(u32),
+}
+
+impl CodeTarget {
+    /// NVRTC's --gpu-architecture option.
+    pub fn arch_option(self) -> String {
+        match self {
+            CodeTarget::Cubin(a) => format!("--gpu-architecture=sm_{a}"),
+            CodeTarget::Ptx(a) => format!("--gpu-architecture=compute_{a}"),
+        }
+    }
+    /// "sm90" or "compute90-ptx" (cache keys, messages).
+    pub fn label(self) -> String {
+        match self {
+            CodeTarget::Cubin(a) => format!("sm{a}"),
+            CodeTarget::Ptx(a) => format!("compute{a}-ptx"),
+        }
+    }
+}
+
+/// A cubin when NVRTC knows the device's architecture (or cannot list what it
+/// knows); otherwise PTX for the newest architecture it knows that is older than
+/// the device's; None when every one it knows is newer than the device.
+pub fn choose_target(device_arch: u32, supported: &[u32]) -> Option<CodeTarget> {
+    if supported.is_empty() || supported.contains(&device_arch) {
+        return Some(CodeTarget::Cubin(device_arch));
+    }
+    supported.iter().copied().filter(|&a| a < device_arch).max().map(CodeTarget::Ptx)
+}
+
+/// The architectures the loaded NVRTC compiles for (empty when it cannot say).
+pub fn supported_archs_of_loaded() -> Result<Vec<u32>> {
+    api().map(|a| a.supported_archs.clone())
+}
+
+/// What the library compiles for a device of compute capability `device_arch`
+/// with the loaded NVRTC ([`choose_target`]); an error names both when NVRTC only
+/// knows newer architectures.
+pub fn target_for(device_arch: u32) -> Result<CodeTarget> {
+    let api = api()?;
+    choose_target(device_arch, &api.supported_archs).ok_or_else(|| {
+        Error::device(format!(
+            "NVRTC {}.{} ({}) compiles for sm_{:?}, all newer than the device's sm_{device_arch}",
+            api.version.0, api.version.1, api.path, api.supported_archs
+        ))
+    })
 }
 
 /// The file a loaded library came from (dladdr on one of its symbols).
@@ -153,8 +277,13 @@ pub fn cuda_include_dir() -> Option<PathBuf> {
 /// The options every gacc compile uses: IEEE, unfused arithmetic so that kernels
 /// round exactly like the CPU backend (src/engine/math.rs).
 pub fn base_options(arch: u32) -> Vec<String> {
+    target_options(CodeTarget::Cubin(arch))
+}
+
+/// [`base_options`] for a cubin or PTX target.
+pub fn target_options(target: CodeTarget) -> Vec<String> {
     vec![
-        format!("--gpu-architecture=sm_{arch}"),
+        target.arch_option(),
         "--fmad=false".into(),
         "--prec-div=true".into(),
         "--prec-sqrt=true".into(),
@@ -166,6 +295,8 @@ pub fn base_options(arch: u32) -> Vec<String> {
 /// What a compile produced.
 #[derive(Clone, Debug)]
 pub struct Compiled {
+    /// The module image: a cubin, or NUL-terminated PTX text for a
+    /// [`CodeTarget::Ptx`] compile (cuModuleLoadData takes either).
     pub cubin: Vec<u8>,
     /// NVRTC's log (with --ptxas-options=-v: registers, shared memory, spills).
     pub log: String,
@@ -221,9 +352,18 @@ pub fn compile(source: &str, name: &str, headers: &[(&str, &str)], options: &[St
                 )));
             }
             let mut size = 0usize;
-            check(api, (api.cubin_size)(prog, &mut size), "nvrtcGetCUBINSize")?;
+            let ptx = options.iter().any(|o| o.starts_with("--gpu-architecture=compute_"));
+            if ptx {
+                check(api, (api.ptx_size)(prog, &mut size), "nvrtcGetPTXSize")?;
+            } else {
+                check(api, (api.cubin_size)(prog, &mut size), "nvrtcGetCUBINSize")?;
+            }
             let mut cubin = vec![0u8; size];
-            check(api, (api.cubin)(prog, cubin.as_mut_ptr() as *mut c_char), "nvrtcGetCUBIN")?;
+            if ptx {
+                check(api, (api.ptx)(prog, cubin.as_mut_ptr() as *mut c_char), "nvrtcGetPTX")?;
+            } else {
+                check(api, (api.cubin)(prog, cubin.as_mut_ptr() as *mut c_char), "nvrtcGetCUBIN")?;
+            }
             Ok(Compiled { cubin, log })
         })();
         (api.destroy)(&mut prog);
@@ -234,7 +374,12 @@ pub fn compile(source: &str, name: &str, headers: &[(&str, &str)], options: &[St
 /// Compiles the library's kernel bundle for `sm_{arch}` with the library's options
 /// plus `extra` (the compile test adds --ptxas-options=-v).
 pub fn compile_kernels(arch: u32, extra: &[String]) -> Result<Compiled> {
-    let mut options = base_options(arch);
+    compile_kernels_for(CodeTarget::Cubin(arch), extra)
+}
+
+/// [`compile_kernels`] for a cubin or PTX target.
+pub fn compile_kernels_for(target: CodeTarget, extra: &[String]) -> Result<Compiled> {
+    let mut options = target_options(target);
     options.extend(kernel_include_options()?);
     options.extend(extra.iter().cloned());
     compile(
@@ -253,5 +398,36 @@ pub fn kernel_include_options() -> Result<Vec<String>> {
             "the CUDA headers (cuda_fp16.h, cuda_bf16.h) were not found: set GACC_CUDA_INCLUDE \
              (scripts/install-cuda-deps.sh installs them from PyPI)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails before the fix: NVRTC 13 was tried first whatever the driver.
+    #[test]
+    fn the_nvrtc_of_the_drivers_major_is_chosen() {
+        assert_eq!(candidates(None, Some(12)), ["libnvrtc.so.12", "libnvrtc.so"]);
+        assert_eq!(candidates(None, Some(13)), ["libnvrtc.so.13", "libnvrtc.so"]);
+        assert_eq!(candidates(None, None), ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]);
+        assert_eq!(candidates(Some("/x/libnvrtc.so.13".into()), Some(12)), ["/x/libnvrtc.so.13"]);
+        let e = check_driver_compatible((13, 0), Some(12), "/x/libnvrtc.so.13").unwrap_err();
+        assert!(e.contains("NVRTC 13.0") && e.contains("CUDA 12.x driver"), "{e}");
+        assert!(check_driver_compatible((12, 8), Some(12), "n").is_ok());
+        assert!(check_driver_compatible((12, 8), Some(13), "n").is_ok(), "an older NVRTC's cubin loads");
+        assert!(check_driver_compatible((13, 0), None, "n").is_ok(), "no driver: nothing to check");
+    }
+
+    /// Fails before the fix: an architecture NVRTC does not know got no code at all.
+    #[test]
+    fn an_architecture_newer_than_nvrtc_gets_ptx_for_the_newest_it_knows() {
+        let known = [75, 80, 86, 89, 90, 100, 120];
+        assert_eq!(choose_target(90, &known), Some(CodeTarget::Cubin(90)));
+        assert_eq!(choose_target(130, &known), Some(CodeTarget::Ptx(120)));
+        assert_eq!(choose_target(87, &known), Some(CodeTarget::Ptx(86)), "unknown in between: the next older");
+        assert_eq!(choose_target(70, &known), None, "older than every known architecture");
+        assert_eq!(choose_target(90, &[]), Some(CodeTarget::Cubin(90)), "NVRTC cannot list: try the device's own");
+        assert_eq!(CodeTarget::Ptx(120).arch_option(), "--gpu-architecture=compute_120");
     }
 }

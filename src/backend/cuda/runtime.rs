@@ -60,6 +60,10 @@ pub trait Runtime: Send {
     fn describe(&self) -> String;
     /// Multiprocessors: grid sizes are a multiple of this.
     fn multiprocessor_count(&self) -> u32;
+    /// How many blocks of `block` threads of kernel `kernel` can be resident on one
+    /// multiprocessor at once (cuOccupancyMaxActiveBlocksPerMultiprocessor); the
+    /// element-wise grids are this times the multiprocessor count.
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32>;
     /// (free, total) device memory in bytes.
     fn memory_info(&mut self) -> Result<(u64, u64)>;
     /// Allocates `bytes` (contents undefined). Failure: GACC_ERR_OUT_OF_MEMORY.
@@ -99,6 +103,12 @@ pub trait Runtime: Send {
     fn is_device_pointer(&mut self, ptr: *const c_void) -> Result<bool>;
     /// Waits until all queued work is done.
     fn synchronize(&mut self) -> Result<()>;
+    /// Waits until all work this runtime queued is done, on whatever stream, without
+    /// naming the caller's stream (teardown: gacc_destroy may come after the caller
+    /// destroyed the stream it gave to gacc_set_stream).
+    fn finish(&mut self) -> Result<()> {
+        self.synchronize()
+    }
     /// Queues work on the caller's stream from now on (NULL: the runtime's own).
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()>;
     /// The CUstream work is queued on, for libraries that queue on it (NCCL); NULL

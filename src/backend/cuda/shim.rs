@@ -69,7 +69,13 @@ pub struct ShimRuntime {
     pub d2h_copies: usize,
     /// synchronize() calls made.
     pub syncs: usize,
+    /// The shim's occupancy answer: blocks per multiprocessor by kernel name (tests
+    /// set it); kernels not listed get [`SHIM_BLOCKS_PER_SM`].
+    pub occupancy: BTreeMap<String, u32>,
 }
+
+/// The shim's occupancy answer for kernels not in [`ShimRuntime::occupancy`].
+pub const SHIM_BLOCKS_PER_SM: u32 = 8;
 
 // SAFETY: the allocations are owned by this value; the library handle is Sync.
 unsafe impl Send for ShimRuntime {}
@@ -86,6 +92,7 @@ impl ShimRuntime {
             launches: Vec::new(),
             d2h_copies: 0,
             syncs: 0,
+            occupancy: BTreeMap::new(),
         }
     }
 }
@@ -105,6 +112,9 @@ impl Runtime for ShimRuntime {
     }
     fn multiprocessor_count(&self) -> u32 {
         self.sm_count
+    }
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, _block: u32) -> Result<u32> {
+        Ok(self.occupancy.get(kernel).copied().unwrap_or(SHIM_BLOCKS_PER_SM))
     }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
         Ok((self.memory_bytes.saturating_sub(self.used), self.memory_bytes))

@@ -31,6 +31,9 @@ pub struct DeviceState {
     pub window_dropped: u32,
     pub last_dropped: u32,
     pub bad_seq: u32,
+    /// The learning rate of the next step (gacc_store_lr).
+    pub lr: f32,
+    pub reserved: u32,
 }
 
 /// `struct gacc_hyper`: the fixed hyper-parameters gacc_finalize takes by value.
