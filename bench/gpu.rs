@@ -46,6 +46,9 @@ impl Runtime for Counted {
     fn multiprocessor_count(&self) -> u32 {
         self.rt.multiprocessor_count()
     }
+    fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32> {
+        self.rt.max_active_blocks_per_sm(kernel, block)
+    }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
         self.rt.memory_info()
     }
@@ -86,6 +89,9 @@ impl Runtime for Counted {
     fn synchronize(&mut self) -> Result<()> {
         self.syncs += 1;
         self.rt.synchronize()
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.rt.finish()
     }
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
         self.rt.set_stream(stream)
