@@ -1,5 +1,5 @@
 //! The real CUDA runtime (src/backend/cuda/driver.rs, every cudarc call) without a
-//! GPU: kernels/shim/fake_cuda.cpp is a libcuda.so stand-in whose cuLaunchKernel runs
+//! GPU: tests/doubles/fake_cuda.cpp is a libcuda.so stand-in whose cuLaunchKernel runs
 //! the host-compiled kernels, loaded by absolute path before cudarc looks for the
 //! driver. NVRTC is real: engines compile the embedded kernels to an sm_90 cubin,
 //! which the fake checks (a CUDA ELF holding every kernel name) before "loading" it.
@@ -28,16 +28,11 @@ fn fake_driver(test: &str) -> bool {
     }
     static LOADED: OnceLock<()> = OnceLock::new();
     LOADED.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let out_dir = tmp.join("gacc-shim");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("libfakecuda_{}.so", std::process::id()));
-        common::build_host_library(
-            &out,
-            Some("libcuda.so"),
-            &[root.join("kernels/shim/shim_main.cpp"), root.join("kernels/shim/fake_cuda.cpp")],
-        );
+        common::build_fake_driver(&out);
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes: keep compiled kernels out of ~/.cache.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));
@@ -86,9 +81,10 @@ fn fake_driver_ordinals_and_auto() {
     if !fake_driver("fake_driver_ordinals_and_auto") {
         return;
     }
-    let err = gacc::backend::cuda::probe(1).unwrap_err();
+    gacc::backend::cuda::probe(1).expect("the fake has two devices");
+    let err = gacc::backend::cuda::probe(2).unwrap_err();
     assert_eq!(err.status, gacc::gacc_status::GACC_ERR_DEVICE_UNAVAILABLE);
-    assert!(err.message.contains("1 device(s)"), "{}", err.message);
+    assert!(err.message.contains("2 device(s)"), "{}", err.message);
     use gacc::ffi::types::*;
     use gacc::ffi::*;
     unsafe {
@@ -103,3 +99,4 @@ fn fake_driver_ordinals_and_auto() {
         gacc_destroy(e);
     }
 }
+
