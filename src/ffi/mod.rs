@@ -588,8 +588,9 @@ pub unsafe extern "C" fn gacc_set_nccl(
             *c = *b as std::os::raw::c_char;
         }
         registry::with_engine(e, |eng| {
-            eng.prepare_device_collective()?;
+            let device = eng.prepare_device_collective()?;
             let comm = crate::distributed::nccl::NcclComm::init(&nccl_id, rank as u32, world_size as u32)?;
+            drop(device);
             eng.set_device_collective(Box::new(comm))
         })
     })
