@@ -376,8 +376,11 @@ pub unsafe extern "C" fn gacc_get_lr(e: *const gacc_engine, out: *mut f32) -> ga
 
 /// CUDA engines: run gacc's work on the caller's stream (a `CUstream`, passed as
 /// `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
-/// engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
-/// otherwise).
+/// engine's own stream. The engine's own stream is a blocking one: it is ordered with
+/// the legacy default stream (stream 0, where PyTorch's default stream and cudaMemcpy
+/// work), so such a caller needs no gacc_set_stream. CU_STREAM_LEGACY ((void *)0x1)
+/// and CU_STREAM_PER_THREAD ((void *)0x2) name the default streams. A CPU engine
+/// accepts only NULL (GACC_ERR_INVALID_STATE otherwise).
 #[no_mangle]
 pub unsafe extern "C" fn gacc_set_stream(e: *mut gacc_engine, stream: *mut c_void) -> gacc_status {
     guard("gacc_set_stream", || {
