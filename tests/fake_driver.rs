@@ -252,3 +252,81 @@ fn fake_driver_device_faults_are_reported_not_hidden() {
         gacc_destroy(fresh);
     }
 }
+
+/// The fake itself is as strict as promised (docs/cuda.md), so the tests above can
+/// fail: a missing dependency between streams shows as unwritten (poisoned) data,
+/// queries say NOT_READY before work ran, calls without a context fail, another
+/// context's memory is a sticky illegal address in that context only, and a
+/// synchronisation during capture invalidates it.
+#[test]
+fn fake_driver_is_as_strict_as_documented() {
+    if !fake_driver("fake_driver_is_as_strict_as_documented") {
+        return;
+    }
+    use cudarc::driver::sys;
+    use cudarc::driver::sys::CUresult::*;
+    std::thread::spawn(|| unsafe {
+        let mut p = 0u64;
+        assert_eq!(sys::cuMemAlloc_v2(&mut p, 64), CUDA_ERROR_INVALID_CONTEXT, "no context");
+        let mut dev = 0;
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        device::ok(sys::cuDeviceGet(&mut dev, 0), "cuDeviceGet");
+        device::ok(sys::cuCtxCreate_v4(&mut ctx, std::ptr::null_mut(), 0, dev), "cuCtxCreate");
+        let n = 4096usize;
+        let (mut a, mut b) = (0u64, 0u64);
+        device::ok(sys::cuMemAlloc_v2(&mut a, n), "alloc");
+        device::ok(sys::cuMemAlloc_v2(&mut b, n), "alloc");
+        let src = vec![7u8; n];
+        for flags in [1u32, 0] {
+            let mut s: sys::CUstream = std::ptr::null_mut();
+            device::ok(sys::cuStreamCreate(&mut s, flags), "stream");
+            // Legacy-stream copy into a, then a -> b on s, then read b on s.
+            device::ok(sys::cuMemcpyHtoD_v2(a, src.as_ptr().cast(), n), "htod");
+            device::ok(sys::cuMemcpyDtoDAsync_v2(b, a, n, s), "dtod");
+            let mut out = vec![0u8; n];
+            device::ok(sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), b, n, s), "dtoh");
+            assert_eq!(sys::cuStreamQuery(s), CUDA_ERROR_NOT_READY, "queued work has not run yet");
+            device::ok(sys::cuStreamSynchronize(s), "sync");
+            if flags == 1 {
+                assert!(out.iter().all(|&x| x == 0xFF), "non-blocking: read before the legacy copy landed");
+            } else {
+                assert!(out.iter().all(|&x| x == 7), "blocking: ordered after the legacy copy");
+            }
+            device::ok(sys::cuCtxSynchronize(), "ctx sync");
+            // Poison again for the next round.
+            device::ok(sys::cuMemsetD8Async(b, 0xFF, n, s), "memset");
+            device::ok(sys::cuStreamSynchronize(s), "sync");
+            sys::cuStreamDestroy_v2(s);
+        }
+        // Capture: a synchronisation invalidates it.
+        let mut s: sys::CUstream = std::ptr::null_mut();
+        device::ok(sys::cuStreamCreate(&mut s, 1), "stream");
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        device::ok(sys::cuStreamBeginCapture_v2(s, mode), "begin");
+        assert_eq!(sys::cuStreamSynchronize(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        let mut g: sys::CUgraph = std::ptr::null_mut();
+        assert_eq!(sys::cuStreamEndCapture(s, &mut g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        // Another context's memory: sticky in the context that touched it only.
+        let mut other: sys::CUcontext = std::ptr::null_mut();
+        device::ok(sys::cuCtxCreate_v4(&mut other, std::ptr::null_mut(), 0, dev), "cuCtxCreate");
+        let mut c = 0u64;
+        device::ok(sys::cuMemAlloc_v2(&mut c, n), "alloc in the other context");
+        device::ok(sys::cuMemcpyDtoDAsync_v2(c, a, n, std::ptr::null_mut()), "queued: checked when it runs");
+        assert_eq!(sys::cuCtxSynchronize(), CUDA_ERROR_ILLEGAL_ADDRESS);
+        assert_eq!(sys::cuMemAlloc_v2(&mut p, 64), CUDA_ERROR_ILLEGAL_ADDRESS, "sticky");
+        device::ok(sys::cuCtxDestroy_v2(other), "destroy the failed context");
+        assert_eq!(device_current(), ctx, "the first context is current again");
+        device::ok(sys::cuMemAlloc_v2(&mut p, 64), "the first context is unaffected");
+        sys::cuStreamDestroy_v2(s);
+        device::ok(sys::cuCtxDestroy_v2(ctx), "cuCtxDestroy");
+    })
+    .join()
+    .expect("strictness test thread");
+}
+
+fn device_current() -> cudarc::driver::sys::CUcontext {
+    let mut c = std::ptr::null_mut();
+    // SAFETY: writes one handle.
+    unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut c) };
+    c
+}

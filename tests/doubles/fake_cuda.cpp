@@ -69,8 +69,8 @@ typedef unsigned long long CUdeviceptr;
 const CUresult OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
                INVALID_IMAGE = 200, INVALID_CONTEXT = 201, INVALID_HANDLE = 400, ILLEGAL_STATE = 401,
                NOT_FOUND = 500, NOT_READY = 600, ILLEGAL_ADDRESS = 700, LAUNCH_FAILED = 719,
-               CAPTURE_UNSUPPORTED = 900, CAPTURE_INVALIDATED = 901, CAPTURE_ISOLATION = 903,
-               CAPTURE_IMPLICIT = 904, CAPTURE_WRONG_THREAD = 906;
+               CAPTURE_UNSUPPORTED = 900, CAPTURE_INVALIDATED = 901, CAPTURE_ISOLATION = 905,
+               CAPTURE_IMPLICIT = 906, CAPTURE_WRONG_THREAD = 908;
 const int kDevices = 2;
 const unsigned long long kMemory = 2ull << 30;
 const auto kGrace = std::chrono::seconds(2);
@@ -1157,6 +1157,7 @@ CUresult cuGetErrorName(CUresult r, const char** s) {
         case CAPTURE_ISOLATION: *s = "CUDA_ERROR_STREAM_CAPTURE_ISOLATION"; return OK;
         case CAPTURE_IMPLICIT: *s = "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT"; return OK;
         case CAPTURE_WRONG_THREAD: *s = "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD"; return OK;
+        case 999: *s = "CUDA_ERROR_UNKNOWN"; return OK;
         default: *s = nullptr; return INVALID_VALUE;
     }
 }
@@ -1175,7 +1176,8 @@ unsigned long long fake_cuda_thread_count(const char* what) {
     return ~0ull;
 }
 /// After `skip` more calls of driver function `name` by this thread, the next `count`
-/// return `result`. count 0 clears.
+/// return `result` (a CUresult value cuda.h defines: cudarc maps it to an enum).
+/// count 0 clears.
 void fake_cuda_fail_next(const char* name, int skip, int count, int result) {
     injections[name] = Injection{skip, count, result};
 }
