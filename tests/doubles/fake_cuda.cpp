@@ -9,7 +9,7 @@
 //   synchronous cuMemcpyDtoH, cuMemFree), a query (cuStreamQuery/cuEventQuery answer
 //   CUDA_ERROR_NOT_READY first and start the work), or work that depends on it. So an
 //   operation with a missing dependency runs before the work it should have waited for
-//   (the order that exposes the bug). Work nobody asks for still runs after 2 s.
+//   (the order that exposes the bug). Work nobody asks for still runs after 5 s.
 // - Stream order: in-stream FIFO; the legacy default stream (0, CU_STREAM_LEGACY) and
 //   every blocking stream (flags 0, and the per-thread default streams) order each
 //   other, non-blocking streams order with nothing; CU_STREAM_PER_THREAD is one stream
@@ -73,7 +73,7 @@ const CUresult OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3
                CAPTURE_IMPLICIT = 906, CAPTURE_WRONG_THREAD = 908;
 const int kDevices = 2;
 const unsigned long long kMemory = 2ull << 30;
-const auto kGrace = std::chrono::seconds(2);
+const auto kGrace = std::chrono::seconds(5);
 void* const kLegacy = (void*)0x1;
 void* const kPerThread = (void*)0x2;
 
