@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use gacc::backend::cuda::runtime::Arg;
 use gacc::backend::cuda::{probe, CudaBackend, CudaRuntime, Runtime};
-use gacc::backend::{Backend, BackendInit, GradInput, StepRequest};
+use gacc::backend::{Backend, BackendInit, DeviceScope, GradInput, StepRequest};
 use gacc::engine::config::{default_raw_config, Config, Dtype};
 use gacc::engine::layout::Layout;
 use gacc::ffi::types::*;
@@ -99,8 +99,11 @@ impl Runtime for Counted {
     fn stream_handle(&self) -> *mut c_void {
         self.rt.stream_handle()
     }
-    fn bind(&mut self) -> Result<()> {
-        self.rt.bind()
+    fn enter(&mut self) -> Result<DeviceScope> {
+        Runtime::enter(&mut self.rt)
+    }
+    fn capturing(&mut self) -> Result<bool> {
+        Runtime::capturing(&mut self.rt)
     }
 }
 

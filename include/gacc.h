@@ -629,8 +629,11 @@ enum gacc_status gacc_get_lr(const struct gacc_engine *e, float *out);
 /**
  * CUDA engines: run gacc's work on the caller's stream (a `CUstream`, passed as
  * `void *`), so that it is ordered with the caller's own kernels; NULL returns to the
- * engine's own stream. A CPU engine accepts only NULL (GACC_ERR_INVALID_STATE
- * otherwise).
+ * engine's own stream. The engine's own stream is a blocking one: it is ordered with
+ * the legacy default stream (stream 0, where PyTorch's default stream and cudaMemcpy
+ * work), so such a caller needs no gacc_set_stream. CU_STREAM_LEGACY ((void *)0x1)
+ * and CU_STREAM_PER_THREAD ((void *)0x2) name the default streams. A CPU engine
+ * accepts only NULL (GACC_ERR_INVALID_STATE otherwise).
  * A window captured on this stream into a CUDA graph may be replayed (see
  * gacc_step); a replay may not change the stream, the gradient addresses, the
  * number of micro-batches or their weights. gacc_destroy waits for the engine's

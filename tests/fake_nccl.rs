@@ -1,6 +1,6 @@
 //! The NCCL transport without a GPU or NCCL: gacc's real CUDA runtime on the fake
-//! driver (kernels/shim/fake_cuda.cpp) and gacc's real NCCL loader and device
-//! data-parallel path on a fake libnccl (kernels/shim/fake_nccl.cpp, named by
+//! driver (tests/doubles/fake_cuda.cpp) and gacc's real NCCL loader and device
+//! data-parallel path on a fake libnccl (tests/doubles/fake_nccl.cpp, named by
 //! GACC_NCCL_LIB) whose ncclAllReduce is a real in-process all-reduce across ranks
 //! that are threads of this process, on the fake device memory. Needs NVRTC and g++
 //! like tests/fake_driver.rs (without NVRTC: "skipped"; GACC_REQUIRE_NVRTC=1: fail).
@@ -40,16 +40,14 @@ fn fakes(test: &str) -> Option<&'static Fakes> {
     }
     static LOADED: OnceLock<Fakes> = OnceLock::new();
     Some(LOADED.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let dir = tmp.join("gacc-shim");
         std::fs::create_dir_all(&dir).unwrap();
         let pid = std::process::id();
         let cuda = dir.join(format!("libfakecuda_nccl_{pid}.so"));
         let nccl = dir.join(format!("libfakenccl_{pid}.so"));
-        let shim = root.join("kernels/shim");
-        common::build_host_library(&cuda, Some("libcuda.so"), &[shim.join("shim_main.cpp"), shim.join("fake_cuda.cpp")]);
-        common::build_host_library(&nccl, Some("libnccl.so.2"), &[shim.join("fake_nccl.cpp")]);
+        common::build_fake_driver(&cuda);
+        common::build_fake_nccl(&nccl);
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));

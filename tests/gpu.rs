@@ -144,3 +144,49 @@ fn gpu_engine_above_2_31_parameters() {
         sys::cuMemFree_v2(grad);
     }
 }
+
+// ---- issue 11: the same bodies as tests/fake_driver.rs (the fault-injection test
+// has no twin: a GPU cannot be made to fault on demand) ----
+
+#[test]
+fn gpu_orders_with_every_kind_of_caller_stream() {
+    if gpu_or_skip("gpu_orders_with_every_kind_of_caller_stream") {
+        device::ordering_with_every_kind_of_stream();
+    }
+}
+
+#[test]
+fn gpu_keeps_the_callers_context() {
+    if gpu_or_skip("gpu_keeps_the_callers_context") {
+        device::caller_context_is_kept();
+    }
+}
+
+/// With one GPU, only the other-context half runs (there is no device 1).
+#[test]
+fn gpu_refuses_foreign_gradient_pointers() {
+    if gpu_or_skip("gpu_refuses_foreign_gradient_pointers") {
+        device::foreign_gradient_pointers_are_refused();
+    }
+}
+
+#[test]
+fn gpu_captured_window_matches_direct_calls() {
+    if gpu_or_skip("gpu_captured_window_matches_direct_calls") {
+        device::captured_window_matches_direct_calls();
+    }
+}
+
+#[test]
+fn gpu_captured_window_honours_lr_and_step_count() {
+    if gpu_or_skip("gpu_captured_window_honours_lr_and_step_count") {
+        device::captured_window_honours_lr_and_step_count();
+    }
+}
+
+#[test]
+fn gpu_capture_refuses_what_it_cannot_record() {
+    if gpu_or_skip("gpu_capture_refuses_what_it_cannot_record") {
+        device::capture_refuses_what_it_cannot_record();
+    }
+}

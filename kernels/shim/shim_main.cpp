@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -38,10 +39,18 @@ void invoke(void** args, void (*)(A...)) {
     call_with(K, args, std::index_sequence_for<A...>{});
 }
 
+// Up to 32 parameters: size in bytes and whether it is a pointer (what a driver
+// reads from a cubin's parameter table; the fake driver copies and checks them).
+struct ParamInfo {
+    unsigned size[32];
+    bool pointer[32];
+};
+
 struct Entry {
     const char* name;
     Invoker invoker;
     unsigned n_args;
+    ParamInfo params;
 };
 
 template <typename... A>
@@ -49,8 +58,17 @@ constexpr unsigned arity(void (*)(A...)) {
     return sizeof...(A);
 }
 
+template <typename... A>
+constexpr ParamInfo param_info(void (*)(A...)) {
+    static_assert(sizeof...(A) <= 32);
+    ParamInfo p{};
+    unsigned i = 0;
+    ((p.size[i] = sizeof(A), p.pointer[i] = std::is_pointer_v<A>, ++i), ...);
+    return p;
+}
+
 #define GACC_SHIM_KERNEL(k) \
-    Entry { #k, [](void** args) { invoke<k>(args, k); }, arity(k) }
+    Entry { #k, [](void** args) { invoke<k>(args, k); }, arity(k), param_info(k) }
 
 const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_accumulate_f32), GACC_SHIM_KERNEL(gacc_accumulate_f16),
@@ -120,6 +138,18 @@ int gacc_shim_arity(const char* name) {
         if (std::strcmp(e.name, name) == 0) return (int)e.n_args;
     }
     return -1;
+}
+
+/// Size in bytes of parameter `i` of kernel `name` and whether it is a pointer
+/// (`*pointer`); 0 when there is no such kernel or parameter.
+unsigned gacc_shim_param(const char* name, unsigned i, int* pointer) {
+    for (const Entry& e : kKernels) {
+        if (std::strcmp(e.name, name) == 0 && i < e.n_args) {
+            *pointer = e.params.pointer[i] ? 1 : 0;
+            return e.params.size[i];
+        }
+    }
+    return 0;
 }
 
 /// sizeof of the structs shared with Rust ("gacc_state", "gacc_hyper"); 0 if unknown.

@@ -14,6 +14,36 @@ use crate::engine::config::{Config, Dtype};
 use crate::engine::layout::Layout;
 use crate::status::Result;
 
+/// A device context made current on the calling thread for a while: dropping it
+/// gives the thread back the context that was current before (CUDA: gacc's context
+/// is pushed on the thread's context stack, and popped here).
+pub struct DeviceScope(Option<Box<dyn FnOnce()>>);
+
+impl DeviceScope {
+    /// A scope that restores nothing (no device).
+    pub fn none() -> DeviceScope {
+        DeviceScope(None)
+    }
+    /// A scope that runs `restore` when dropped.
+    pub fn new(restore: impl FnOnce() + 'static) -> DeviceScope {
+        DeviceScope(Some(Box::new(restore)))
+    }
+}
+
+impl std::fmt::Debug for DeviceScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "DeviceScope(active)" } else { "DeviceScope(none)" })
+    }
+}
+
+impl Drop for DeviceScope {
+    fn drop(&mut self) {
+        if let Some(restore) = self.0.take() {
+            restore();
+        }
+    }
+}
+
 /// A micro-batch gradient as the C caller handed it over.
 ///
 /// The ffi layer has checked that `ptr` is non-null and aligned for `dtype`; the C
@@ -186,9 +216,10 @@ pub trait Backend: Send {
         self.import_state(&s)
     }
 
-    /// Makes the engine's device current on the calling thread, before a device
-    /// library (NCCL) creates a communicator for it. CPU engines have no device.
-    fn bind_device(&mut self) -> Result<()> {
+    /// Makes the engine's device current on the calling thread until the returned
+    /// scope is dropped (then the caller's current context is back), for a device
+    /// library (NCCL) that creates a communicator for it. CPU engines have no device.
+    fn bind_device(&mut self) -> Result<DeviceScope> {
         Err(crate::status::Error::invalid_state("a CPU engine has no device"))
     }
 
@@ -197,6 +228,13 @@ pub trait Backend: Send {
     /// here (GACC_ERR_OUT_OF_MEMORY) and not in the middle of joining the group.
     fn reserve_device_group(&mut self) -> Result<()> {
         Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    }
+
+    /// Fails with GACC_ERR_INVALID_STATE, naming `what`, when the engine's stream is
+    /// being captured into a CUDA graph: for calls that would read back, wait or
+    /// record something a replay cannot repeat. CPU engines: always fine.
+    fn check_capturable(&mut self, _what: &str) -> Result<()> {
+        Ok(())
     }
 
     /// Joins a device collective group (NCCL): rank 0's master weights go to every

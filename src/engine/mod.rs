@@ -157,6 +157,13 @@ impl Engine {
     /// Closes the window with one optimizer step (or a skip). When `want_info` is
     /// false the backend is not waited for.
     pub fn step(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+        // Refused before anything changes: a captured read-back would not be replayed.
+        if want_info {
+            self.backend.check_capturable("gacc_step with a step-info pointer (it reads the result back)")?;
+        }
+        if self.comm.is_some() {
+            self.backend.check_capturable("a data-parallel gacc_step over a host transport")?;
+        }
         if self.device_comm.is_some() {
             return self.step_device_collective(want_info);
         }
@@ -389,9 +396,10 @@ impl Engine {
 
     /// Checks that this engine can take a device collective (a CUDA engine with an
     /// empty window), allocates the device buffers the group needs (an error here
-    /// leaves no communicator behind) and makes its device current on this thread,
-    /// before the communicator is created.
-    pub fn prepare_device_collective(&mut self) -> Result<()> {
+    /// leaves no communicator behind) and makes its device current on this thread
+    /// until the returned scope drops (the caller's context is back then), for
+    /// creating the communicator.
+    pub fn prepare_device_collective(&mut self) -> Result<crate::backend::DeviceScope> {
         if self.device < 0 {
             return Err(Error::invalid_state(
                 "gacc_set_nccl needs a CUDA engine; a CPU engine joins a data-parallel group with gacc_set_mpi or \
@@ -416,7 +424,7 @@ impl Engine {
     /// be empty ([`Engine::prepare_device_collective`]). Rank 0's parameters are sent
     /// to every rank on the device; from then on every step is a data-parallel one.
     pub fn set_device_collective(&mut self, mut comm: Box<dyn DeviceCollective>) -> Result<()> {
-        self.prepare_device_collective()?;
+        let _device = self.prepare_device_collective()?;
         self.backend.join_device_group(comm.as_mut())?;
         self.comm_stats = CommStats { collectives: 1, bytes: (self.layout.numel * 4) as u64 };
         self.device_comm = Some(comm);

@@ -53,6 +53,10 @@ impl Target for GpuTarget {
         }
         out
     }
+    /// The copy is a synchronous cuMemcpyHtoD from pageable memory: it may land after
+    /// the call returns, ordered on the legacy stream; the engine's blocking stream
+    /// (or a blocking caller stream) orders its reads after it. The fake driver makes
+    /// the copy land late, so an engine on a non-blocking stream fails the matrix.
     fn upload(&self, data: &[u8], offset: usize) -> *const c_void {
         make_current();
         let mut p = 0u64;
@@ -213,4 +217,474 @@ pub fn nccl_world_size_one() {
     assert_eq!(read(plain), read(nccl), "world size 1 over NCCL differs from no transport");
     gacc_destroy(plain);
     gacc_destroy(nccl);
+}
+
+// ---- issue 11: the caller's streams, contexts and pointers, graphs, faults ----
+
+/// CU_STREAM_LEGACY and CU_STREAM_PER_THREAD, as cuda.h defines them.
+pub const STREAM_LEGACY: sys::CUstream = 0x1 as sys::CUstream;
+pub const STREAM_PER_THREAD: sys::CUstream = 0x2 as sys::CUstream;
+
+fn last_error() -> String {
+    // SAFETY: gacc_last_error returns a NUL-terminated per-thread string.
+    unsafe { std::ffi::CStr::from_ptr(gacc_last_error()).to_string_lossy().into_owned() }
+}
+
+fn current_ctx() -> sys::CUcontext {
+    let mut c: sys::CUcontext = std::ptr::null_mut();
+    // SAFETY: writes one handle.
+    ok(unsafe { sys::cuCtxGetCurrent(&mut c) }, "cuCtxGetCurrent");
+    c
+}
+
+/// A small FP16 AdamW engine on `device` (CUDA ordinal or GACC_DEVICE_CPU).
+fn small_engine(device: i32, init: &[f32]) -> *mut gacc_engine {
+    let mut cfg: gacc_config = unsafe { std::mem::zeroed() };
+    // SAFETY: plain C API calls with valid pointers.
+    unsafe {
+        gacc_config_init(&mut cfg);
+        cfg.device = device;
+        cfg.optimizer = GACC_OPTIMIZER_ADAMW;
+        cfg.precision = GACC_PRECISION_FP16;
+        cfg.lr = 0.01;
+        cfg.max_grad_norm = 1.0;
+        let numel = init.len();
+        let desc = gacc_tensor_desc { name: std::ptr::null(), numel, init: init.as_ptr(), no_weight_decay: 0 };
+        let mut e = std::ptr::null_mut();
+        let st = gacc_create(&cfg, &desc, 1, &mut e);
+        assert_eq!(st, gacc_status::GACC_OK, "gacc_create on device {device}: {}", last_error());
+        e
+    }
+}
+
+fn grad_values(n: usize, window: usize, k: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 13 + window * 7 + k * 31) % 97) as f32 / 48.0 - 1.0).collect()
+}
+
+fn params_of(e: *mut gacc_engine, n: usize) -> Vec<u32> {
+    let mut out = vec![0f32; n];
+    // SAFETY: out holds n floats.
+    let st = unsafe { gacc_params_read(e, out.as_mut_ptr(), n) };
+    assert_eq!(st, gacc_status::GACC_OK, "gacc_params_read: {}", last_error());
+    out.iter().map(|x| x.to_bits()).collect()
+}
+
+/// How a test's "caller" queues its own work.
+#[derive(Clone, Copy, Debug)]
+pub enum CallerStream {
+    /// No gacc_set_stream; the caller uses the legacy default stream (cuMemcpyHtoD/DtoH).
+    DefaultLegacy,
+    /// gacc_set_stream(CU_STREAM_LEGACY); the caller's work is on the legacy stream too.
+    Legacy,
+    /// gacc_set_stream(CU_STREAM_PER_THREAD); the caller's work on the per-thread stream.
+    PerThread,
+    /// A stream the caller created with these flags (0 blocking, 1 non-blocking).
+    Created(u32),
+}
+
+/// Item 1 of issue 11: whatever stream the caller works on, gacc reads a device
+/// gradient only after the caller's copy into it has landed, the caller's next write
+/// into the same buffer comes after gacc read it, and the caller's reads of the
+/// working copy (gacc_params_ptr) and the loss scale (gacc_loss_scale_ptr), queued on
+/// its stream right after gacc_step without info, see the step's results. Checked bit
+/// for bit against a CPU engine fed the same gradients. The copies are the caller's
+/// only synchronisation.
+pub fn ordering_with_the_callers_stream(kind: CallerStream) {
+    let n = 4099usize;
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let cpu = small_engine(GACC_DEVICE_CPU, &init);
+    make_current();
+    let e = small_engine(0, &init);
+    unsafe {
+        let mut own: sys::CUstream = std::ptr::null_mut();
+        let stream = match kind {
+            CallerStream::DefaultLegacy => std::ptr::null_mut(),
+            CallerStream::Legacy => STREAM_LEGACY,
+            CallerStream::PerThread => STREAM_PER_THREAD,
+            CallerStream::Created(flags) => {
+                ok(sys::cuStreamCreate(&mut own, flags), "cuStreamCreate");
+                own
+            }
+        };
+        if !matches!(kind, CallerStream::DefaultLegacy) {
+            assert_eq!(gacc_set_stream(e, stream as *mut c_void), gacc_status::GACC_OK, "{}", last_error());
+        }
+        let on_legacy = matches!(kind, CallerStream::DefaultLegacy | CallerStream::Legacy);
+        let mut grad = 0u64;
+        ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
+        let mut working: *mut c_void = std::ptr::null_mut();
+        assert_eq!(gacc_params_ptr(e, 0, GACC_DTYPE_F16, &mut working), gacc_status::GACC_OK);
+        let mut scale_ptr: *const f32 = std::ptr::null();
+        assert_eq!(gacc_loss_scale_ptr(e, &mut scale_ptr), gacc_status::GACC_OK);
+        // Host sources stay alive until the end (async copies read them when they run).
+        let mut sources: Vec<Vec<f32>> = Vec::new();
+        for w in 0..3 {
+            for k in 0..2 {
+                let g = grad_values(n, w, k);
+                assert_eq!(gacc_microbatch(cpu, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+                if on_legacy {
+                    ok(sys::cuMemcpyHtoD_v2(grad, g.as_ptr().cast(), 4 * n), "htod");
+                } else {
+                    ok(sys::cuMemcpyHtoDAsync_v2(grad, g.as_ptr().cast(), 4 * n, stream), "htod async");
+                }
+                sources.push(g);
+                let st = gacc_microbatch(e, grad as *const c_void, GACC_DTYPE_F32, n, 1.0);
+                assert_eq!(st, gacc_status::GACC_OK, "{kind:?}: {}", last_error());
+            }
+            assert_eq!(gacc_step(cpu, std::ptr::null_mut()), gacc_status::GACC_OK);
+            assert_eq!(gacc_step(e, std::ptr::null_mut()), gacc_status::GACC_OK, "{}", last_error());
+            // The caller's next work on its stream: read what the step wrote.
+            let mut half = vec![0u16; n];
+            let mut scale = f32::NAN;
+            if on_legacy {
+                ok(sys::cuMemcpyDtoH_v2(half.as_mut_ptr().cast(), working as u64, 2 * n), "dtoh");
+                ok(sys::cuMemcpyDtoH_v2((&mut scale as *mut f32).cast(), scale_ptr as u64, 4), "dtoh");
+            } else {
+                ok(sys::cuMemcpyDtoHAsync_v2(half.as_mut_ptr().cast(), working as u64, 2 * n, stream), "dtoh");
+                ok(sys::cuMemcpyDtoHAsync_v2((&mut scale as *mut f32).cast(), scale_ptr as u64, 4, stream), "dtoh");
+                ok(sys::cuStreamSynchronize(stream), "sync");
+            }
+            let mut cpu_working: *mut c_void = std::ptr::null_mut();
+            assert_eq!(gacc_params_ptr(cpu, 0, GACC_DTYPE_F16, &mut cpu_working), gacc_status::GACC_OK);
+            let expect = std::slice::from_raw_parts(cpu_working as *const u16, n);
+            let bad = (0..n).filter(|&i| half[i] != expect[i]).count();
+            assert_eq!(bad, 0, "{kind:?} window {w}: {bad} of {n} working-copy elements differ from the CPU engine");
+            let mut cpu_scale = 0f32;
+            gacc_loss_scale(cpu, &mut cpu_scale);
+            assert_eq!(scale.to_bits(), cpu_scale.to_bits(), "{kind:?} window {w}: loss scale");
+        }
+        assert_eq!(params_of(e, n), params_of(cpu, n), "{kind:?}: master weights");
+        gacc_destroy(e);
+        sys::cuMemFree_v2(grad);
+        if !own.is_null() {
+            sys::cuStreamDestroy_v2(own);
+        }
+        gacc_destroy(cpu);
+    }
+}
+
+/// Every kind of caller stream of [`ordering_with_the_callers_stream`].
+pub fn ordering_with_every_kind_of_stream() {
+    for kind in [
+        CallerStream::DefaultLegacy,
+        CallerStream::Legacy,
+        CallerStream::PerThread,
+        CallerStream::Created(0),
+        CallerStream::Created(1),
+    ] {
+        ordering_with_the_callers_stream(kind);
+    }
+}
+
+/// Calls every device-touching entry point once on `e` and checks after each that
+/// the thread's current context is still `expect`.
+fn calls_keep_context(e: *mut gacc_engine, n: usize, expect: sys::CUcontext, what: &str) {
+    let g = grad_values(n, 1, 2);
+    let check = |call: &str| assert_eq!(current_ctx(), expect, "{what}: {call} changed the current context");
+    unsafe {
+        assert_eq!(gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+        check("gacc_microbatch");
+        let mut info = gacc_step_info::default();
+        assert_eq!(gacc_step(e, &mut info), gacc_status::GACC_OK, "{}", last_error());
+        check("gacc_step");
+        let mut s = 0f32;
+        assert_eq!(gacc_loss_scale(e, &mut s), gacc_status::GACC_OK);
+        check("gacc_loss_scale");
+        params_of(e, n);
+        check("gacc_params_read");
+        let p = vec![0.5f32; n];
+        assert_eq!(gacc_params_write(e, p.as_ptr(), n), gacc_status::GACC_OK);
+        check("gacc_params_write");
+        assert_eq!(gacc_set_stream(e, STREAM_LEGACY as *mut c_void), gacc_status::GACC_OK, "{}", last_error());
+        assert_eq!(gacc_set_stream(e, std::ptr::null_mut()), gacc_status::GACC_OK);
+        check("gacc_set_stream");
+        // A failing call restores it too.
+        let st = gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, n + 1, 1.0);
+        assert_eq!(st, gacc_status::GACC_ERR_INVALID_ARGUMENT);
+        check("a failed gacc_microbatch");
+        gacc_destroy(e);
+        check("gacc_destroy");
+    }
+}
+
+/// Item 2 of issue 11: a thread with no current context can use gacc, and still has
+/// none afterwards; a thread whose current context is its own (cuCtxCreate) has that
+/// one current after every gacc call, failed ones included.
+pub fn caller_context_is_kept() {
+    let n = 1000usize;
+    let init = vec![0.25f32; n];
+    std::thread::spawn(move || {
+        assert!(current_ctx().is_null(), "a fresh thread has no current context");
+        let e = small_engine(0, &init);
+        assert!(current_ctx().is_null(), "gacc_create left a context current on a thread that had none");
+        calls_keep_context(e, n, std::ptr::null_mut(), "no context");
+
+        let mut dev = 0;
+        let mut own: sys::CUcontext = std::ptr::null_mut();
+        unsafe {
+            ok(sys::cuDeviceGet(&mut dev, 0), "cuDeviceGet");
+            ok(sys::cuCtxCreate_v4(&mut own, std::ptr::null_mut(), 0, dev), "cuCtxCreate");
+        }
+        assert_eq!(current_ctx(), own, "cuCtxCreate makes the new context current");
+        let e = small_engine(0, &init);
+        assert_eq!(current_ctx(), own, "gacc_create replaced the caller's context");
+        calls_keep_context(e, n, own, "own context");
+        unsafe { ok(sys::cuCtxDestroy_v2(own), "cuCtxDestroy") };
+    })
+    .join()
+    .expect("context test thread");
+}
+
+/// Item 3 of issue 11: a gradient in memory of another context (cuCtxCreate on the
+/// engine's device) or of another device (device 1, where there is one) is refused
+/// with GACC_ERR_INVALID_ARGUMENT naming it, never launched on: the engine's window
+/// is intact and its next steps equal a CPU engine's.
+pub fn foreign_gradient_pointers_are_refused() {
+    let n = 777usize;
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.01).cos()).collect();
+    std::thread::spawn(move || {
+        let cpu = small_engine(GACC_DEVICE_CPU, &init);
+        let e = small_engine(0, &init);
+        let mut count = 0;
+        unsafe { ok(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount") };
+        let g = grad_values(n, 0, 0);
+        let mut foreign = Vec::new();
+        for ordinal in 0..count.min(2) {
+            let mut dev = 0;
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            let mut p = 0u64;
+            unsafe {
+                ok(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet");
+                ok(sys::cuCtxCreate_v4(&mut ctx, std::ptr::null_mut(), 0, dev), "cuCtxCreate");
+                ok(sys::cuMemAlloc_v2(&mut p, 4 * n), "alloc");
+                ok(sys::cuMemcpyHtoD_v2(p, g.as_ptr().cast(), 4 * n), "htod");
+                ok(sys::cuCtxSynchronize(), "sync");
+                let mut popped = std::ptr::null_mut();
+                ok(sys::cuCtxPopCurrent_v2(&mut popped), "pop");
+            }
+            foreign.push((ordinal, ctx, p));
+        }
+        for &(ordinal, _, p) in &foreign {
+            let st = unsafe { gacc_microbatch(e, p as *const c_void, GACC_DTYPE_F32, n, 1.0) };
+            assert_eq!(st, gacc_status::GACC_ERR_INVALID_ARGUMENT, "device {ordinal}'s memory: {}", last_error());
+            let msg = last_error();
+            let named = if ordinal == 0 { "another CUDA context".to_string() } else { format!("device {ordinal}") };
+            assert!(msg.contains(&named), "the error names {named}: {msg}");
+        }
+        // Nothing was lost or launched: the engine goes on like the CPU one.
+        for w in 0..2 {
+            let g = grad_values(n, w, 5);
+            for x in [cpu, e] {
+                unsafe {
+                    assert_eq!(gacc_microbatch(x, g.as_ptr().cast(), GACC_DTYPE_F32, n, 2.0), gacc_status::GACC_OK);
+                    let mut info = gacc_step_info::default();
+                    assert_eq!(gacc_step(x, &mut info), gacc_status::GACC_OK, "{}", last_error());
+                    assert_eq!(info.applied, 1);
+                }
+            }
+        }
+        assert_eq!(params_of(e, n), params_of(cpu, n));
+        unsafe {
+            gacc_destroy(e);
+            gacc_destroy(cpu);
+            for (_, ctx, p) in foreign {
+                ok(sys::cuCtxPushCurrent_v2(ctx), "push");
+                sys::cuMemFree_v2(p);
+                ok(sys::cuCtxDestroy_v2(ctx), "cuCtxDestroy");
+            }
+        }
+    })
+    .join()
+    .expect("foreign pointer test thread");
+}
+
+/// Issue 11, CUDA graphs with a fixed learning rate: K gacc_microbatch calls with
+/// device gradients and gacc_step without info, captured on the caller's stream and
+/// replayed N times (the caller refilling the gradient buffers before each replay),
+/// give bit for bit the parameters and loss scale of N windows of direct calls.
+pub fn captured_window_matches_direct_calls() {
+    let (n, k_mb, replays) = (2053usize, 3usize, 4usize);
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin()).collect();
+    std::thread::spawn(move || {
+        make_current();
+        let direct = small_engine(0, &init);
+        let captured = small_engine(0, &init);
+        unsafe {
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
+            assert_eq!(gacc_set_stream(captured, stream as *mut c_void), gacc_status::GACC_OK);
+            let mut grads = vec![0u64; k_mb];
+            for g in grads.iter_mut() {
+                ok(sys::cuMemAlloc_v2(g, 4 * n), "alloc");
+            }
+            let weights = [1.0f64, 2.5, 0.5];
+            // Capture once (thread-local mode: other tests' threads may allocate).
+            ok(
+                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                "begin capture",
+            );
+            for (k, g) in grads.iter().enumerate() {
+                let st = gacc_microbatch(captured, *g as *const c_void, GACC_DTYPE_F32, n, weights[k]);
+                assert_eq!(st, gacc_status::GACC_OK, "captured microbatch: {}", last_error());
+            }
+            assert_eq!(gacc_step(captured, std::ptr::null_mut()), gacc_status::GACC_OK, "{}", last_error());
+            let mut graph: sys::CUgraph = std::ptr::null_mut();
+            ok(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
+            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+            let mut sources = Vec::new();
+            for r in 0..replays {
+                for (k, g) in grads.iter().enumerate() {
+                    let v = grad_values(n, r, k);
+                    ok(sys::cuMemcpyHtoDAsync_v2(*g, v.as_ptr().cast(), 4 * n, stream), "refill");
+                    let st = gacc_microbatch(direct, v.as_ptr().cast(), GACC_DTYPE_F32, n, weights[k]);
+                    assert_eq!(st, gacc_status::GACC_OK);
+                    sources.push(v);
+                }
+                assert_eq!(gacc_step(direct, std::ptr::null_mut()), gacc_status::GACC_OK);
+                ok(sys::cuGraphLaunch(exec, stream), "graph launch");
+            }
+            ok(sys::cuStreamSynchronize(stream), "sync");
+            assert_eq!(params_of(captured, n), params_of(direct, n), "replayed windows differ from direct calls");
+            let (mut a, mut b) = (0f32, 0f32);
+            gacc_loss_scale(direct, &mut a);
+            gacc_loss_scale(captured, &mut b);
+            assert_eq!(a.to_bits(), b.to_bits(), "loss scale");
+            ok(sys::cuGraphExecDestroy(exec), "exec destroy");
+            ok(sys::cuGraphDestroy(graph), "graph destroy");
+            gacc_destroy(captured);
+            gacc_destroy(direct);
+            for g in grads {
+                sys::cuMemFree_v2(g);
+            }
+            sys::cuStreamDestroy_v2(stream);
+        }
+    })
+    .join()
+    .expect("capture test thread");
+}
+
+/// Issue 11 item 4 (needs the device-resident learning rate and step count, branch
+/// `cudamisc`): gacc_set_lr between replays is honoured and gacc_step with info
+/// after the replays reports the right step count.
+pub fn captured_window_honours_lr_and_step_count() {
+    let (n, replays) = (1024usize, 3usize);
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+    std::thread::spawn(move || {
+        make_current();
+        let direct = small_engine(0, &init);
+        let captured = small_engine(0, &init);
+        unsafe {
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
+            assert_eq!(gacc_set_stream(captured, stream as *mut c_void), gacc_status::GACC_OK);
+            let mut grad = 0u64;
+            ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
+            let g = grad_values(n, 3, 3);
+            ok(sys::cuMemcpyHtoDAsync_v2(grad, g.as_ptr().cast(), 4 * n, stream), "fill");
+            ok(
+                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                "begin capture",
+            );
+            assert_eq!(gacc_microbatch(captured, grad as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+            assert_eq!(gacc_step(captured, std::ptr::null_mut()), gacc_status::GACC_OK);
+            let mut graph: sys::CUgraph = std::ptr::null_mut();
+            ok(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
+            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+            for r in 0..replays {
+                let lr = 0.01 / (1 + r) as f32;
+                assert_eq!(gacc_set_lr(direct, lr), gacc_status::GACC_OK);
+                assert_eq!(gacc_set_lr(captured, lr), gacc_status::GACC_OK);
+                assert_eq!(gacc_microbatch(direct, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+                assert_eq!(gacc_step(direct, std::ptr::null_mut()), gacc_status::GACC_OK);
+                ok(sys::cuGraphLaunch(exec, stream), "graph launch");
+            }
+            ok(sys::cuStreamSynchronize(stream), "sync");
+            assert_eq!(params_of(captured, n), params_of(direct, n), "gacc_set_lr between replays not honoured");
+            // One more direct window on both: the step count is the replays' + 1.
+            for e in [direct, captured] {
+                assert_eq!(gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+            }
+            let (mut a, mut b) = (gacc_step_info::default(), gacc_step_info::default());
+            assert_eq!(gacc_step(direct, &mut a), gacc_status::GACC_OK);
+            assert_eq!(gacc_step(captured, &mut b), gacc_status::GACC_OK, "{}", last_error());
+            assert_eq!(a.step, replays as u64 + 1);
+            assert_eq!(a, b, "step info after the replays");
+            sys::cuGraphExecDestroy(exec);
+            sys::cuGraphDestroy(graph);
+            gacc_destroy(captured);
+            gacc_destroy(direct);
+            sys::cuMemFree_v2(grad);
+            sys::cuStreamDestroy_v2(stream);
+        }
+    })
+    .join()
+    .expect("capture test thread");
+}
+
+/// Calls that cannot be captured (a host gradient, gacc_step with info, reading the
+/// parameters or the loss scale back) return GACC_ERR_INVALID_STATE saying so while
+/// the engine's stream is capturing, without invalidating the capture or changing
+/// the window; afterwards the engine works as before.
+pub fn capture_refuses_what_it_cannot_record() {
+    let n = 515usize;
+    let init = vec![0.5f32; n];
+    std::thread::spawn(move || {
+        make_current();
+        let cpu = small_engine(GACC_DEVICE_CPU, &init);
+        let e = small_engine(0, &init);
+        unsafe {
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
+            assert_eq!(gacc_set_stream(e, stream as *mut c_void), gacc_status::GACC_OK);
+            let g = grad_values(n, 2, 2);
+            ok(
+                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                "begin capture",
+            );
+            let refused = |st: gacc_status, what: &str| {
+                assert_eq!(st, gacc_status::GACC_ERR_INVALID_STATE, "{what} during capture: {}", last_error());
+                assert!(last_error().contains("captur"), "{what}: the message says why: {}", last_error());
+            };
+            refused(gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), "a host gradient");
+            let mut out = vec![0f32; n];
+            refused(gacc_params_read(e, out.as_mut_ptr(), n), "gacc_params_read");
+            let mut s = 0f32;
+            refused(gacc_loss_scale(e, &mut s), "gacc_loss_scale");
+            let mut graph: sys::CUgraph = std::ptr::null_mut();
+            ok(sys::cuStreamEndCapture(stream, &mut graph), "the capture is still valid");
+            sys::cuGraphDestroy(graph);
+            // gacc_step with info, refused before anything changes: needs a window.
+            let mut dev = 0u64;
+            ok(sys::cuMemAlloc_v2(&mut dev, 4 * n), "alloc");
+            ok(sys::cuMemcpyHtoDAsync_v2(dev, g.as_ptr().cast(), 4 * n, stream), "fill");
+            ok(
+                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                "begin capture",
+            );
+            assert_eq!(gacc_microbatch(e, dev as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+            let mut info = gacc_step_info::default();
+            refused(gacc_step(e, &mut info), "gacc_step with info");
+            ok(sys::cuStreamEndCapture(stream, &mut graph), "the capture is still valid");
+            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+            ok(sys::cuGraphLaunch(exec, stream), "replay the captured micro-batch");
+            // The window holds that one micro-batch: step it with info, like the CPU.
+            assert_eq!(gacc_microbatch(cpu, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
+            let (mut a, mut b) = (gacc_step_info::default(), gacc_step_info::default());
+            assert_eq!(gacc_step(cpu, &mut a), gacc_status::GACC_OK);
+            assert_eq!(gacc_step(e, &mut b), gacc_status::GACC_OK, "{}", last_error());
+            assert_eq!((a.applied, a.microbatches, a.step), (b.applied, b.microbatches, b.step));
+            assert_eq!(params_of(e, n), params_of(cpu, n));
+            sys::cuGraphExecDestroy(exec);
+            sys::cuGraphDestroy(graph);
+            gacc_destroy(e);
+            gacc_destroy(cpu);
+            sys::cuMemFree_v2(dev);
+            sys::cuStreamDestroy_v2(stream);
+        }
+    })
+    .join()
+    .expect("capture test thread");
 }

@@ -462,3 +462,20 @@ pub fn build_host_library(out: &Path, soname: Option<&str>, sources: &[PathBuf])
     let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
     assert!(status.success(), "building {} failed", out.display());
 }
+
+/// Builds the fake libcuda (tests/doubles/fake_cuda.cpp, with the kernel shim it runs
+/// kernels on) as `out`, SONAME libcuda.so.
+pub fn build_fake_driver(out: &Path) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    build_host_library(
+        out,
+        Some("libcuda.so"),
+        &[root.join("kernels/shim/shim_main.cpp"), root.join("tests/doubles/fake_cuda.cpp")],
+    );
+}
+
+/// Builds the fake libnccl (tests/doubles/fake_nccl.cpp) as `out`, SONAME libnccl.so.2.
+pub fn build_fake_nccl(out: &Path) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    build_host_library(out, Some("libnccl.so.2"), &[root.join("tests/doubles/fake_nccl.cpp")]);
+}

@@ -24,7 +24,7 @@ use std::ffi::c_void;
 use super::launch::{self, UpdateBuffers, UpdateKind};
 use super::runtime::{DevPtr, Runtime};
 use super::state::{bytes_of, DeviceState, Hyper};
-use crate::backend::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
+use crate::backend::{Backend, BackendInit, DeviceScope, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
 use crate::engine::config::{Config, Optimizer, Precision, ScalePolicy};
 use crate::status::{Error, Result};
 
@@ -320,6 +320,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         let src = if self.rt.is_device_pointer(grad.ptr)? {
             grad.ptr as DevPtr
         } else {
+            self.check_capturable("gacc_microbatch with a gradient in host memory")?;
             let staging = self.staging_buffer()?;
             // SAFETY: the caller provides numel readable elements; staging holds 4n bytes.
             self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
@@ -452,8 +453,18 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         unsafe { self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>()) }
     }
 
-    fn bind_device(&mut self) -> Result<()> {
-        self.rt.bind()
+    fn bind_device(&mut self) -> Result<DeviceScope> {
+        self.rt.enter()
+    }
+
+    fn check_capturable(&mut self, what: &str) -> Result<()> {
+        if self.rt.capturing()? {
+            return Err(Error::invalid_state(format!(
+                "{what} cannot be captured into a CUDA graph (the engine's stream is capturing); only \
+                 gacc_microbatch with a device gradient and gacc_step without info can be"
+            )));
+        }
+        Ok(())
     }
 
     fn reserve_device_group(&mut self) -> Result<()> {
@@ -474,7 +485,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
         let (scratch, _) = self.dp_buffers()?;
-        self.rt.bind()?;
+        let _cx = self.rt.enter()?;
         let stream = self.rt.stream_handle();
         // SAFETY: scratch and master hold n f32 on this device.
         unsafe {
@@ -499,7 +510,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         microbatches: u32,
     ) -> Result<()> {
         let (scratch, totals) = self.dp_buffers()?;
-        self.rt.bind()?;
+        let _cx = self.rt.enter()?;
         let stream = self.rt.stream_handle();
         // SAFETY: totals holds 4 doubles, scratch/acc/comp n f32, state one gacc_state,
         // all on this device; everything is queued on the engine's stream.

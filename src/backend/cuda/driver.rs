@@ -6,12 +6,17 @@
 //! GACC_ERR_DEVICE_UNAVAILABLE with the reason, never a panic. CPU engines never
 //! reach this module; GACC_DEVICE_AUTO reaches only [`probe`].
 //!
-//! The engine uses the device's primary context and a non-blocking stream of its
-//! own, or the caller's stream after gacc_set_stream. Kernels come from the embedded
-//! sources through NVRTC (the NVRTC of the driver's CUDA major) as a cubin for the
-//! device's exact architecture, or as PTX for the newest architecture NVRTC knows
-//! when the device is newer, JIT-compiled by cuModuleLoadData (cached: see
-//! cache.rs). The grids come from the occupancy API.
+//! The engine uses the device's primary context and a stream of its own, or the
+//! caller's stream after gacc_set_stream. Its own stream is a blocking one (flags
+//! 0): it orders with the legacy default stream both ways, so a caller working on
+//! stream 0 (PyTorch's default stream, cudaMemcpy, cuMemcpyHtoD) needs no
+//! gacc_set_stream. Every method pushes the primary context on the calling
+//! thread's context stack and pops it before returning (on every path), so the
+//! caller's current context is never replaced and a thread without one can call
+//! gacc. Kernels come from the embedded sources through NVRTC (the NVRTC of the
+//! driver's CUDA major) as a cubin for the device's exact architecture, or as PTX
+//! for the newest architecture NVRTC knows when the device is newer, JIT-compiled
+//! by cuModuleLoadData (cached: see cache.rs). The grids come from the occupancy API.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -23,6 +28,7 @@ use super::cache;
 use super::kernels::KERNEL_NAMES;
 use super::nvrtc;
 use super::runtime::{with_kernel_params, Arg, DevPtr, Runtime};
+use crate::backend::DeviceScope;
 use crate::status::{Error, Result};
 
 /// The driver's name and description of a result code.
@@ -159,7 +165,7 @@ impl CudaRuntime {
             arch: 0,
             sm_count: 1,
         };
-        rt.make_current()?;
+        let _cx = rt.enter()?;
         let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
             let mut v: c_int = 0;
             // SAFETY: writes one int.
@@ -175,9 +181,11 @@ impl CudaRuntime {
         check(unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, device) }, "cuDeviceGetName")?;
         // SAFETY: the driver NUL-terminates.
         rt.name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+        // Blocking (not CU_STREAM_NON_BLOCKING): ordered both ways with the legacy
+        // default stream, where a caller without gacc_set_stream queues its work.
         // SAFETY: out-pointer to a field.
         check(
-            unsafe { sys::cuStreamCreate(&mut rt.own_stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) },
+            unsafe { sys::cuStreamCreate(&mut rt.own_stream, sys::CUstream_flags::CU_STREAM_DEFAULT as u32) },
             "cuStreamCreate",
         )?;
         rt.stream = rt.own_stream;
@@ -225,9 +233,28 @@ impl CudaRuntime {
         Ok(())
     }
 
-    fn make_current(&self) -> Result<()> {
+    /// Pushes the engine's context on this thread's stack until the scope drops.
+    fn enter(&self) -> Result<DeviceScope> {
         // SAFETY: ctx is the retained primary context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+        check(unsafe { sys::cuCtxPushCurrent_v2(self.ctx) }, "cuCtxPushCurrent")?;
+        Ok(DeviceScope::new(|| {
+            let mut popped: sys::CUcontext = std::ptr::null_mut();
+            // SAFETY: pops the context pushed above (scopes nest on one thread).
+            unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+        }))
+    }
+
+    /// GACC_ERR_INVALID_STATE when the stream is being captured: `what` would wait for
+    /// the device or copy host memory, which a CUDA graph cannot hold.
+    fn refuse_in_capture(&mut self, what: &str) -> Result<()> {
+        if Runtime::capturing(self)? {
+            return Err(Error::invalid_state(format!(
+                "{what} cannot run while the stream is being captured into a CUDA graph (it copies host memory \
+                 or waits for the device); only device-gradient micro-batches and gacc_step without info can \
+                 be captured"
+            )));
+        }
+        Ok(())
     }
 
     /// The device's compute capability as major*10 + minor.
@@ -244,20 +271,24 @@ impl CudaRuntime {
 impl Drop for CudaRuntime {
     fn drop(&mut self) {
         let _ = no_panic("CUDA engine teardown", || {
-            let _ = self.make_current();
-            // SAFETY: handles created in open(); nothing uses them afterwards.
-            unsafe {
-                // The whole context, not `self.stream`: a caller's stream given to
-                // gacc_set_stream may be destroyed before gacc_destroy.
-                sys::cuCtxSynchronize();
-                if !self.module.is_null() {
-                    sys::cuModuleUnload(self.module);
+            {
+                let _cx = self.enter();
+                // SAFETY: handles created in open(); nothing uses them afterwards.
+                unsafe {
+                    // The whole context, not `self.stream`: a caller's stream given to
+                    // gacc_set_stream may be destroyed before gacc_destroy.
+                    sys::cuCtxSynchronize();
+                    if !self.module.is_null() {
+                        sys::cuModuleUnload(self.module);
+                    }
+                    if !self.own_stream.is_null() {
+                        sys::cuStreamDestroy_v2(self.own_stream);
+                    }
                 }
-                if !self.own_stream.is_null() {
-                    sys::cuStreamDestroy_v2(self.own_stream);
-                }
-                sys::cuDevicePrimaryCtxRelease_v2(self.device);
             }
+            // After the pop: the last release destroys the primary context.
+            // SAFETY: retained in open().
+            unsafe { sys::cuDevicePrimaryCtxRelease_v2(self.device) };
             Ok(())
         });
     }
@@ -271,7 +302,7 @@ impl Runtime for CudaRuntime {
         self.sm_count
     }
     fn max_active_blocks_per_sm(&mut self, kernel: &str, block: u32) -> Result<u32> {
-        self.make_current()?;
+        let _cx = CudaRuntime::enter(self)?;
         let f = *self.functions.get(kernel).ok_or_else(|| Error::internal(format!("no kernel named {kernel}")))?;
         no_panic("cuOccupancyMaxActiveBlocksPerMultiprocessor", || {
             let mut blocks: c_int = 0;
@@ -284,47 +315,47 @@ impl Runtime for CudaRuntime {
         })
     }
     fn memory_info(&mut self) -> Result<(u64, u64)> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: writes two integers.
         check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }, "cuMemGetInfo")?;
         Ok((free as u64, total as u64))
     }
     fn alloc(&mut self, bytes: usize) -> Result<DevPtr> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: writes one pointer.
-        match unsafe { sys::cuMemAlloc_v2(&mut p, bytes.max(1)) } {
-            sys::CUresult::CUDA_SUCCESS => Ok(p),
-            r => Err(Error::out_of_memory(format!("cuMemAlloc of {bytes} bytes: {}", describe_result(r)))),
-        }
+        check(unsafe { sys::cuMemAlloc_v2(&mut p, bytes.max(1)) }, &format!("cuMemAlloc of {bytes} bytes"))?;
+        Ok(p)
     }
     unsafe fn free(&mut self, ptr: DevPtr) {
-        let _ = self.make_current();
+        let _cx = self.enter();
         sys::cuMemFree_v2(ptr);
     }
     unsafe fn copy_h2d(&mut self, dst: DevPtr, src: *const u8, bytes: usize) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
+        self.refuse_in_capture("a copy from host memory")?;
         check(sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, self.stream), "cuMemcpyHtoDAsync")?;
         // Pageable sources are staged before the call returns; pinned ones are not:
         // wait so the caller may reuse `src` at once.
         check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
     }
     unsafe fn copy_d2h(&mut self, dst: *mut u8, src: DevPtr, bytes: usize) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
+        self.refuse_in_capture("reading device memory back")?;
         check(sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, self.stream), "cuMemcpyDtoHAsync")?;
         check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
     }
     unsafe fn copy_d2d(&mut self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         check(sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream), "cuMemcpyDtoDAsync")
     }
     unsafe fn memset(&mut self, dst: DevPtr, value: u8, bytes: usize) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         check(sys::cuMemsetD8Async(dst, value, bytes, self.stream), "cuMemsetD8Async")
     }
     unsafe fn launch(&mut self, name: &str, grid: u32, block: u32, shared_bytes: u32, args: &[Arg<'_>]) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         let f = *self.functions.get(name).ok_or_else(|| Error::internal(format!("no kernel named {name}")))?;
         let stream = self.stream;
         with_kernel_params(args, |params| {
@@ -349,41 +380,76 @@ impl Runtime for CudaRuntime {
         })
     }
     fn is_device_pointer(&mut self, ptr: *const c_void) -> Result<bool> {
-        self.make_current()?;
+        let _cx = self.enter()?;
         let mut kind: u32 = 0;
-        // SAFETY: the attribute is one unsigned int.
-        let r = unsafe {
-            sys::cuPointerGetAttribute(
-                &mut kind as *mut u32 as *mut c_void,
-                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                ptr as sys::CUdeviceptr,
-            )
-        };
-        match r {
-            sys::CUresult::CUDA_SUCCESS => Ok(kind == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32),
-            // Memory the driver does not know: ordinary host memory.
-            sys::CUresult::CUDA_ERROR_INVALID_VALUE => Ok(false),
-            r => check(r, "cuPointerGetAttribute").map(|_| false),
+        let mut owner: sys::CUcontext = std::ptr::null_mut();
+        let mut ordinal: c_int = -2;
+        let mut attrs = [
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_CONTEXT,
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+        ];
+        let mut data = [
+            &mut kind as *mut u32 as *mut c_void,
+            &mut owner as *mut sys::CUcontext as *mut c_void,
+            &mut ordinal as *mut c_int as *mut c_void,
+        ];
+        // SAFETY: three attributes, each written to a local of its type. Memory the
+        // driver does not know (ordinary host memory) gets default values, no error.
+        check(
+            unsafe { sys::cuPointerGetAttributes(3, attrs.as_mut_ptr(), data.as_mut_ptr(), ptr as sys::CUdeviceptr) },
+            "cuPointerGetAttributes",
+        )?;
+        if kind != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+            return Ok(false);
         }
+        // Device memory this engine's kernels cannot touch: launching on it would be
+        // an illegal address (sticky, and in the caller's context too).
+        if ordinal != self.ordinal as c_int {
+            return Err(Error::invalid_argument(format!(
+                "pointer {ptr:?} is memory of CUDA device {ordinal}, but this engine is on CUDA device {}: copy \
+                 the gradient to device {} first",
+                self.ordinal, self.ordinal
+            )));
+        }
+        // No context: memory mapped for the whole device (virtual memory management).
+        if !owner.is_null() && owner != self.ctx {
+            return Err(Error::invalid_argument(format!(
+                "pointer {ptr:?} is memory of another CUDA context on device {ordinal} (one from cuCtxCreate); \
+                 this engine uses device {ordinal}'s primary context, whose kernels cannot touch it"
+            )));
+        }
+        Ok(true)
     }
     fn synchronize(&mut self) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
+        self.refuse_in_capture("waiting for the device")?;
         // SAFETY: a live stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")
     }
     fn finish(&mut self) -> Result<()> {
-        self.make_current()?;
+        let _cx = CudaRuntime::enter(self)?;
         // SAFETY: the context is current; waits for all of its streams.
         check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
     }
     fn stream_handle(&self) -> *mut c_void {
         self.stream as *mut c_void
     }
-    fn bind(&mut self) -> Result<()> {
-        self.make_current()
+    fn enter(&mut self) -> Result<DeviceScope> {
+        CudaRuntime::enter(self)
+    }
+    fn capturing(&mut self) -> Result<bool> {
+        let _cx = CudaRuntime::enter(self)?;
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: writes one enum value.
+        check(unsafe { sys::cuStreamIsCapturing(self.stream, &mut status) }, "cuStreamIsCapturing")?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
-        self.make_current()?;
+        let _cx = self.enter()?;
+        // NULL: the engine's own (blocking) stream; CU_STREAM_LEGACY (0x1) and
+        // CU_STREAM_PER_THREAD (0x2) name the default streams, in the calling
+        // thread's current context as the driver resolves them (the engine's).
         let next = if stream.is_null() { self.own_stream } else { stream as sys::CUstream };
         if next == self.stream {
             return Ok(());

@@ -8,6 +8,7 @@
 
 use std::ffi::c_void;
 
+use crate::backend::DeviceScope;
 use crate::status::Result;
 
 /// A device address.
@@ -109,16 +110,21 @@ pub trait Runtime: Send {
     fn finish(&mut self) -> Result<()> {
         self.synchronize()
     }
-    /// Queues work on the caller's stream from now on (NULL: the runtime's own).
+    /// Queues work on the caller's stream from now on (NULL: the runtime's own;
+    /// CUDA also takes CU_STREAM_LEGACY (0x1) and CU_STREAM_PER_THREAD (0x2)).
     fn set_stream(&mut self, stream: *mut c_void) -> Result<()>;
     /// The CUstream work is queued on, for libraries that queue on it (NCCL); NULL
     /// where there is none (the host shim).
     fn stream_handle(&self) -> *mut c_void {
         std::ptr::null_mut()
     }
-    /// Makes this runtime's device current on the calling thread (before a device
-    /// library such as NCCL is called).
-    fn bind(&mut self) -> Result<()> {
-        Ok(())
+    /// Makes this runtime's device current on the calling thread until the scope is
+    /// dropped (around calls into a device library such as NCCL).
+    fn enter(&mut self) -> Result<DeviceScope> {
+        Ok(DeviceScope::none())
+    }
+    /// Whether the stream work is queued on is being captured into a CUDA graph.
+    fn capturing(&mut self) -> Result<bool> {
+        Ok(false)
     }
 }

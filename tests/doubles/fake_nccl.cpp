@@ -1,5 +1,6 @@
 // fake_nccl.cpp: a stand-in for libnccl.so.2 for tests whose ranks are threads of
 // one process on the fake driver (fake_cuda.cpp, whose device memory is host memory).
+// A test double, built only by the tests.
 //
 // tests/fake_nccl.rs builds it as its own shared library and points GACC_NCCL_LIB at
 // it, so gacc's real NCCL loader (src/distributed/nccl.rs) and its device
@@ -10,8 +11,12 @@
 // rank order (0, 1, ...) into a private copy, a barrier, each copies the sum into
 // its recv buffer (so send == recv is allowed). Buffers must be fake device memory
 // (checked with the fake driver's cuPointerGetAttribute, found through dlsym) and
-// the stream non-NULL unless the engine really has none. Like fake_cuda, work runs
-// synchronously: when ncclAllReduce returns, the sum is in recv.
+// the stream non-NULL unless the engine really has none. As on a GPU, ncclAllReduce
+// only queues the collective on the stream (fake_cuda_enqueue, found through dlsym):
+// it runs on the fake driver's stream worker after the work queued before it, and
+// its result is in recv only for work queued after it on that stream (or after a
+// synchronisation). A rank that never arrives makes the others' collectives give up
+// after 60 s; ncclCommGetAsyncError then says ncclSystemError.
 // Test hooks (extern "C"), per calling thread (tests run in parallel):
 // fake_nccl_fail_allreduce(skip, n): after `skip` more successful calls, the next n
 // ncclAllReduce calls of this thread fail with ncclUnhandledCudaError before
@@ -70,6 +75,7 @@ struct Group {
 struct Comm {
     std::shared_ptr<Group> group;
     int rank;
+    int async_error = 0;  // under the group's lock
 };
 
 std::mutex registry_lock;
@@ -80,6 +86,54 @@ thread_local void* last_stream = nullptr;
 unsigned long long allreduce_calls = 0;
 
 typedef int (*PointerGetAttribute)(void*, int, unsigned long long);
+typedef int (*Enqueue)(void*, void (*)(void*), void*, int);
+
+struct Job {
+    const void* send;
+    void* recv;
+    size_t count;
+    int dtype;
+    Comm* comm;
+};
+
+// The collective itself, on the stream's worker.
+void run_job(void* p) {
+    std::unique_ptr<Job> job(static_cast<Job*>(p));
+    Comm* comm = job->comm;
+    Group& gr = *comm->group;
+    const size_t count = job->count;
+    const size_t elem = job->dtype == ncclFloat64 ? 8 : 4;
+    std::vector<unsigned char> sum(count * elem);
+    std::unique_lock<std::mutex> lk(gr.m);
+    gr.sends[(size_t)comm->rank] = job->send;
+    if (!gr.barrier(lk)) {
+        comm->async_error = ncclSystemError;
+        return;
+    }
+    lk.unlock();
+    if (job->dtype == ncclFloat64) {
+        double* out = reinterpret_cast<double*>(sum.data());
+        for (size_t i = 0; i < count; ++i) {
+            double s = 0.0;
+            for (int r = 0; r < gr.nranks; ++r) s = r == 0 ? static_cast<const double*>(gr.sends[0])[i] : s + static_cast<const double*>(gr.sends[(size_t)r])[i];
+            out[i] = s;
+        }
+    } else {
+        float* out = reinterpret_cast<float*>(sum.data());
+        for (size_t i = 0; i < count; ++i) {
+            float s = 0.0f;
+            for (int r = 0; r < gr.nranks; ++r) s = r == 0 ? static_cast<const float*>(gr.sends[0])[i] : s + static_cast<const float*>(gr.sends[(size_t)r])[i];
+            out[i] = s;
+        }
+    }
+    lk.lock();
+    if (!gr.barrier(lk)) {  // nobody reads the send buffers any more
+        comm->async_error = ncclSystemError;
+        return;
+    }
+    lk.unlock();
+    std::memcpy(job->recv, sum.data(), count * elem);
+}
 
 bool is_device(const void* p) {
     static PointerGetAttribute f = (PointerGetAttribute)dlsym(RTLD_DEFAULT, "cuPointerGetAttribute");
@@ -129,7 +183,8 @@ ncclResult_t ncclCommAbort(Comm* comm) { return ncclCommDestroy(comm); }
 
 ncclResult_t ncclCommGetAsyncError(Comm* comm, ncclResult_t* err) {
     if (!comm) return ncclInvalidArgument;
-    *err = ncclSuccess;
+    std::lock_guard<std::mutex> g(comm->group->m);
+    *err = comm->async_error;
     return ncclSuccess;
 }
 
@@ -159,32 +214,16 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int dtype
         fail_left--;
         return ncclUnhandledCudaError;
     }
-    Group& gr = *comm->group;
-    const size_t elem = dtype == ncclFloat64 ? 8 : 4;
-    std::vector<unsigned char> sum(count * elem);
-    std::unique_lock<std::mutex> lk(gr.m);
-    gr.sends[(size_t)comm->rank] = send;
-    if (!gr.barrier(lk)) return ncclSystemError;
-    lk.unlock();
-    if (dtype == ncclFloat64) {
-        double* out = reinterpret_cast<double*>(sum.data());
-        for (size_t i = 0; i < count; ++i) {
-            double s = 0.0;
-            for (int r = 0; r < gr.nranks; ++r) s = r == 0 ? static_cast<const double*>(gr.sends[0])[i] : s + static_cast<const double*>(gr.sends[(size_t)r])[i];
-            out[i] = s;
-        }
-    } else {
-        float* out = reinterpret_cast<float*>(sum.data());
-        for (size_t i = 0; i < count; ++i) {
-            float s = 0.0f;
-            for (int r = 0; r < gr.nranks; ++r) s = r == 0 ? static_cast<const float*>(gr.sends[0])[i] : s + static_cast<const float*>(gr.sends[(size_t)r])[i];
-            out[i] = s;
-        }
+    static Enqueue enqueue = (Enqueue)dlsym(RTLD_DEFAULT, "fake_cuda_enqueue");
+    if (!enqueue) return ncclUnhandledCudaError;
+    // Eager: a collective makes progress without anybody waiting for it.
+    Job* job = new Job{send, recv, count, dtype, comm};
+    int r = enqueue(stream, run_job, job, 1);
+    if (r != 0) {
+        delete job;
+        std::fprintf(stderr, "fake NCCL: queueing the all-reduce failed with CUresult %d\n", r);
+        return ncclUnhandledCudaError;
     }
-    lk.lock();
-    if (!gr.barrier(lk)) return ncclSystemError;  // nobody reads the send buffers any more
-    lk.unlock();
-    std::memcpy(recv, sum.data(), count * elem);
     return ncclSuccess;
 }
 
