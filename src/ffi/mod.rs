@@ -9,6 +9,7 @@
 
 pub mod boundary;
 pub mod registry;
+pub mod tensors;
 pub mod types;
 
 use std::ffi::CStr;

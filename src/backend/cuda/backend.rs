@@ -17,7 +17,7 @@ use std::ffi::c_void;
 use super::launch::{self, UpdateBuffers, UpdateKind};
 use super::runtime::{DevPtr, Runtime};
 use super::state::{bytes_of, DeviceState, Hyper};
-use crate::backend::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
+use crate::backend::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad};
 use crate::engine::config::{Config, Optimizer, Precision};
 use crate::status::{Error, Result};
 
@@ -309,6 +309,17 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             opts = launch::AccumulateOptions { gate: self.state, seq: self.seq, weight, ..opts };
         }
         launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
+    }
+
+    unsafe fn accumulate_tensors(&mut self, _grads: &[TensorGrad], _mul: f32, _weight: f64) -> Result<()> {
+        Err(Error::internal("TODO multi-tensor launch"))
+    }
+
+    fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32> {
+        if offset >= self.n {
+            return Err(Error::internal("accumulator offset outside the layout"));
+        }
+        Ok((self.acc + 4 * offset as u64) as *mut f32)
     }
 
     fn zero_window(&mut self) -> Result<()> {
