@@ -103,3 +103,10 @@ fn fake_driver_ordinals_and_auto() {
         gacc_destroy(e);
     }
 }
+
+#[test]
+fn fake_driver_per_tensor_and_inplace_match_cpu() {
+    if fake_driver("fake_driver_per_tensor_and_inplace_match_cpu") {
+        device::per_tensor_and_inplace_match_cpu();
+    }
+}

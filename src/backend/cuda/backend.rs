@@ -49,9 +49,11 @@ pub struct CudaBackend<R: Runtime> {
     sr: u32,
     seed: u64,
     /// Device collective (NCCL): n f32 that the accumulator is reduced into (then
-    /// swapped with acc), and the 4 doubles of window totals (0 until used).
+    /// copied into acc, whose address never changes), and the 4 doubles of window totals (0 until used).
     dp_scratch: DevPtr,
     dp_totals: DevPtr,
+    /// Per-tensor micro-batches: the device table and what it was built from.
+    tables: super::tensors::TableCache,
 }
 
 /// Device bytes an engine of `n` parameters needs (without the staging buffer).
@@ -100,6 +102,7 @@ impl<R: Runtime> CudaBackend<R> {
             seed: config.numerics.seed,
             dp_scratch: 0,
             dp_totals: 0,
+            tables: Default::default(),
         };
         let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
         let (free, total) = backend.rt.memory_info()?;
@@ -276,6 +279,7 @@ impl<R: Runtime> Drop for CudaBackend<R> {
             self.staging,
             self.dp_scratch,
             self.dp_totals,
+            self.tables.device_table(),
         ];
         for p in ptrs {
             if p != 0 {
@@ -311,8 +315,23 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grid, &opts)
     }
 
-    unsafe fn accumulate_tensors(&mut self, _grads: &[TensorGrad], _mul: f32, _weight: f64) -> Result<()> {
-        Err(Error::internal("TODO multi-tensor launch"))
+    unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
+        use super::tensors;
+        let acc = self.acc;
+        let p = tensors::prepare(&mut self.rt, &mut self.tables, grads, acc, |rt| {
+            if self.staging == 0 {
+                self.staging = rt.alloc(self.n * 4)?;
+            }
+            Ok(self.staging)
+        })?;
+        let (mut gate, mut seq) = (0, 0);
+        if self.hyper.drop_nonfinite != 0 {
+            // Never 0, so a fresh state's bad_seq (0) flags nothing.
+            self.seq = self.seq.wrapping_add(1).max(1);
+            (gate, seq) = (self.state, self.seq);
+            tensors::check_finite(&mut self.rt, &p, gate, seq)?;
+        }
+        tensors::accumulate(&mut self.rt, &p, acc, self.comp, mul, gate, seq, weight)
     }
 
     fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32> {
@@ -491,7 +510,10 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.rt.memset(self.comp, 0, self.n * 4)?;
             }
         }
-        std::mem::swap(&mut self.acc, &mut self.dp_scratch);
+        // A copy, not a swap: the accumulator's address is part of the API
+        // (gacc_accumulator_ptr is stable until gacc_destroy).
+        // SAFETY: both hold n f32 on this device; stream-ordered after the reduction.
+        unsafe { self.rt.copy_d2d(self.acc, scratch, self.n * 4)? };
         Ok(())
     }
 

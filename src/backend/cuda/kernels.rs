@@ -19,7 +19,7 @@ pub const KERNEL_FILES: [(&str, &str); 6] = [
 ];
 
 /// Every `extern "C"` kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 13] = [
+pub const KERNEL_NAMES: [&str; 15] = [
     "gacc_accumulate_f32",
     "gacc_accumulate_f16",
     "gacc_accumulate_bf16",
@@ -33,6 +33,8 @@ pub const KERNEL_NAMES: [&str; 13] = [
     "gacc_dp_pack_totals",
     "gacc_dp_unpack_totals",
     "gacc_dp_fold",
+    "gacc_accumulate_tensors",
+    "gacc_check_finite_tensors",
 ];
 
 /// The whole program as one translation unit.

@@ -69,6 +69,9 @@ pub struct ShimRuntime {
     pub d2h_copies: usize,
     /// synchronize() calls made.
     pub syncs: usize,
+    /// Host-to-device copies made (tests check that a repeated per-tensor call
+    /// with device gradients makes none).
+    pub h2d_copies: usize,
 }
 
 // SAFETY: the allocations are owned by this value; the library handle is Sync.
@@ -86,6 +89,7 @@ impl ShimRuntime {
             launches: Vec::new(),
             d2h_copies: 0,
             syncs: 0,
+            h2d_copies: 0,
         }
     }
 }
@@ -135,6 +139,7 @@ impl Runtime for ShimRuntime {
         }
     }
     unsafe fn copy_h2d(&mut self, dst: DevPtr, src: *const u8, bytes: usize) -> Result<()> {
+        self.h2d_copies += 1;
         std::ptr::copy_nonoverlapping(src, dst as *mut u8, bytes);
         Ok(())
     }
