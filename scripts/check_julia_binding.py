@@ -666,6 +666,12 @@ MUTATIONS = [
      "typedef struct gacc_engine gacc_engine;\n\ntypedef struct gacc_checkpoint_info {\n  uint64_t step;\n} gacc_checkpoint_info;",
      "no Julia mirror `struct CheckpointInfo`"),
     ("a mutable mirror", "j", "struct StepInfo\n", "mutable struct StepInfo\n", "must be an immutable"),
+    ("gacc_grad fields reordered", "j", "    dtype::UInt32\n    numel::Csize_t", "    numel::Csize_t\n    dtype::UInt32",
+     "names and order must match"),
+    ("gacc_grad.numel as a 32-bit integer", "j", "    data::Ptr{Cvoid}\n    dtype::UInt32\n    numel::Csize_t",
+     "    data::Ptr{Cvoid}\n    dtype::UInt32\n    numel::UInt32", "field `numel`: `UInt32` does not carry C `size_t`"),
+    ("the gradient table passed as a plain pointer", "j", "(Ptr{Cvoid}, Ptr{Grad}, Csize_t, Cdouble)",
+     "(Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, Cdouble)", "parameter `grads`"),
 ]
 
 
