@@ -445,7 +445,8 @@ static int cmd_tensors(size_t n, size_t t, int repeats) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: gacc_bench stream|run|mem|tiny|tensors [--n N] [--t T] [--k K] [--repeats R] [--iters I]\n");
+        fprintf(stderr,
+                "usage: gacc_bench stream|run|mem|tiny|tensors [--n N] [--t T] [--k K] [--repeats R] [--iters I]\n");
         return 2;
     }
     size_t n = 1 << 20;

@@ -261,7 +261,8 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
             .map(|(index, t)| {
                 let bytes: Vec<u8> = (0..t.numel).flat_map(|i| (i as f32).to_le_bytes()).collect();
                 let ptr = target.upload(&bytes, 0);
-                gacc::backend::TensorGrad { grad: GradInput { ptr, dtype: Dtype::F32, numel: t.numel }, offset: t.offset, index }
+                let grad = GradInput { ptr, dtype: Dtype::F32, numel: t.numel };
+                gacc::backend::TensorGrad { grad, offset: t.offset, index }
             })
             .collect();
         for call in 0..2 {

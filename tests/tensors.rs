@@ -66,6 +66,9 @@ fn accumulator(e: &Eng) -> Vec<f32> {
     out
 }
 
+/// Tensor t's accumulator as the host sees it: the engine's own memory, which the API
+/// lets the host write between calls (each use here is short-lived).
+#[allow(clippy::mut_from_ref)]
 fn acc_slice(e: &Eng, t: usize, k: usize) -> &mut [f32] {
     let mut p = std::ptr::null_mut();
     ok(unsafe { gacc_accumulator_ptr(e.h, t, &mut p) });
@@ -116,7 +119,8 @@ fn per_tensor_matches_concatenation(s: &Setup, seed: u64) {
             let w = rng.range(1, 9) as f64;
             ok(tensors_call(&a, &grads, w));
             b.mb(&concat(&b, &grads), w);
-            assert!(bits(&accumulator(&a)) == bits(&accumulator(&b)), "sizes {:?} compensated {}", s.sizes, s.compensated);
+            let same = bits(&accumulator(&a)) == bits(&accumulator(&b));
+            assert!(same, "sizes {:?} compensated {}", s.sizes, s.compensated);
         }
         let (ia, ib) = (a.step(), b.step());
         assert_eq!(ia, ib);
@@ -260,7 +264,8 @@ fn rejections_leave_the_window_as_it_was_and_name_the_tensor() {
     }
     assert_eq!(unsafe { gacc_microbatch_tensors(e.h, std::ptr::null(), 3, 1.0) }, GACC_ERR_NULL_POINTER);
     assert!(last_error().contains("grads"));
-    assert_eq!(unsafe { gacc_microbatch_tensors(std::ptr::null_mut(), entries.as_ptr(), 3, 1.0) }, GACC_ERR_NULL_POINTER);
+    let null_engine = std::ptr::null_mut();
+    assert_eq!(unsafe { gacc_microbatch_tensors(null_engine, entries.as_ptr(), 3, 1.0) }, GACC_ERR_NULL_POINTER);
     let stale = 0x10 as *mut gacc_engine;
     assert_eq!(unsafe { gacc_microbatch_tensors(stale, entries.as_ptr(), 3, 1.0) }, GACC_ERR_INVALID_HANDLE);
     assert_eq!(bits(&accumulator(&e)), before);

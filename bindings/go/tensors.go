@@ -110,7 +110,8 @@ func (e *Engine) Accumulator(tensor int) ([]float32, error) {
 		return nil, err
 	}
 	if dev >= 0 {
-		return nil, &Error{Status: StatusInvalidState, Msg: "gacc: the accumulator of a CUDA engine is device memory (use AccumulatorPtr)"}
+		msg := "gacc: the accumulator of a CUDA engine is device memory (use AccumulatorPtr)"
+		return nil, &Error{Status: StatusInvalidState, Msg: msg}
 	}
 	_, n, err := e.TensorSpan(tensor)
 	if err != nil {

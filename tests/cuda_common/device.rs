@@ -227,7 +227,12 @@ pub fn per_tensor_and_inplace_match_cpu() {
         cfg.device = 0;
         let descs: Vec<gacc_tensor_desc> = [6usize, 10]
             .iter()
-            .map(|&numel| gacc_tensor_desc { name: std::ptr::null(), numel, init: std::ptr::null(), no_weight_decay: 0 })
+            .map(|&numel| gacc_tensor_desc {
+                name: std::ptr::null(),
+                numel,
+                init: std::ptr::null(),
+                no_weight_decay: 0,
+            })
             .collect();
         let mut e = std::ptr::null_mut();
         assert_eq!(gacc_create(&cfg, descs.as_ptr(), 2, &mut e), gacc_status::GACC_OK);

@@ -38,7 +38,13 @@ pub fn tensor_cases() -> Vec<TensorCase> {
         TensorCase { name: "sgd sum", optimizer: GACC_OPTIMIZER_SGD, reduction: GACC_GRADS_SUM, ..base },
         TensorCase { name: "kahan", compensated: true, ..base },
         TensorCase { name: "drop mode", drop_nonfinite: true, ..base },
-        TensorCase { name: "fp16 drop kahan", precision: GACC_PRECISION_FP16, drop_nonfinite: true, compensated: true, ..base },
+        TensorCase {
+            name: "fp16 drop kahan",
+            precision: GACC_PRECISION_FP16,
+            drop_nonfinite: true,
+            compensated: true,
+            ..base
+        },
     ]
 }
 
@@ -108,7 +114,8 @@ pub fn run_tensor_case(target: &dyn Target, case: &TensorCase) {
                 .iter()
                 .zip(&layout.tensors)
                 .map(|(h, info)| {
-                    h.as_ref().map(|(b, d)| GradInput { ptr: b.as_ptr() as *const c_void, dtype: *d, numel: info.numel })
+                    let numel = info.numel;
+                    h.as_ref().map(|(b, d)| GradInput { ptr: b.as_ptr().cast(), dtype: *d, numel })
                 })
                 .collect();
             let dut_in: Vec<Option<GradInput>> = cpu_in
@@ -207,7 +214,7 @@ pub fn run_inplace(target: &dyn Target) {
         let per: Vec<Option<GradInput>> = layout
             .tensors
             .iter()
-            .map(|info| Some(GradInput { ptr: g2[info.offset..].as_ptr() as *const c_void, dtype: Dtype::F32, numel: info.numel }))
+            .map(|t| Some(GradInput { ptr: g2[t.offset..].as_ptr().cast(), dtype: Dtype::F32, numel: t.numel }))
             .collect();
         let flat3 = GradInput { ptr: g3.as_ptr() as *const c_void, dtype: Dtype::BF16, numel: n };
         // SAFETY: every pointer holds its numel elements.

@@ -165,7 +165,8 @@ mod tests {
     use crate::backend::GradInput;
 
     fn grad(data: &[f32], offset: usize, index: usize) -> TensorGrad {
-        TensorGrad { grad: GradInput { ptr: data.as_ptr().cast(), dtype: Dtype::F32, numel: data.len() }, offset, index }
+        let grad = GradInput { ptr: data.as_ptr().cast(), dtype: Dtype::F32, numel: data.len() };
+        TensorGrad { grad, offset, index }
     }
 
     #[test]
