@@ -284,6 +284,15 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
                 assert_eq!(s.acc[t.offset + i], 2.0 * i as f32);
             }
         }
+        // No tensor listed (every entry NULL): no launch, or in drop mode one launch
+        // that books the micro-batch on the device.
+        let launches = be.runtime().launches.len();
+        // SAFETY: nothing is read.
+        unsafe { be.accumulate_tensors(&[], 1.0, 5.0).unwrap() };
+        assert_eq!(be.runtime().launches.len() - launches, usize::from(drop_mode));
+        if drop_mode {
+            assert_eq!(be.window_counts().unwrap(), (7.0, 0), "2 + 5 booked on the device");
+        }
         target.release();
     }
 }
