@@ -20,7 +20,7 @@ use crate::engine::config::Dtype;
 use crate::status::{Error, Result};
 
 /// Elements per chunk (GACC_TENSOR_CHUNK in kernels/accumulate.cu).
-pub const TENSOR_CHUNK: u64 = 16384;
+const TENSOR_CHUNK: u64 = 16384;
 /// Resident blocks per multiprocessor aimed at (as the element-wise kernels).
 const BLOCKS_PER_SM: u64 = 8;
 
