@@ -3,6 +3,7 @@
 #   make demo          build the library and run examples/demo.c (the main job)
 #   make check         every test: installs what is missing (scripts/install-test-deps.sh),
 #                      then test, sanitize, valgrind and fuzz (scripts/test.sh); CI runs this
+#   make example-inplace  examples/inplace.c: a backward that adds into gacc's accumulator
 #   make test          every target in TEST_TARGETS (needs the dependencies), then one closing
 #                      line "N passed, N failed" for the C programs; non-zero on any failure
 #   make rust-test     cargo test --release (the whole Rust suite)
@@ -52,6 +53,7 @@ VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
 
 TEST_TARGETS ?= rust-test lint header-check readme-check c-tests bindings-test package-test mpi-test tsan-shim
 FUZZ_SECONDS ?= 30
+TEST_TARGETS += example-inplace
 
 C_TEST_SRCS  := $(sort $(wildcard tests/c/test_*.c))
 C_TEST_NAMES := $(patsubst tests/c/%.c,%,$(C_TEST_SRCS))
@@ -59,7 +61,7 @@ C_TEST_BINS  := $(addprefix $(BUILD)/c/,$(C_TEST_NAMES))
 C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 
-.PHONY: FORCE all lib demo check test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind tsan-shim clean
+.PHONY: FORCE all lib demo check example-inplace test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind tsan-shim clean
 
 all: lib
 
@@ -78,6 +80,14 @@ $(BUILD)/demo: examples/demo.c $(C_HELPERS) $(HEADER) $(LIB) | $(BUILD)
 
 demo: $(BUILD)/demo
 	./$(BUILD)/demo
+
+# The in-place example: a backward whose weight-gradient GEMMs (beta = 1) write into
+# gacc_accumulator_ptr, checked against the per-tensor call (part of make test).
+$(BUILD)/inplace: examples/inplace.c $(HEADER) $(LIB) | $(BUILD)
+	$(CC) $(C_STD_FLAGS) $(CFLAGS) $(CPPFLAGS) $< -o $@ $(LDLIBS_GACC)
+
+example-inplace: $(BUILD)/inplace
+	./$(BUILD)/inplace
 
 # ---- tests ---------------------------------------------------------------------------
 

@@ -7,6 +7,15 @@
 Options: --sizes 1M,16M,64M  --repeats 7  --k 4  --peers numpy,jax,jax-multisteps,torch-foreach,torch-fused
          --out docs  --no-build  --quick (1M only, 3 repeats, for a smoke test)
 
+    python3 bench/compare.py --tensors [--tensor-sizes 16M,64M] [--tensor-counts 64,512]
+
+runs only the per-tensor comparison (gacc_microbatch_tensors, copy + gacc_microbatch,
+gacc_microbatch on the same bytes, in place; against PyTorch's p.grad.add_ per
+parameter and torch._foreach_add_ when torch is installed, skipped otherwise) on
+transformer-like tensors (bench/model_shapes.rs), prints the table and writes the
+raw rows to build/bench-tensors.jsonl (not to docs/: take the figures on a quiet
+machine).
+
 What it does, in one process tree on one machine:
 1. builds libgacc (cargo build --release) and bench/gacc_bench.c against include/gacc.h;
 2. STREAM copy/add/triad (2 OpenMP threads, 3 x 256 MiB arrays): the bandwidth floor;
@@ -536,8 +545,72 @@ def plot(path, stream, rows, sizes):
 
 # --------------------------------------------------------------------------- main ---
 
+TENSOR_ROWS = [
+    ("per_tensor", "gacc", "(a) gacc_microbatch_tensors"),
+    ("copy_microbatch", "gacc", "(b) copy into one buffer + gacc_microbatch"),
+    ("microbatch", "gacc", "(ref) gacc_microbatch, same bytes"),
+    ("inplace_add", "gacc", "(c) host acc += W*g in place + gacc_microbatch_inplace"),
+    ("inplace_call", "gacc", "(c) gacc_microbatch_inplace alone"),
+    ("pgrad_add", "torch", "torch: p.grad.add_(g, alpha=W) per parameter"),
+    ("foreach_add", "torch", "torch: torch._foreach_add_(grads, gs, alpha=W)"),
+]
+
+
+def tensors_main(a):
+    """The per-tensor comparison only (see the module docstring)."""
+    exe = build(a.no_build)
+    env = peer_env()
+    out, err, _ = run_json([sys.executable, os.path.join(BENCH, "peers.py"), "--peer", "torch-foreach",
+                            "--mode", "version"], env=env, timeout=300)
+    have_torch = bool(out) and not err
+    if not have_torch:
+        log("torch is not installed: its rows are skipped (bash bench/install-peers.sh installs it)")
+    rows = []
+    for n in [parse_size(x) for x in a.tensor_sizes.split(",")]:
+        for t in [int(x) for x in a.tensor_counts.split(",")]:
+            log(f"per-tensor rows: {size_label(n)}, {t} tensors")
+            # Passive OpenMP waiting: the host's parallel copy/add threads must not spin
+            # against gacc's rayon pool between calls.
+            got, err, _ = run_json([exe, "tensors", "--n", str(n), "--t", str(t), "--repeats", str(a.repeats)],
+                                   env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+            if err:
+                log(f"  gacc: {err}")
+            rows += [dict(r, size=n, tensors=t) for r in got if r.get("kind") == "row"]
+            if have_torch:
+                got, err, _ = run_json([sys.executable, os.path.join(BENCH, "peers.py"), "--peer", "torch-foreach",
+                                        "--mode", "tensors", "--n", str(n), "--t", str(t), "--repeats",
+                                        str(a.repeats)], env=env)
+                if err:
+                    log(f"  torch: {err}")
+                rows += [dict(r, size=n, tensors=t) for r in got if r.get("kind") == "row"]
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, "bench-tensors.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    by = {(r["row"], r["size"], r["tensors"]): r for r in rows}
+    print("| params | tensors | row | median | GB/s | vs (ref) |")
+    print("|---|---:|---|---:|---:|---:|")
+    for n in [parse_size(x) for x in a.tensor_sizes.split(",")]:
+        for t in [int(x) for x in a.tensor_counts.split(",")]:
+            ref = by.get((f"microbatch_{t}", n, t))
+            ref_t = med(ref["samples_s"]) if ref else None
+            for key, who, label in TENSOR_ROWS:
+                r = by.get((f"{key}_{t}", n, t))
+                if r is None:
+                    if who == "torch" and not have_torch:
+                        print(f"| {size_label(n)} | {t} | {label} | skipped: torch not installed | | |")
+                    continue
+                m = med(r["samples_s"])
+                gbs = r["n"] * r["bytes_per_param"] / m / 1e9 if r["bytes_per_param"] and m > 0 else 0.0
+                ratio = f"{m / ref_t:.2f}" if ref_t else ""
+                print(f"| {size_label(n)} ({r['n']}) | {t} | {label} | {fmt_t(m)} | {gbs:.1f} | {ratio} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tensors", action="store_true", help="run only the per-tensor comparison")
+    ap.add_argument("--tensor-sizes", default="16M,64M")
+    ap.add_argument("--tensor-counts", default="64,512")
     ap.add_argument("--sizes", default="1M,16M,64M")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--k", type=int, default=4)
@@ -560,6 +633,9 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite benchmarks.md/png from the benchmarks.jsonl in --out, measuring nothing")
     a = ap.parse_args()
+    if a.tensors:
+        tensors_main(a)
+        return
     if a.report_only:
         report_only(a.out)
         return

@@ -25,6 +25,16 @@
 //!
 //! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
 //! (32K-element chunks, sequential below 256K elements).
+//!
+//! Per-tensor micro-batches (second table; GACC_BENCH_TENSOR_SIZES, default 16M,64M;
+//! GACC_BENCH_TENSOR_COUNTS, default 64,512; transformer-like sizes from
+//! bench/model_shapes.rs), one fp32 gradient buffer per tensor, side by side:
+//! (a) gacc_microbatch_tensors on the per-tensor buffers (12 B/elem);
+//! (b) copy every buffer into one concatenated buffer (8 B/elem) + gacc_microbatch;
+//! (ref) gacc_microbatch on an already concatenated buffer of the same bytes;
+//! (c) in place: the host's own acc += g into gacc_accumulator_ptr (12 B/elem, the
+//!     writes a fused backward would do anyway) and the gacc_microbatch_inplace call
+//!     alone (no data moves).
 
 use std::hint::black_box;
 use std::os::raw::c_void;
@@ -34,6 +44,9 @@ use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status;
 use rayon::prelude::*;
+
+#[path = "model_shapes.rs"]
+mod model_shapes;
 
 /// Same as src/backend/cpu/parallel.rs (CHUNK, PARALLEL_THRESHOLD).
 const CHUNK: usize = 32 * 1024;
@@ -315,6 +328,8 @@ fn main() {
         );
     }
 
+    tensor_rows(repeats);
+
     // Per-call overhead through the C ABI on a tiny model.
     let n = 1000;
     let e = Engine::new(&base_config(GACC_OPTIMIZER_ADAMW), n);
@@ -349,3 +364,108 @@ fn main() {
     println!("| gacc_microbatch (f32, 1000 elements) | {mb_ns:.0} |");
     println!("| gacc_step (AdamW, 1000 elements, info NULL) | {:.0} |", pair_ns - mb_ns);
 }
+
+/// An engine over the given tensor sizes (SGD, CPU), and its accumulator pointers.
+fn tensor_engine(sizes: &[usize]) -> (*mut gacc_engine, Vec<*mut f32>) {
+    let desc: Vec<gacc_tensor_desc> = sizes
+        .iter()
+        .map(|&numel| gacc_tensor_desc { name: std::ptr::null(), numel, init: std::ptr::null(), no_weight_decay: 0 })
+        .collect();
+    let mut h = std::ptr::null_mut();
+    check(unsafe { gacc_create(&base_config(GACC_OPTIMIZER_SGD), desc.as_ptr(), desc.len(), &mut h) });
+    let accs = (0..sizes.len())
+        .map(|t| {
+            let mut p = std::ptr::null_mut();
+            check(unsafe { gacc::ffi::tensors::gacc_accumulator_ptr(h, t, &mut p) });
+            p
+        })
+        .collect();
+    (h, accs)
+}
+
+/// The per-tensor rows: (a), (b), (ref) and (c) of the module comment.
+fn tensor_rows(repeats: usize) {
+    let parse = |var: &str, default: &str| -> Vec<usize> {
+        std::env::var(var).unwrap_or_else(|_| default.into()).split(',').map(parse_size).collect()
+    };
+    let sizes = parse("GACC_BENCH_TENSOR_SIZES", "16M,64M");
+    let counts = parse("GACC_BENCH_TENSOR_COUNTS", "64,512");
+    println!("\nPer-tensor micro-batches (fp32 gradients, one buffer per tensor; median [min..max] ms):\n");
+    println!(
+        "| params | tensors | (a) per-tensor call | (b) copy + gacc_microbatch | (ref) gacc_microbatch, same bytes | \
+         (c) host acc += g in place | (c) gacc_microbatch_inplace call | (a) / (ref) | (b) - (a) |"
+    );
+    println!("|---|---:|---|---|---|---|---:|---:|---:|");
+    for &n in &sizes {
+        for &t in &counts {
+            let shape = model_shapes::transformer_sizes(n, t);
+            let total: usize = shape.iter().sum();
+            let grads: Vec<Vec<f32>> =
+                shape.iter().map(|&k| (0..k).map(|i| ((i % 13) as f32 - 6.0) * 1e-3).collect()).collect();
+            let entries: Vec<gacc::ffi::tensors::gacc_grad> = grads
+                .iter()
+                .map(|g| gacc::ffi::tensors::gacc_grad {
+                    data: g.as_ptr() as *const c_void,
+                    dtype: GACC_DTYPE_F32,
+                    numel: g.len(),
+                })
+                .collect();
+            let (h, accs) = tensor_engine(&shape);
+            let per_tensor = time(repeats, || {
+                check(unsafe { gacc::ffi::tensors::gacc_microbatch_tensors(h, entries.as_ptr(), entries.len(), 1.0) })
+            });
+            let mut flat = vec![0f32; total];
+            let copy_then = time(repeats, || {
+                // The host's copy into one buffer, in parallel over the tensors.
+                let mut rest: &mut [f32] = &mut flat;
+                let mut parts = Vec::with_capacity(grads.len());
+                for g in &grads {
+                    let (head, tail) = rest.split_at_mut(g.len());
+                    parts.push((head, g));
+                    rest = tail;
+                }
+                parts.into_par_iter().for_each(|(dst, src)| dst.copy_from_slice(src));
+                check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) });
+            });
+            let reference = time(repeats, || {
+                check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) })
+            });
+            let host_add = time(repeats, || {
+                let targets: Vec<(SharedAcc, &Vec<f32>)> = accs.iter().map(|&p| SharedAcc(p)).zip(&grads).collect();
+                targets.into_par_iter().for_each(|(acc, g)| {
+                    // SAFETY: the accumulator of this tensor holds g.len() floats; the
+                    // engine is not called while the host writes.
+                    let a = unsafe { std::slice::from_raw_parts_mut(acc.0, g.len()) };
+                    for (a, &x) in a.iter_mut().zip(g) {
+                        *a += x;
+                    }
+                });
+            });
+            let calls = 10_000;
+            let inplace_call = time(5, || {
+                for _ in 0..calls {
+                    check(unsafe { gacc::ffi::tensors::gacc_microbatch_inplace(h, 1.0) });
+                }
+            });
+            check(unsafe { gacc_zero(h) });
+            gacc_destroy(h);
+            let ms = |t: &Timing| format!("{:.3} [{:.3}..{:.3}]", t.median * 1e3, t.min * 1e3, t.max * 1e3);
+            println!(
+                "| {} | {t} | {} | {} | {} | {} | {:.0} ns | {:.2} | {:.3} ms |",
+                size_name(n),
+                ms(&per_tensor),
+                ms(&copy_then),
+                ms(&reference),
+                ms(&host_add),
+                inplace_call.median / calls as f64 * 1e9,
+                per_tensor.median / reference.median,
+                (copy_then.median - per_tensor.median) * 1e3,
+            );
+        }
+    }
+}
+
+/// An accumulator pointer handed to a pool task (each task writes its own tensor).
+struct SharedAcc(*mut f32);
+// SAFETY: every task writes a different tensor's accumulator.
+unsafe impl Send for SharedAcc {}

@@ -5,6 +5,7 @@
  *   gacc_bench run     --n N --k K --repeats R      accumulate and step rows through the C ABI
  *   gacc_bench mem     --n N --k K                  peak RSS of one AdamW+clip window loop
  *   gacc_bench tiny    --n N --iters I --repeats R  ns per gacc_microbatch / gacc_step
+ *   gacc_bench tensors --n N --t T --repeats R      per-tensor rows: T transformer-like tensors
  *
  * Build (bench/compare.py does it):
  *   cc -O3 -march=native -fopenmp -Iinclude bench/gacc_bench.c -Ltarget/release -lgacc \
@@ -353,18 +354,110 @@ static int cmd_tiny(size_t n, int iters, int repeats) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- per tensor ---- */
+
+/* Tensor sizes like a transformer's (bench/model_shapes.rs, the same rule): t / 8
+ * layers of [d, d, 3d^2, d^2, d, d, 4d^2, 4d^2], d the largest multiple of 8 with
+ * layers * (12 d^2 + 4 d) <= n. Returns the count (t) and fills sizes. */
+static size_t transformer_sizes(size_t n, size_t t, size_t *sizes) {
+    const size_t layers = t / 8, per_layer = n / layers;
+    size_t d = 8;
+    while (12 * (d + 8) * (d + 8) + 4 * (d + 8) <= per_layer) d += 8;
+    const size_t layer[8] = {d, d, 3 * d * d, d * d, d, d, 4 * d * d, 4 * d * d};
+    for (size_t i = 0; i < layers * 8; i++) sizes[i] = layer[i % 8];
+    return layers * 8;
+}
+
+/* Rows per_tensor_T (gacc_microbatch_tensors), copy_microbatch_T (copy into one buffer
+ * + gacc_microbatch), microbatch_T (gacc_microbatch on the same bytes), inplace_add_T
+ * (the host's acc += W * g into gacc_accumulator_ptr) and inplace_call_T
+ * (gacc_microbatch_inplace alone); n in the rows is the actual parameter count. The
+ * host's copy and add run on OpenMP threads beside gacc's rayon pool: run with
+ * OMP_WAIT_POLICY=PASSIVE (bench/compare.py --tensors does) so neither spins on the
+ * other's cores. */
+static int cmd_tensors(size_t n, size_t t, int repeats) {
+    if (t < 8 || t % 8) {
+        fprintf(stderr, "--t must be a multiple of 8\n");
+        return 2;
+    }
+    size_t *sizes = xmalloc(t * sizeof(size_t));
+    t = transformer_sizes(n, t, sizes);
+    size_t total = 0, *offs = xmalloc(t * sizeof(size_t));
+    for (size_t i = 0; i < t; i++) {
+        offs[i] = total;
+        total += sizes[i];
+    }
+    gacc_tensor_desc *desc = xmalloc(t * sizeof *desc);
+    gacc_grad *grads = xmalloc(t * sizeof *grads);
+    float **g = xmalloc(t * sizeof(float *));
+    float **acc = xmalloc(t * sizeof(float *));
+    for (size_t i = 0; i < t; i++) {
+        desc[i] = (gacc_tensor_desc){NULL, sizes[i], NULL, 0};
+        g[i] = xmalloc(sizes[i] * sizeof(float));
+        for (size_t j = 0; j < sizes[i]; j++) g[i][j] = GRAD_SCALE * urand();
+        grads[i] = (gacc_grad){g[i], GACC_DTYPE_F32, sizes[i]};
+    }
+    gacc_config cfg;
+    gacc_config_init(&cfg);
+    cfg.device = GACC_DEVICE_CPU;
+    gacc_engine *e = NULL;
+    check(gacc_create(&cfg, desc, t, &e), "gacc_create");
+    for (size_t i = 0; i < t; i++) check(gacc_accumulator_ptr(e, i, &acc[i]), "gacc_accumulator_ptr");
+    float *flat = xmalloc(total * sizeof(float));
+    double *samples = xmalloc((size_t)(repeats + 1) * sizeof(double));
+    char row[64], note[64];
+    snprintf(note, sizeof note, "%zu tensors", t);
+    for (int which = 0; which < 5; which++) {
+        static const char *NAMES[] = {"per_tensor", "copy_microbatch", "microbatch", "inplace_add", "inplace_call"};
+        static const double BYTES[] = {12, 20, 12, 12, 0};
+        size_t count = 0;
+        for (int r = -1; r < repeats; r++) {
+            double t0 = now();
+            if (which == 0) {
+                check(gacc_microbatch_tensors(e, grads, t, WEIGHT), "gacc_microbatch_tensors");
+            } else if (which == 1 || which == 2) {
+                if (which == 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+                    for (size_t i = 0; i < t; i++) memcpy(flat + offs[i], g[i], sizes[i] * sizeof(float));
+                }
+                check(gacc_microbatch(e, flat, GACC_DTYPE_F32, total, WEIGHT), "gacc_microbatch");
+            } else if (which == 3) {
+#pragma omp parallel for schedule(dynamic, 1)
+                for (size_t i = 0; i < t; i++) {
+                    for (size_t j = 0; j < sizes[i]; j++) acc[i][j] += (float)WEIGHT * g[i][j];
+                }
+                check(gacc_microbatch_inplace(e, WEIGHT), "gacc_microbatch_inplace");
+            } else {
+                check(gacc_microbatch_inplace(e, WEIGHT), "gacc_microbatch_inplace");
+            }
+            double t1 = now();
+            if (r >= 0) samples[count++] = t1 - t0;
+        }
+        check(gacc_zero(e), "gacc_zero");
+        snprintf(row, sizeof row, "%s_%zu", NAMES[which], t);
+        print_samples(row, NULL, total, BYTES[which], samples, count, note);
+    }
+    gacc_destroy(e);
+    for (size_t i = 0; i < t; i++) free(g[i]);
+    free(g), free(acc), free(grads), free(desc), free(sizes), free(offs), free(flat), free(samples);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: gacc_bench stream|run|mem|tiny [--n N] [--k K] [--repeats R] [--iters I]\n");
+        fprintf(stderr,
+                "usage: gacc_bench stream|run|mem|tiny|tensors [--n N] [--t T] [--k K] [--repeats R] [--iters I]\n");
         return 2;
     }
     size_t n = 1 << 20;
     int k = 4, repeats = 5, iters = 100000;
+    size_t tensors = 64;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--n")) n = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--k")) k = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--repeats")) repeats = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--t")) tensors = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--label")) LABEL = argv[i + 1];
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
@@ -379,6 +472,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "run")) return cmd_run(n, k, repeats);
     if (!strcmp(argv[1], "mem")) return cmd_mem(n, k);
     if (!strcmp(argv[1], "tiny")) return cmd_tiny(n, iters, repeats);
+    if (!strcmp(argv[1], "tensors")) return cmd_tensors(n, tensors, repeats);
     fprintf(stderr, "unknown command %s\n", argv[1]);
     return 2;
 }

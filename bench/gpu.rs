@@ -12,6 +12,14 @@
 //! (mean of the iterations); each kernel alone is timed as the wall time between a
 //! synchronisation before and after its launch (a few microseconds of overhead).
 //! Without a device it prints "no CUDA device; skipped" and exits 0.
+//!
+//! Then per-tensor micro-batches (GACC_BENCH_TENSOR_SIZES, default 16M,64M;
+//! GACC_BENCH_TENSOR_COUNTS, default 64,512; transformer-like sizes from
+//! bench/model_shapes.rs), fp32 device gradients, one buffer per tensor, through the
+//! engine: (a) gacc_microbatch_tensors (one launch), (b) a device-to-device copy of
+//! every tensor into one buffer + gacc_microbatch, (ref) gacc_microbatch on the same
+//! bytes, (c) gacc_microbatch_inplace (queues nothing; the host's own writes are its
+//! GEMMs' epilogues). Not yet run on a GPU: no figures exist.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -22,8 +30,12 @@ use gacc::backend::cuda::{probe, CudaBackend, CudaRuntime, Runtime};
 use gacc::backend::{Backend, BackendInit, DeviceScope, GradInput, StepRequest};
 use gacc::engine::config::{default_raw_config, Config, Dtype};
 use gacc::engine::layout::Layout;
+use gacc::engine::Engine;
 use gacc::ffi::types::*;
 use gacc::status::Result;
+
+#[path = "model_shapes.rs"]
+mod model_shapes;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -257,5 +269,104 @@ fn main() {
         show(&k);
         // SAFETY: allocated above, not used again.
         unsafe { be.runtime_mut().free(grad) };
+    }
+    tensor_rows(iters);
+}
+
+fn parse_size(s: &str) -> usize {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().expect("sizes like 16M,64M") * mul
+}
+
+/// Mean seconds per call of `f` on an engine; the loss-scale read waits for the device.
+fn measure_engine(e: &mut Engine, iters: usize, mut f: impl FnMut(&mut Engine)) -> f64 {
+    f(e);
+    e.loss_scale().unwrap();
+    let t = Instant::now();
+    for _ in 0..iters {
+        f(e);
+    }
+    e.loss_scale().unwrap();
+    t.elapsed().as_secs_f64() / iters as f64
+}
+
+/// The per-tensor rows of the module comment.
+fn tensor_rows(iters: usize) {
+    let list = |var: &str, default: &str| -> Vec<usize> {
+        std::env::var(var).unwrap_or_else(|_| default.into()).split(',').map(parse_size).collect()
+    };
+    println!("\nper-tensor micro-batches (fp32 device gradients), ms per micro-batch:");
+    println!(
+        "{:>8} {:>8} {:>14} {:>16} {:>14} {:>14} {:>10}",
+        "params", "tensors", "(a) per-tensor", "(b) copy+concat", "(ref) concat", "(c) in place", "(a)/(ref)"
+    );
+    for &n in &list("GACC_BENCH_TENSOR_SIZES", "16M,64M") {
+        for &t in &list("GACC_BENCH_TENSOR_COUNTS", "64,512") {
+            let shape = model_shapes::transformer_sizes(n, t);
+            let total: usize = shape.iter().sum();
+            let mut raw = default_raw_config();
+            raw.device = 0;
+            let config = Config::validate(&raw).unwrap();
+            let layout = Layout::new(shape.iter().map(|&k| (None, k, true)).collect()).unwrap();
+            let mut e = Engine::new(config, layout.clone(), &vec![0.0f32; total]).unwrap();
+            // Device buffers: one per tensor, and the concatenation (allocated by a
+            // second runtime on the same device; the engine tells device pointers
+            // apart through the driver).
+            let mut rt = CudaRuntime::new(0).unwrap();
+            let bufs: Vec<u64> = shape.iter().map(|&k| rt.alloc(4 * k).unwrap()).collect();
+            let flat = rt.alloc(4 * total).unwrap();
+            // SAFETY: each buffer was just allocated with these sizes.
+            unsafe {
+                for (&b, &k) in bufs.iter().zip(&shape) {
+                    rt.memset(b, 0, 4 * k).unwrap();
+                }
+                rt.memset(flat, 0, 4 * total).unwrap();
+            }
+            rt.synchronize().unwrap();
+            let grads: Vec<Option<GradInput>> = bufs
+                .iter()
+                .zip(&shape)
+                .map(|(&b, &k)| Some(GradInput { ptr: b as *const c_void, dtype: Dtype::F32, numel: k }))
+                .collect();
+            let concat = GradInput { ptr: flat as *const c_void, dtype: Dtype::F32, numel: total };
+            // SAFETY (all closures): every pointer holds the elements it is used for.
+            let a = measure_engine(&mut e, iters, |e| unsafe { e.microbatch_tensors(&grads, 1.0).unwrap() });
+            let b = measure_engine(&mut e, iters, |e| {
+                let mut off = 0u64;
+                for (&src, &k) in bufs.iter().zip(&shape) {
+                    // The host's copies, on its own stream (the legacy default stream
+                    // of this second runtime), then waited for before the call.
+                    unsafe { rt.copy_d2d(flat + off, src, 4 * k).unwrap() };
+                    off += 4 * k as u64;
+                }
+                rt.synchronize().unwrap();
+                unsafe { e.microbatch(&concat, 1.0).unwrap() };
+            });
+            let r = measure_engine(&mut e, iters, |e| unsafe { e.microbatch(&concat, 1.0).unwrap() });
+            let c = measure_engine(&mut e, iters, |e| e.microbatch_inplace(1.0).unwrap());
+            e.zero().unwrap();
+            println!(
+                "{:>8} {:>8} {:>14.3} {:>16.3} {:>14.3} {:>14.4} {:>10.2}",
+                total,
+                shape.len(),
+                a * 1e3,
+                b * 1e3,
+                r * 1e3,
+                c * 1e3,
+                a / r
+            );
+            drop(e);
+            // SAFETY: allocated above, not used again.
+            unsafe {
+                for p in bufs.into_iter().chain([flat]) {
+                    rt.free(p);
+                }
+            }
+        }
     }
 }

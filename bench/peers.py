@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One peer of the gacc comparison, run alone in its own process; prints JSON lines.
 
-    python3 bench/peers.py --peer torch|jax|numpy --mode run|mem|tiny --n N [--k K] [--repeats R]
+    python3 bench/peers.py --peer torch|jax|numpy --mode run|mem|tiny|tensors --n N [--k K] [--t T] [--repeats R]
 
 bench/compare.py runs this once per (peer, size, mode) so that every process's peak
 RSS (VmHWM) belongs to one contender and one size. The workload is the one
@@ -484,10 +484,53 @@ def mode_tiny(peer, n, iters, repeats):
     row("tiny_step", peer.name, n, 36, st, "per call from Python, AdamW+clip")
 
 
+def transformer_sizes(n, t):
+    """Tensor sizes like a transformer's (bench/model_shapes.rs, the same rule)."""
+    layers = t // 8
+    per_layer = n // layers
+    d = 8
+    while 12 * (d + 8) * (d + 8) + 4 * (d + 8) <= per_layer:
+        d += 8
+    return [d, d, 3 * d * d, d * d, d, d, 4 * d * d, 4 * d * d] * layers
+
+
+def mode_tensors(peer, n, t, repeats):
+    """PyTorch's own accumulation of per-tensor gradients across micro-batches, on the
+    tensors of bench/gacc_bench.c tensors: p.grad.add_(g, alpha=W) per parameter (what
+    backward does to .grad), and one torch._foreach_add_ over all of them."""
+    if not isinstance(peer, Torch):
+        return
+    torch = peer.torch
+    sizes = transformer_sizes(n, t)
+    total = sum(sizes)
+    rng = np.random.default_rng(0)
+    params = [torch.nn.Parameter(torch.zeros(k)) for k in sizes]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    grads = [torch.from_numpy((rng.random(k, dtype=np.float32) * 2 - 1) * GRAD_SCALE) for k in sizes]
+    accs = [p.grad for p in params]
+
+    def pgrad_add():
+        for p, g in zip(params, grads):
+            p.grad.add_(g, alpha=W)
+
+    def foreach_add():
+        torch._foreach_add_(accs, grads, alpha=W)
+
+    for name, fn in (("pgrad_add", pgrad_add), ("foreach_add", foreach_add)):
+        samples = []
+        for r in range(-1, repeats):
+            dt = timed(fn)
+            if r >= 0:
+                samples.append(dt)
+        row(f"{name}_{len(sizes)}", "torch", total, 12, samples, f"{len(sizes)} tensors")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peer", required=True)
-    ap.add_argument("--mode", required=True, choices=["run", "mem", "tiny", "version"])
+    ap.add_argument("--mode", required=True, choices=["run", "mem", "tiny", "version", "tensors"])
+    ap.add_argument("--t", type=int, default=64)
     ap.add_argument("--n", type=int, default=1 << 20)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
@@ -500,6 +543,8 @@ def main():
         mode_run(peer, a.n, a.k, a.repeats)
     elif a.mode == "mem":
         mode_mem(peer, a.n, a.k)
+    elif a.mode == "tensors":
+        mode_tensors(peer, a.n, a.t, a.repeats)
     else:
         mode_tiny(peer, a.n, a.iters, a.repeats)
 

@@ -440,6 +440,26 @@ typedef struct gacc_nccl_id {
   uint8_t internal[128];
 } gacc_nccl_id;
 
+/**
+ * One tensor's gradient in a per-tensor micro-batch (gacc_microbatch_tensors).
+ */
+typedef struct gacc_grad {
+  /**
+   * This tensor's gradient, aligned for its dtype; NULL: zero in this micro-batch
+   * (adds nothing, costs no memory traffic). CPU engine: host memory; CUDA engine:
+   * host or device memory (told apart per pointer).
+   */
+  const void *data;
+  /**
+   * GACC_DTYPE_F32, _F16 or _BF16; ignored when data is NULL.
+   */
+  uint32_t dtype;
+  /**
+   * Must equal the tensor's numel; ignored when data is NULL.
+   */
+  size_t numel;
+} gacc_grad;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -747,6 +767,44 @@ enum gacc_status gacc_set_nccl(struct gacc_engine *e,
                                const struct gacc_nccl_id *id,
                                int32_t rank,
                                int32_t world_size);
+
+/**
+ * Folds one micro-batch given tensor by tensor into the window: `grads[t]` is tensor
+ * t's gradient (creation order), `n_grads` must equal the number of tensors. Same
+ * meaning as gacc_microbatch on the concatenation: GACC_GRADS_MEAN: acc += weight *
+ * grad; GACC_GRADS_SUM: acc += grad; both: total += weight, one micro-batch counted;
+ * the same weight rules. Each entry in its own dtype; NULL data: no gradient for that
+ * tensor. Atomic: every entry is validated before anything is added, so a rejected
+ * call (a wrong numel, an unknown dtype, a misaligned pointer, n_grads wrong)
+ * changes nothing, and the message names the tensor index. With
+ * drop_nonfinite_microbatches the whole micro-batch is dropped when any tensor holds
+ * inf/NaN. One parallel pass (CPU) or one launch (CUDA) whatever the tensor count.
+ */
+enum gacc_status gacc_microbatch_tensors(struct gacc_engine *e,
+                                         const struct gacc_grad *grads,
+                                         size_t n_grads,
+                                         double weight);
+
+/**
+ * The fp32 accumulator of one tensor (numel floats; device memory on a CUDA
+ * engine), stable until gacc_destroy. It holds exactly what the window's
+ * micro-batches have added (MEAN: sum of weight * grad; SUM: sum of grad) and is all
+ * zeros when a window opens: after gacc_create, gacc_step (applied or skipped),
+ * gacc_zero, and a gacc_load of a checkpoint saved between windows. A host may add
+ * its micro-batch into it (CUDA: on the stream given to gacc_set_stream, or ordered
+ * with it), then call gacc_microbatch_inplace.
+ */
+enum gacc_status gacc_accumulator_ptr(struct gacc_engine *e, size_t tensor, float **out);
+
+/**
+ * Books one micro-batch that the host added into the accumulators itself
+ * (gacc_accumulator_ptr): total += weight, one micro-batch counted; no data moves.
+ * Same weight rules as gacc_microbatch. Non-finite values the host wrote are caught
+ * at gacc_step (the window is skipped). GACC_ERR_INVALID_STATE with
+ * compensated_accumulation or drop_nonfinite_microbatches (the engine cannot see the
+ * gradient), naming the option.
+ */
+enum gacc_status gacc_microbatch_inplace(struct gacc_engine *e, double weight);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -176,3 +176,144 @@ gacc_check_finite(const void* __restrict__ grad, int dtype, gacc_u64 n, gacc_sta
         atomicExch(&state->bad_seq, seq);
     }
 }
+
+// ---- Multi-tensor accumulation (gacc_microbatch_tensors) --------------------------
+//
+// One launch for a micro-batch given tensor by tensor, in the manner of PyTorch's
+// multi_tensor_apply: a device-side table holds one entry per listed tensor (its
+// gradient pointer, dtype, numel, offset in the flat acc/comp), and every tensor is
+// cut into chunks of GACC_TENSOR_CHUNK elements, numbered across tensors
+// (first_chunk). Blocks take chunks in a grid-stride loop and find the chunk's tensor
+// by binary search on first_chunk; the block's threads then stride over the chunk.
+// Per element the arithmetic is exactly gacc_accumulate_*'s (acc + mul * g, or the
+// Kahan update), so the result equals gacc_microbatch on the concatenation bit for
+// bit. Each tensor takes the vector path when its entry says so (gradient aligned for
+// the vector loads and acc + offset 16-byte aligned, i.e. offset % 4 == 0).
+// Traffic: the same bytes per element as gacc_accumulate_*; unlisted tensors (NULL
+// entries) are not read or written. The table (40 B per tensor) is read once per
+// chunk and block (log2(n) entries of the binary search).
+
+// Elements per chunk: a multiple of 4 (chunks start on float4 boundaries).
+#define GACC_TENSOR_CHUNK 16384
+
+// Mirrored by TensorEntry in src/backend/cuda/tensors.rs (a test checks the size).
+struct gacc_tensor_entry {
+    gacc_u64 grad;         // device address of the gradient (a staged copy for host memory)
+    gacc_u64 offset;       // element offset of the tensor in acc and comp
+    gacc_u64 numel;
+    gacc_u64 first_chunk;  // number of the tensor's first chunk among all listed tensors
+    unsigned dtype;        // 0 f32, 1 f16, 2 bf16
+    unsigned vec;          // 1: take the vector path
+};
+
+// The entry whose chunks include `chunk`: the last one with first_chunk <= chunk.
+GACC_INLINE unsigned gacc_find_tensor(const gacc_tensor_entry* table, unsigned n, gacc_u64 chunk) {
+    unsigned lo = 0, hi = n;
+    while (hi - lo > 1) {
+        const unsigned mid = lo + (hi - lo) / 2;
+        if (table[mid].first_chunk <= chunk) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// acc[lo, hi) += mul * grad[lo, hi) (tensor-relative indices, lo a multiple of 4),
+// by this block's threads.
+template <typename Load>
+GACC_INLINE void gacc_accumulate_range(float* __restrict__ acc, float* __restrict__ comp, const void* grad,
+                                       gacc_u64 lo, gacc_u64 hi, float mul, unsigned vec, Load load) {
+    const gacc_u64 tid = threadIdx.x;
+    const gacc_u64 stride = blockDim.x;
+    gacc_u64 scalar_start = lo;
+    if (vec) {
+        float4* acc4 = reinterpret_cast<float4*>(acc);
+        float4* comp4 = reinterpret_cast<float4*>(comp);
+        const gacc_u64 hi4 = hi / 4;
+        for (gacc_u64 i = lo / 4 + tid; i < hi4; i += stride) {
+            float g[4];
+            load.vec4(grad, i, g);
+            float4 a = acc4[i];
+            if (comp) {
+                float4 c = comp4[i];
+                gacc_kahan_add(a.x, c.x, mul * g[0]);
+                gacc_kahan_add(a.y, c.y, mul * g[1]);
+                gacc_kahan_add(a.z, c.z, mul * g[2]);
+                gacc_kahan_add(a.w, c.w, mul * g[3]);
+                comp4[i] = c;
+            } else {
+                a.x = a.x + mul * g[0];
+                a.y = a.y + mul * g[1];
+                a.z = a.z + mul * g[2];
+                a.w = a.w + mul * g[3];
+            }
+            acc4[i] = a;
+        }
+        scalar_start = hi4 * 4 > lo ? hi4 * 4 : lo;
+    }
+    for (gacc_u64 i = scalar_start + tid; i < hi; i += stride) {
+        if (comp) {
+            float a = acc[i], c = comp[i];
+            gacc_kahan_add(a, c, mul * load.one(grad, i));
+            acc[i] = a;
+            comp[i] = c;
+        } else {
+            acc[i] = acc[i] + mul * load.one(grad, i);
+        }
+    }
+}
+
+// Calls f(entry, lo, hi) for every chunk this block takes.
+template <typename F>
+GACC_INLINE void gacc_for_each_chunk(const gacc_tensor_entry* table, unsigned n_tensors, gacc_u64 n_chunks, F f) {
+    for (gacc_u64 c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const gacc_tensor_entry& t = table[gacc_find_tensor(table, n_tensors, c)];
+        const gacc_u64 lo = (c - t.first_chunk) * GACC_TENSOR_CHUNK;
+        const gacc_u64 end = lo + GACC_TENSOR_CHUNK;
+        f(t, lo, end < t.numel ? end : t.numel);
+    }
+}
+
+// acc += mul * grad for every tensor of the table. Thread 0 books the micro-batch on
+// the device as gacc_accumulate_* do (window_total += weight; drop mode, seq != 0:
+// gacc_check_finite_tensors ran before, and a flagged micro-batch is counted as
+// dropped and not added). With n_chunks 0 (every tensor NULL, or an in-place
+// micro-batch: gacc_microbatch_inplace) the launch only books.
+extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
+gacc_accumulate_tensors(float* __restrict__ acc, float* __restrict__ comp, const gacc_tensor_entry* table,
+                        unsigned n_tensors, gacc_u64 n_chunks, float mul, gacc_state* state, unsigned seq,
+                        double weight) {
+    if (gacc_book(state, seq, weight)) {
+        return;
+    }
+    gacc_for_each_chunk(table, n_tensors, n_chunks, [&](const gacc_tensor_entry& t, gacc_u64 lo, gacc_u64 hi) {
+        float* a = acc + t.offset;
+        float* c = comp ? comp + t.offset : nullptr;
+        const void* g = reinterpret_cast<const void*>(t.grad);
+        if (t.dtype == 0) {
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f32());
+        } else if (t.dtype == 1) {
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f16());
+        } else {
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_bf16());
+        }
+    });
+}
+
+// Drop mode's check pass over every tensor of the table (as gacc_check_finite).
+extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
+gacc_check_finite_tensors(const gacc_tensor_entry* table, unsigned n_tensors, gacc_u64 n_chunks, gacc_state* state,
+                          unsigned seq) {
+    bool bad = false;
+    gacc_for_each_chunk(table, n_tensors, n_chunks, [&](const gacc_tensor_entry& t, gacc_u64 lo, gacc_u64 hi) {
+        if (t.dtype == 0) {
+            const unsigned* g = reinterpret_cast<const unsigned*>(t.grad);
+            for (gacc_u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) bad |= (g[i] & 0x7F800000u) == 0x7F800000u;
+        } else {
+            const unsigned short* g = reinterpret_cast<const unsigned short*>(t.grad);
+            const unsigned short mask = t.dtype == 1 ? (unsigned short)0x7C00u : (unsigned short)0x7F80u;
+            for (gacc_u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) bad |= (g[i] & mask) == mask;
+        }
+    });
+    if (bad) {
+        atomicExch(&state->bad_seq, seq);  // many threads may store it (as gacc_check_finite)
+    }
+}

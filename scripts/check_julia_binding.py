@@ -679,6 +679,14 @@ MUTATIONS = [
      "GACC_OK", "gacc_config_init: declared in gacc.h but not wrapped"),
     ("loss_scale_policy missing from the mirror", "j", "    loss_scale_policy::UInt32", "",
      "differ from gacc.h's"),
+    ("gacc_grad fields reordered", "j", "    dtype::UInt32\n    numel::Csize_t",
+     "    numel::Csize_t\n    dtype::UInt32", "names and order must match"),
+    ("gacc_grad.numel as a 32-bit integer", "j",
+     "    data::Ptr{Cvoid}\n    dtype::UInt32\n    numel::Csize_t",
+     "    data::Ptr{Cvoid}\n    dtype::UInt32\n    numel::UInt32",
+     "field `numel`: `UInt32` does not carry C `size_t`"),
+    ("the gradient table passed as a plain pointer", "j", "(Ptr{Cvoid}, Ptr{Grad}, Csize_t, Cdouble)",
+     "(Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, Cdouble)", "parameter `grads`"),
 ]
 
 

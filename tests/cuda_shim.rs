@@ -86,6 +86,10 @@ impl Target for ShimTarget {
         self.live.borrow_mut().push(p);
         (p + offset as u64) as *const c_void
     }
+    fn write_device(&self, ptr: *mut c_void, data: &[u8]) {
+        // SAFETY: shim device memory is host memory of at least data.len() bytes.
+        unsafe { self.uploads.borrow_mut().copy_h2d(ptr as u64, data.as_ptr(), data.len()).unwrap() };
+    }
     fn release(&self) {
         for p in self.live.borrow_mut().drain(..) {
             // SAFETY: allocated by upload().
@@ -218,6 +222,76 @@ fn shared_struct_sizes_match_the_kernels() {
     let lib = shim();
     assert_eq!(lib.size_of("gacc_state"), std::mem::size_of::<DeviceState>());
     assert_eq!(lib.size_of("gacc_hyper"), std::mem::size_of::<Hyper>());
+    assert_eq!(lib.size_of("gacc_tensor_entry"), std::mem::size_of::<gacc::backend::cuda::tensors::TensorEntry>());
+}
+
+#[test]
+fn shim_per_tensor_matches_cpu() {
+    let target = ShimTarget::new();
+    for case in common::tensors::tensor_cases() {
+        common::tensors::run_tensor_case(&target, &case);
+    }
+}
+
+#[test]
+fn shim_inplace_matches_cpu() {
+    common::tensors::run_inplace(&ShimTarget::new());
+}
+
+#[test]
+fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
+    // 300 tensors, device gradients: one launch (two in drop mode), and a repeated
+    // call with the same pointers uploads nothing (the table is cached).
+    for drop_mode in [false, true] {
+        let mut case = common::cases()[0].clone();
+        case.tensors = (0..300).map(|i| (1 + i % 9, i % 2 == 0)).collect();
+        case.drop_nonfinite = drop_mode;
+        let (mut be, _) = shim_backend(&case);
+        let layout = common::layout_for(&case);
+        let target = ShimTarget::new();
+        let grads: Vec<gacc::backend::TensorGrad> = layout
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(index, t)| {
+                let bytes: Vec<u8> = (0..t.numel).flat_map(|i| (i as f32).to_le_bytes()).collect();
+                let ptr = target.upload(&bytes, 0);
+                let grad = GradInput { ptr, dtype: Dtype::F32, numel: t.numel };
+                gacc::backend::TensorGrad { grad, offset: t.offset, index }
+            })
+            .collect();
+        for call in 0..2 {
+            let (launches, h2d) = (be.runtime().launches.len(), be.runtime().h2d_copies);
+            // SAFETY: every gradient holds numel f32 of shim device memory.
+            unsafe { be.accumulate_tensors(&grads, 1.0, 1.0).unwrap() };
+            let names: Vec<&str> = be.runtime().launches[launches..].iter().map(|l| l.0.as_str()).collect();
+            let want: &[&str] = if drop_mode {
+                &["gacc_check_finite_tensors", "gacc_accumulate_tensors"]
+            } else {
+                &["gacc_accumulate_tensors"]
+            };
+            assert_eq!(names, want);
+            assert_eq!(be.runtime().h2d_copies - h2d, usize::from(call == 0), "table uploads on call {call}");
+        }
+        let s = be.export_state().unwrap();
+        for t in &layout.tensors {
+            for i in 0..t.numel {
+                assert_eq!(s.acc[t.offset + i], 2.0 * i as f32);
+            }
+        }
+        // No tensor listed (every entry NULL): one launch, which only books the
+        // micro-batch's weight in the device's window total (the step reads it there).
+        let launches = be.runtime().launches.len();
+        // SAFETY: nothing is read.
+        unsafe { be.accumulate_tensors(&[], 1.0, 5.0).unwrap() };
+        assert_eq!(be.runtime().launches.len() - launches, 1);
+        assert_eq!(be.window_counts().unwrap(), (7.0, 0), "2 + 5 booked on the device");
+        // An in-place micro-batch books the same way, and moves no data.
+        be.book_inplace(0.5).unwrap();
+        assert_eq!(be.runtime().launches.len() - launches, 2);
+        assert_eq!(be.window_counts().unwrap(), (7.5, 0), "2 + 5 + 0.5 booked on the device");
+        target.release();
+    }
 }
 
 fn shim_backend(case: &Case) -> (CudaBackend<ShimRuntime>, usize) {

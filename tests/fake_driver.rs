@@ -336,3 +336,10 @@ fn device_current() -> cudarc::driver::sys::CUcontext {
     unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut c) };
     c
 }
+
+#[test]
+fn fake_driver_per_tensor_and_inplace_match_cpu() {
+    if fake_driver("fake_driver_per_tensor_and_inplace_match_cpu") {
+        device::per_tensor_and_inplace_match_cpu();
+    }
+}

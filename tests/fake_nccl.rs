@@ -190,6 +190,11 @@ fn run_ranks(f: &'static Fakes, world: usize, k: usize, windows: usize, c: gacc_
                 assert_eq!(st, GACC_OK, "{}", last_error());
                 let mut infos = Vec::new();
                 let mut transfers = (0, 0, 0);
+                // gacc_accumulator_ptr stays valid across NCCL steps (the reduced
+                // accumulator is copied back, never swapped in).
+                use gacc::ffi::tensors::gacc_accumulator_ptr as accumulator_ptr;
+                let mut acc0 = std::ptr::null_mut();
+                assert_eq!(unsafe { accumulator_ptr(e as *mut _, 0, &mut acc0) }, GACC_OK);
                 for w in 0..windows {
                     for kk in 0..k {
                         let (g, wt) = micro(w, r, kk, poison);
@@ -207,6 +212,9 @@ fn run_ranks(f: &'static Fakes, world: usize, k: usize, windows: usize, c: gacc_
                         transfers.2 += f.thread_count("h2d") - before.2;
                     }
                     assert_eq!(f.last_stream(), stream as *mut c_void, "rank {r}: NCCL on the engine's stream");
+                    let mut acc = std::ptr::null_mut();
+                    assert_eq!(unsafe { accumulator_ptr(e as *mut _, 0, &mut acc) }, GACC_OK);
+                    assert_eq!(acc, acc0, "rank {r}: the accumulator moved");
                 }
                 let p = params(e);
                 gacc_destroy(e as *mut _);

@@ -58,6 +58,13 @@ fn gpu_c_api_stream_loss_scale_ptr_and_pointer_kinds() {
     }
 }
 
+#[test]
+fn gpu_per_tensor_and_inplace_match_cpu() {
+    if gpu_or_skip("gpu_per_tensor_and_inplace_match_cpu") {
+        device::per_tensor_and_inplace_match_cpu();
+    }
+}
+
 /// NCCL with world size 1 on a real GPU (needs libnccl.so.2 or GACC_NCCL_LIB;
 /// without it the body says "skipped"): the joined engine equals an engine without
 /// a transport bit for bit.

@@ -18,6 +18,7 @@
 #include "gacc.h"
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -305,6 +306,35 @@ struct dtype_of<bfloat16> {
     static constexpr Dtype value = Dtype::bf16;
 };
 
+/// "No gradient for this tensor in this micro-batch" (a NULL gacc_grad entry).
+struct NoGrad {};
+inline constexpr NoGrad no_grad{};
+
+/// One tensor's gradient for Engine::microbatch({...}, weight): a span or vector of
+/// float, half or bfloat16 (each tensor in its own type), no_grad / nullptr for none,
+/// or raw (pointer, dtype, numel) for device memory. Holds only the gacc_grad entry
+/// (a view: the memory must outlive the call).
+class Grad {
+public:
+    Grad(NoGrad) noexcept {}
+    Grad(std::nullptr_t) noexcept {}
+    template <class T, class = decltype(dtype_of<std::remove_const_t<T>>::value)>
+    Grad(span<T> g) noexcept
+        : g_{g.data(), static_cast<std::uint32_t>(dtype_of<std::remove_const_t<T>>::value), g.size()} {}
+    template <class T, class A, class = decltype(dtype_of<T>::value)>
+    Grad(const std::vector<T, A>& v) noexcept
+        : g_{v.data(), static_cast<std::uint32_t>(dtype_of<T>::value), v.size()} {}
+    /// Raw: host or (CUDA engine) device memory holding `numel` elements of dtype.
+    Grad(const void* data, Dtype dtype, std::size_t numel) noexcept
+        : g_{data, static_cast<std::uint32_t>(dtype), numel} {}
+    const gacc_grad& raw() const noexcept { return g_; }
+
+private:
+    gacc_grad g_{nullptr, GACC_DTYPE_F32, 0};
+};
+static_assert(sizeof(Grad) == sizeof(gacc_grad) && std::is_standard_layout_v<Grad>,
+              "Grad must be layout-compatible with gacc_grad");
+
 // ---------------------------------------------------------------------------------
 // Configuration and tensors
 
@@ -539,6 +569,35 @@ public:
     void microbatch(const void* grad, Dtype dtype, std::size_t numel, double weight) {
         detail::check(gacc_microbatch(handle(), grad, static_cast<std::uint32_t>(dtype), numel, weight));
     }
+
+    /// One micro-batch given tensor by tensor (gacc_microbatch_tensors): one Grad per
+    /// tensor in creation order, each in its own type, no_grad for none, e.g.
+    /// engine.microbatch({w1_grad, b1_grad, gacc::no_grad}, 16). Atomic: a rejected
+    /// call throws (the message names the tensor index) and changes nothing.
+    void microbatch(std::initializer_list<Grad> grads, double weight) {
+        microbatch(span<const Grad>(grads.begin(), grads.size()), weight);
+    }
+    void microbatch(span<const Grad> grads, double weight) {
+        // Grad is a standard-layout wrapper whose only member is the gacc_grad.
+        const gacc_grad* raw = grads.empty() ? nullptr : &grads.data()->raw();
+        detail::check(gacc_microbatch_tensors(handle(), raw, grads.size(), weight));
+    }
+    void microbatch(const std::vector<Grad>& grads, double weight) {
+        microbatch(span<const Grad>(grads.data(), grads.size()), weight);
+    }
+
+    /// One tensor's fp32 accumulator (gacc_accumulator_ptr): zero when a window opens,
+    /// holding what the window's micro-batches added; stable until the engine goes.
+    /// Device memory on a CUDA engine (write it on the stream of set_stream()).
+    span<float> accumulator(std::size_t tensor) {
+        const auto sp = tensor_span(tensor);
+        float* p = nullptr;
+        detail::check(gacc_accumulator_ptr(handle(), tensor, &p));
+        return span<float>(p, sp.second);
+    }
+    /// Books one micro-batch the host added into accumulator() itself (no data
+    /// moves). Refused with compensated accumulation or drop mode.
+    void microbatch_inplace(double weight) { detail::check(gacc_microbatch_inplace(handle(), weight)); }
 
     /// Closes the window and waits for the result. Returns std::nullopt when the
     /// update was skipped (non-finite gradient; the loss scale backed off).

@@ -1,6 +1,7 @@
 //! Random sequences of C API calls with random arguments: configs with any bit
 //! patterns (NaN, infinities, unknown enums), any sizes, dtypes and weights, NULLs,
-//! destroyed and made-up handles. Every call must return a known status, never
+//! destroyed and made-up handles; per-tensor micro-batches with NULL, misaligned and
+//! wrongly sized entries, and in-place writes into the accumulator. Every call must return a known status, never
 //! GACC_ERR_INTERNAL (a caught panic is a bug), and never crash.
 //!
 //! Buffers handed to gacc are always as long as the numel passed with them: a caller
@@ -9,6 +10,7 @@
 
 use std::ffi::CString;
 
+use gacc::ffi::tensors::*;
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::{self, *};
@@ -100,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let h = handles[inp.small(handles.len() as u8 + 1).min(handles.len() - 1)];
-        match inp.small(12) {
+        match inp.small(14) {
             0 => {
                 let cfg = config(&mut inp);
                 let n = inp.small(4);
@@ -169,6 +171,42 @@ fuzz_target!(|data: &[u8]| {
             }
             9 => check(unsafe { gacc_save(h, cpath.as_ptr()) }),
             10 => check(unsafe { gacc_load(h, cpath.as_ptr()) }),
+            11 => {
+                // Per tensor: up to 5 entries, each NULL, or a (possibly misaligned)
+                // pointer into buf with a numel buf can back, any dtype.
+                for v in buf.iter_mut().take(MAX_NUMEL) {
+                    *v = inp.f32();
+                }
+                let base = buf.as_ptr() as *const u8;
+                let entries: Vec<gacc_grad> = (0..inp.small(6))
+                    .map(|_| {
+                        let data = match inp.small(4) {
+                            0 => std::ptr::null(),
+                            // SAFETY: 1 byte into buf, which holds 2 * MAX_NUMEL floats.
+                            1 => unsafe { base.add(1) }.cast(),
+                            _ => base.cast(),
+                        };
+                        gacc_grad { data, dtype: inp.u32() % 4, numel: inp.small(MAX_NUMEL as u8) }
+                    })
+                    .collect();
+                let grads = if inp.byte() % 16 == 0 { std::ptr::null() } else { entries.as_ptr() };
+                check(unsafe { gacc_microbatch_tensors(h, grads, entries.len(), inp.f64()) });
+            }
+            12 => {
+                // In place: write into tensor t's accumulator (within its numel), book it.
+                let t = inp.small(5);
+                let mut acc = std::ptr::null_mut();
+                let st = unsafe { gacc_accumulator_ptr(h, t, &mut acc) };
+                check(st);
+                let (mut offset, mut numel) = (0usize, 0usize);
+                if st == GACC_OK && unsafe { gacc_tensor_span(h, t, &mut offset, &mut numel) } == GACC_OK {
+                    for i in 0..numel.min(inp.small(8)) {
+                        // SAFETY: the accumulator of tensor t holds numel floats.
+                        unsafe { *acc.add(i) += inp.f32() };
+                    }
+                }
+                check(unsafe { gacc_microbatch_inplace(h, inp.f64()) });
+            }
             _ => {
                 let mut n = 0usize;
                 check(unsafe { gacc_numel(h, &mut n) });

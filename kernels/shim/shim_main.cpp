@@ -78,6 +78,7 @@ const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_write_working),  GACC_SHIM_KERNEL(gacc_check_finite),
     GACC_SHIM_KERNEL(gacc_dp_pack_totals), GACC_SHIM_KERNEL(gacc_dp_unpack_totals),
     GACC_SHIM_KERNEL(gacc_dp_fold),        GACC_SHIM_KERNEL(gacc_store_lr),
+    GACC_SHIM_KERNEL(gacc_accumulate_tensors), GACC_SHIM_KERNEL(gacc_check_finite_tensors),
 };
 
 std::mutex launch_lock;
@@ -152,10 +153,11 @@ unsigned gacc_shim_param(const char* name, unsigned i, int* pointer) {
     return 0;
 }
 
-/// sizeof of the structs shared with Rust ("gacc_state", "gacc_hyper"); 0 if unknown.
+/// sizeof of the structs shared with Rust ("gacc_state", "gacc_hyper", "gacc_tensor_entry"); 0 if unknown.
 size_t gacc_shim_sizeof(const char* name) {
     if (std::strcmp(name, "gacc_state") == 0) return sizeof(gacc_state);
     if (std::strcmp(name, "gacc_hyper") == 0) return sizeof(gacc_hyper);
+    if (std::strcmp(name, "gacc_tensor_entry") == 0) return sizeof(gacc_tensor_entry);
     return 0;
 }
 }

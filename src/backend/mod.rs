@@ -56,6 +56,18 @@ pub struct GradInput {
     pub numel: usize,
 }
 
+/// One tensor's gradient in a per-tensor micro-batch (`gacc_microbatch_tensors`):
+/// a [`GradInput`] of exactly the tensor's numel, added at `offset` of the flat
+/// accumulator. Tensors without a gradient are simply not listed.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorGrad {
+    pub grad: GradInput,
+    /// Offset of the tensor in the flat buffers (its layout offset).
+    pub offset: usize,
+    /// The tensor's index (for messages).
+    pub index: usize,
+}
+
 /// Host-known inputs of one step. The CUDA backend reads both from device memory
 /// instead (kept there by [`Backend::set_lr`], the accumulate kernel and
 /// [`Backend::mirror_window_total`]), so a replayed CUDA graph needs no host value.
@@ -139,6 +151,30 @@ pub trait Backend: Send {
     /// `grad.ptr` must point to `grad.numel` readable elements of `grad.dtype`, in
     /// memory this backend can read (host memory for the CPU backend).
     unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()>;
+
+    /// One micro-batch given tensor by tensor: for every listed tensor, acc[offset..
+    /// offset + numel] += mul * grad, exactly as [`Backend::accumulate`] would add the
+    /// concatenation (same per-element arithmetic, bit for bit); unlisted tensors add
+    /// nothing. In drop mode the micro-batch is dropped when any listed tensor holds
+    /// inf/NaN, and booked (`weight`) otherwise, even when no tensor is listed.
+    ///
+    /// # Safety
+    /// Every `grads[i].grad.ptr` must point to `numel` readable elements of its dtype
+    /// in memory this backend can read; the ranges lie inside the layout and are
+    /// disjoint.
+    unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()>;
+
+    /// Address of element `offset` of the fp32 accumulator (device memory on a CUDA
+    /// engine). Stable for the backend's lifetime: no operation reallocates or swaps
+    /// the accumulator.
+    fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32>;
+
+    /// Books an in-place micro-batch (gacc_microbatch_inplace): the host already added
+    /// its gradient into the accumulator. CUDA adds `weight` to the device's window
+    /// total (the step reads that); the CPU has nothing to do.
+    fn book_inplace(&mut self, _weight: f64) -> Result<()> {
+        Ok(())
+    }
 
     /// acc = 0 (and the compensation, and the drop-mode window total and count).
     fn zero_window(&mut self) -> Result<()>;

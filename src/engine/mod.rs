@@ -11,7 +11,7 @@ pub mod math;
 
 use std::os::raw::c_void;
 
-use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest};
+use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest, TensorGrad};
 use crate::ffi::types::gacc_step_info;
 use crate::distributed::{CommStats, Collective, DeviceCollective};
 use crate::status::{Error, Result};
@@ -126,6 +126,84 @@ impl Engine {
                 grad.numel, self.layout.numel
             )));
         }
+        let (mul, new_total) = self.check_weight(weight)?;
+        // MEAN with weight 0 adds nothing: no pass over memory.
+        if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
+            self.backend.accumulate(grad, mul, weight)?;
+        }
+        self.book(new_total);
+        Ok(())
+    }
+
+    /// Folds one micro-batch given tensor by tensor into the window: `grads[t]` is
+    /// tensor t's gradient (None: no gradient in this micro-batch). Everything is
+    /// validated before anything is added; messages name the tensor index.
+    ///
+    /// # Safety
+    /// Every `Some` entry must point to `numel` readable elements of its dtype in
+    /// memory the backend can read.
+    pub unsafe fn microbatch_tensors(&mut self, grads: &[Option<GradInput>], weight: f64) -> Result<()> {
+        let n = self.layout.tensors.len();
+        if grads.len() != n {
+            return Err(Error::invalid_argument(format!(
+                "n_grads is {} but the engine has {n} tensors",
+                grads.len()
+            )));
+        }
+        let mut listed = Vec::with_capacity(n);
+        for (index, (g, t)) in grads.iter().zip(&self.layout.tensors).enumerate() {
+            let Some(g) = g else { continue };
+            if g.numel != t.numel {
+                return Err(Error::invalid_argument(format!(
+                    "grads[{index}].numel is {} but tensor {index} has {} elements",
+                    g.numel, t.numel
+                )));
+            }
+            listed.push(TensorGrad { grad: *g, offset: t.offset, index });
+        }
+        let (mul, new_total) = self.check_weight(weight)?;
+        if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
+            self.backend.accumulate_tensors(&listed, mul, weight)?;
+        }
+        self.book(new_total);
+        Ok(())
+    }
+
+    /// The fp32 accumulator of one tensor (device memory on a CUDA engine), stable
+    /// until the engine is dropped.
+    pub fn accumulator_ptr(&mut self, tensor: usize) -> Result<*mut f32> {
+        let n = self.layout.tensors.len();
+        let info = self.layout.tensors.get(tensor).ok_or_else(|| {
+            Error::invalid_argument(format!("tensor index {tensor} is out of range (the engine has {n})"))
+        })?;
+        let offset = info.offset;
+        self.backend.accumulator_ptr(offset)
+    }
+
+    /// Books one micro-batch that the host added into the accumulator itself: total
+    /// += weight, one micro-batch counted; no data moves. Refused (INVALID_STATE)
+    /// with compensated accumulation or drop mode: the engine never sees the
+    /// gradient, so it can neither compensate nor check it.
+    pub fn microbatch_inplace(&mut self, weight: f64) -> Result<()> {
+        for (on, option) in [
+            (self.config.numerics.compensated, "compensated_accumulation"),
+            (self.config.numerics.drop_nonfinite, "drop_nonfinite_microbatches"),
+        ] {
+            if on {
+                return Err(Error::invalid_state(format!(
+                    "gacc_microbatch_inplace is not available with {option}: the engine never sees an in-place \
+                     gradient (use gacc_microbatch or gacc_microbatch_tensors)"
+                )));
+            }
+        }
+        let (_, new_total) = self.check_weight(weight)?;
+        self.backend.book_inplace(weight)?;
+        self.book(new_total);
+        Ok(())
+    }
+
+    /// Validates a micro-batch weight: (the accumulation multiplier, the new total).
+    fn check_weight(&self, weight: f64) -> Result<(f32, f64)> {
         if !(weight.is_finite() && weight >= 0.0) {
             return Err(Error::invalid_argument(format!("weight must be finite and >= 0 (got {weight})")));
         }
@@ -145,13 +223,13 @@ impl Engine {
             }
             Reduction::Sum => 1.0,
         };
-        // MEAN with weight 0 adds nothing: no pass over memory.
-        if !(self.config.reduction == Reduction::Mean && weight == 0.0) {
-            self.backend.accumulate(grad, mul, weight)?;
-        }
+        Ok((mul, new_total))
+    }
+
+    /// Counts one accepted micro-batch.
+    fn book(&mut self, new_total: f64) {
         self.total_weight = new_total;
         self.microbatches = self.microbatches.saturating_add(1);
-        Ok(())
     }
 
     /// Closes the window with one optimizer step (or a skip). When `want_info` is

@@ -10,6 +10,7 @@
 pub mod boundary;
 pub mod registry;
 pub mod sized;
+pub mod tensors;
 pub mod types;
 
 use std::ffi::CStr;

@@ -25,6 +25,9 @@ typedef gacc_status (*fn_n_tensors)(const gacc_engine *, size_t *);
 typedef gacc_status (*fn_tensor_span)(const gacc_engine *, size_t, size_t *, size_t *);
 typedef gacc_status (*fn_device)(const gacc_engine *, int32_t *);
 typedef gacc_status (*fn_microbatch)(gacc_engine *, const void *, uint32_t, size_t, double);
+typedef gacc_status (*fn_microbatch_tensors)(gacc_engine *, const gacc_grad *, size_t, double);
+typedef gacc_status (*fn_accumulator_ptr)(gacc_engine *, size_t, float **);
+typedef gacc_status (*fn_microbatch_inplace)(gacc_engine *, double);
 typedef gacc_status (*fn_step)(gacc_engine *, gacc_step_info *);
 typedef gacc_status (*fn_zero)(gacc_engine *);
 typedef gacc_status (*fn_params_read)(const gacc_engine *, float *, size_t);
@@ -59,6 +62,9 @@ int main(void) {
     fn_tensor_span p_tensor_span = gacc_tensor_span;
     fn_device p_device = gacc_device;
     fn_microbatch p_microbatch = gacc_microbatch;
+    fn_microbatch_tensors p_microbatch_tensors = gacc_microbatch_tensors;
+    fn_accumulator_ptr p_accumulator_ptr = gacc_accumulator_ptr;
+    fn_microbatch_inplace p_microbatch_inplace = gacc_microbatch_inplace;
     fn_step p_step = gacc_step;
     fn_zero p_zero = gacc_zero;
     fn_params_read p_params_read = gacc_params_read;
@@ -89,6 +95,8 @@ int main(void) {
         (const void *)&p_load, (const void *)&p_create_from_checkpoint, (const void *)&p_set_allreduce,
         (const void *)&p_comm_stats, (const void *)&p_set_mpi, (const void *)&p_nccl_unique_id,
         (const void *)&p_set_nccl, (const void *)&p_config_init_sized,
+        (const void *)&p_microbatch_tensors, (const void *)&p_accumulator_ptr,
+        (const void *)&p_microbatch_inplace,
     };
 
     /* constants of c-api.md, with their values */
@@ -154,6 +162,20 @@ int main(void) {
              info.applied == 1u && info.step == 1u && info.microbatches == 1u && info.total_weight == 1.0 &&
              info.dropped_microbatches == 0u &&
              info.loss_scale == 1.0f && info.grad_norm > 0.0f && info.clip_coef == 1.0f;
+    /* the v0.2 additions: one per-tensor micro-batch, one in place */
+    gacc_grad grad;
+    float *acc = NULL;
+    grad.data = g;
+    grad.dtype = GACC_DTYPE_F32;
+    grad.numel = 2;
+    ok = ok && p_microbatch_tensors(e, &grad, 1, 1.0) == GACC_OK && p_accumulator_ptr(e, 0, &acc) == GACC_OK &&
+         acc != NULL && acc[0] == 1.0f && acc[1] == -1.0f;
+    if (ok) {
+        acc[0] += 1.0f;
+        acc[1] -= 1.0f;
+    }
+    ok = ok && p_microbatch_inplace(e, 1.0) == GACC_OK && p_step(e, &info) == GACC_OK && info.microbatches == 2u &&
+         info.total_weight == 2.0 && acc[0] == 0.0f && acc[1] == 0.0f;
     p_destroy(e);
     /* the macro and the sized call agree with the function */
     gacc_config by_macro, by_function, by_sized;

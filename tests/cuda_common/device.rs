@@ -68,6 +68,15 @@ impl Target for GpuTarget {
         self.live.borrow_mut().push(p);
         (p + offset as u64) as *const c_void
     }
+    fn write_device(&self, ptr: *mut c_void, data: &[u8]) {
+        make_current();
+        // SAFETY: ptr is device memory of at least data.len() bytes; the engine's work
+        // is waited for first (the host's in-place writes are ordered after it).
+        unsafe {
+            ok(sys::cuCtxSynchronize(), "sync");
+            ok(sys::cuMemcpyHtoD_v2(ptr as u64, data.as_ptr() as *const c_void, data.len()), "htod");
+        }
+    }
     fn release(&self) {
         make_current();
         for p in self.live.borrow_mut().drain(..) {
@@ -687,4 +696,66 @@ pub fn capture_refuses_what_it_cannot_record() {
     })
     .join()
     .expect("capture test thread");
+}
+
+/// Per-tensor micro-batches and in-place accumulation (tests/cuda_common/tensors.rs)
+/// against the CPU backend, and the same through the C API: gacc_accumulator_ptr
+/// returns device memory on the engine's device, tensor t at the tensor's offset.
+pub fn per_tensor_and_inplace_match_cpu() {
+    let target = GpuTarget { live: RefCell::new(Vec::new()) };
+    for case in super::tensors::tensor_cases() {
+        super::tensors::run_tensor_case(&target, &case);
+    }
+    super::tensors::run_inplace(&target);
+    unsafe {
+        let mut cfg = std::mem::zeroed::<gacc_config>();
+        gacc_config_init(&mut cfg);
+        cfg.device = 0;
+        let descs: Vec<gacc_tensor_desc> = [6usize, 10]
+            .iter()
+            .map(|&numel| gacc_tensor_desc {
+                name: std::ptr::null(),
+                numel,
+                init: std::ptr::null(),
+                no_weight_decay: 0,
+            })
+            .collect();
+        let mut e = std::ptr::null_mut();
+        assert_eq!(gacc_create(&cfg, descs.as_ptr(), 2, &mut e), gacc_status::GACC_OK);
+        let (mut a0, mut a1) = (std::ptr::null_mut(), std::ptr::null_mut());
+        assert_eq!(gacc::ffi::tensors::gacc_accumulator_ptr(e, 0, &mut a0), gacc_status::GACC_OK);
+        assert_eq!(gacc::ffi::tensors::gacc_accumulator_ptr(e, 1, &mut a1), gacc_status::GACC_OK);
+        assert_eq!(a0.add(6), a1, "tensor 1 at offset 6");
+        make_current();
+        let mut kind: u32 = 0;
+        ok(
+            sys::cuPointerGetAttribute(
+                &mut kind as *mut u32 as *mut c_void,
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                a0 as u64,
+            ),
+            "pointer attribute",
+        );
+        assert_eq!(kind, sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32, "the accumulator is device memory");
+        // One host, one NULL entry; then the rest in place; the accumulator holds both.
+        let g0 = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let grads = [
+            gacc::ffi::tensors::gacc_grad { data: g0.as_ptr() as *const c_void, dtype: GACC_DTYPE_F32, numel: 6 },
+            gacc::ffi::tensors::gacc_grad { data: std::ptr::null(), dtype: 0, numel: 0 },
+        ];
+        assert_eq!(gacc::ffi::tensors::gacc_microbatch_tensors(e, grads.as_ptr(), 2, 1.0), gacc_status::GACC_OK);
+        let target = GpuTarget { live: RefCell::new(Vec::new()) };
+        let ones: Vec<u8> = [1.0f32; 10].iter().flat_map(|x| x.to_le_bytes()).collect();
+        target.write_device(a1 as *mut c_void, &ones);
+        assert_eq!(gacc::ffi::tensors::gacc_microbatch_inplace(e, 1.0), gacc_status::GACC_OK);
+        let acc = target.read_device(a0 as *const c_void, 16 * 4);
+        let acc: Vec<f32> = acc.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(&acc[..6], &g0);
+        assert!(acc[6..].iter().all(|&x| x == 1.0));
+        let mut info = gacc_step_info::default();
+        assert_eq!(gacc_step(e, &mut info), gacc_status::GACC_OK);
+        assert_eq!((info.microbatches, info.total_weight, info.applied), (2, 2.0, 1));
+        assert!(target.read_device(a0 as *const c_void, 16 * 4).iter().all(|&b| b == 0), "zero after the step");
+        gacc_destroy(e);
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod loss_scale;
+pub mod tensors;
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub trait Target {
     fn upload(&self, data: &[u8], offset: usize) -> *const c_void;
     /// Frees what `upload` allocated.
     fn release(&self);
+    /// Copies `data` to device memory at `ptr` (ordered after the engine's work).
+    fn write_device(&self, ptr: *mut c_void, data: &[u8]);
 }
 
 /// xorshift64*: deterministic inputs.

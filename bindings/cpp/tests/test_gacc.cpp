@@ -420,6 +420,65 @@ TEST(params_and_lr) {
 
 }  // namespace
 
+// Per-tensor micro-batches in mixed types (float, half, bfloat16 spans and vectors,
+// no_grad) equal gacc_microbatch on the f32 concatenation bit for bit; accumulator()
+// is a span of the tensor's accumulator; the in-place path equals microbatch().
+TEST(per_tensor_and_inplace_match_the_concatenation) {
+    const std::vector<gacc::Tensor> tensors = {gacc::Tensor("w", 40), gacc::Tensor("b", 7), gacc::Tensor("v", 100)};
+    gacc::Config cfg;
+    cfg.device(GACC_DEVICE_CPU);
+    gacc::Engine a(cfg, tensors), b(cfg, tensors);
+    std::mt19937 gen(5);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    auto rand = [&](std::size_t n) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = u(gen);
+        return v;
+    };
+    for (int mb = 0; mb < 3; ++mb) {
+        const std::vector<float> w = rand(40);
+        const std::vector<float> bias32 = rand(7), v32 = rand(100);
+        const std::vector<gacc::half> bias = gacc::to_half(bias32);
+        const std::vector<gacc::bfloat16> v = gacc::to_bfloat16(v32);
+        const bool skip_v = mb == 1;
+        if (skip_v) {
+            a.microbatch({gacc::span<const float>(w.data(), w.size()), bias, gacc::no_grad}, 2.0);
+        } else {
+            a.microbatch({w, gacc::span<const gacc::half>(bias.data(), bias.size()), v}, 2.0);
+        }
+        std::vector<float> flat(w);
+        for (auto h : bias) flat.push_back(static_cast<float>(h));
+        for (auto x : v) flat.push_back(skip_v ? 0.0f : static_cast<float>(x));
+        b.microbatch(flat, 2.0);
+    }
+    for (std::size_t t = 0; t < 3; ++t) {
+        const auto sa = a.accumulator(t), sb = b.accumulator(t);
+        CHECK(sa.size() == a.tensor_span(t).second);
+        CHECK(std::memcmp(sa.data(), sb.data(), sa.size() * sizeof(float)) == 0);
+    }
+    CHECK_THROWS_STATUS(a.microbatch({gacc::no_grad, gacc::no_grad}, 1.0), gacc::Status::invalid_argument, "n_grads");
+    const std::vector<float> short_w(39, 1.0f);
+    CHECK_THROWS_STATUS(a.microbatch({short_w, nullptr, nullptr}, 1.0), gacc::Status::invalid_argument,
+                        "grads[0].numel");
+    CHECK(a.step_info().total_weight == 6.0);
+    b.step_info();
+    CHECK(a.params_read() == b.params_read());
+    // In place: the host adds into the spans, then books the micro-batch.
+    const std::vector<float> g = rand(147);
+    std::size_t off = 0;
+    for (std::size_t t = 0; t < 3; ++t) {
+        auto acc = a.accumulator(t);
+        for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += 3.0f * g[off + i];
+        off += acc.size();
+    }
+    a.microbatch_inplace(3.0);
+    b.microbatch(g, 3.0);
+    const auto ia = a.step_info(), ib = b.step_info();
+    CHECK(ia.microbatches == 1 && ia.grad_norm == ib.grad_norm);
+    CHECK(a.params_read() == b.params_read());
+    CHECK(a.accumulator(2)[99] == 0.0f);
+}
+
 int main() {
     for (auto& [name, fn] : registry()) {
         const int before = g_failures;

@@ -26,7 +26,8 @@ module Gacc
 using Libdl
 
 export Engine, Config, Tensor, StepInfo, GaccError
-export microbatch!, microbatch_bf16!, step!, step_async!, zero!, params, params!, read_params!,
+export microbatch!, microbatch_bf16!, microbatch_tensors!, BF16Bits, Grad, accumulator, accumulator_ptr,
+       microbatch_inplace!, step!, step_async!, zero!, params, params!, read_params!,
        params_ptr, loss_scale, loss_scale_ptr, set_lr!, get_lr, numel, ntensors, tensor_range,
        set_stream!, status_name, gacc_version, header_matches_library, save, load!,
        set_allreduce!, set_mpi!, comm_stats, NcclId, nccl_unique_id, set_nccl!
@@ -139,6 +140,16 @@ struct TensorDesc
     numel::Csize_t
     init::Ptr{Cfloat}
     no_weight_decay::UInt32
+end
+
+"""
+Mirror of `gacc_grad`: one tensor's gradient in `microbatch_tensors!` (data C_NULL:
+no gradient for that tensor in this micro-batch).
+"""
+struct Grad
+    data::Ptr{Cvoid}
+    dtype::UInt32
+    numel::Csize_t
 end
 
 "Mirror of `gacc_step_info`: what a step did."
@@ -371,6 +382,78 @@ Like `microbatch!` for bfloat16 gradients given as their bits (Base has no BFloa
 """
 function microbatch_bf16!(e::Engine, grad::DenseVector{UInt16}, weight::Real)
     GC.@preserve grad microbatch_raw!(e, Ptr{Cvoid}(pointer(grad)), GACC_DTYPE_BF16, length(grad), weight)
+end
+
+"""
+    BF16Bits(bits::DenseVector{UInt16})
+
+Marks a vector of bfloat16 bit patterns as a bfloat16 gradient for
+`microbatch_tensors!` (Base has no BFloat16 type).
+"""
+struct BF16Bits{V<:DenseVector{UInt16}}
+    bits::V
+end
+
+grad_entry(::Nothing) = Grad(C_NULL, GACC_DTYPE_F32, 0)
+grad_entry(g::DenseVector{Float32}) = Grad(Ptr{Cvoid}(pointer(g)), GACC_DTYPE_F32, length(g))
+grad_entry(g::DenseVector{Float16}) = Grad(Ptr{Cvoid}(pointer(g)), GACC_DTYPE_F16, length(g))
+grad_entry(g::BF16Bits) = Grad(Ptr{Cvoid}(pointer(g.bits)), GACC_DTYPE_BF16, length(g.bits))
+grad_entry(g::Grad) = g
+
+"""
+    microbatch_tensors!(e, grads, weight)
+
+One micro-batch given tensor by tensor (gacc_microbatch_tensors): `grads[t]` is
+tensor t's gradient in creation order, each in its own type: a dense Float32 or
+Float16 vector, `BF16Bits(bits)`, `nothing` for no gradient, or a raw `Grad(ptr,
+dtype, n)` (device memory on a CUDA engine). Same meaning as `microbatch!` on the
+concatenation; atomic: a rejected call changes nothing and names the tensor index.
+"""
+function microbatch_tensors!(e::Engine, grads, weight::Real)
+    entries = Grad[grad_entry(g) for g in grads]
+    GC.@preserve e grads entries check(ccall((:gacc_microbatch_tensors, libgacc), Cint,
+                                             (Ptr{Cvoid}, Ptr{Grad}, Csize_t, Cdouble),
+                                             handle(e), pointer(entries), length(entries), weight))
+    return e
+end
+
+"""
+    accumulator_ptr(e, i) -> Ptr{Cfloat}
+
+Tensor `i`'s (1-based) fp32 accumulator (gacc_accumulator_ptr): zero when a window
+opens, holding what the window's micro-batches added; stable until the engine is
+closed. Device memory on a CUDA engine (write it on the stream of `set_stream!`).
+"""
+function accumulator_ptr(e::Engine, i::Integer)
+    i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.accumulator_ptr: tensor index $i < 1"))
+    out = Ref{Ptr{Cfloat}}(C_NULL)
+    GC.@preserve e check(ccall((:gacc_accumulator_ptr, libgacc), Cint, (Ptr{Cvoid}, Csize_t, Ref{Ptr{Cfloat}}),
+                               handle(e), i - 1, out))
+    return out[]
+end
+
+"""
+    accumulator(e, i) -> Vector{Float32}
+
+Tensor `i`'s accumulator as an array over the engine's own memory (CPU engines only;
+valid until the engine is closed): add a micro-batch into it, then call
+`microbatch_inplace!`.
+"""
+function accumulator(e::Engine, i::Integer)
+    device(e) < 0 || throw(GaccError(GACC_ERR_INVALID_STATE,
+                                     "Gacc.accumulator: device memory on a CUDA engine (use accumulator_ptr)"))
+    return unsafe_wrap(Array, accumulator_ptr(e, i), length(tensor_range(e, i)); own = false)
+end
+
+"""
+    microbatch_inplace!(e, weight)
+
+Books one micro-batch the host added into the accumulators itself (no data moves).
+Refused with compensated accumulation or drop mode.
+"""
+function microbatch_inplace!(e::Engine, weight::Real)
+    GC.@preserve e check(ccall((:gacc_microbatch_inplace, libgacc), Cint, (Ptr{Cvoid}, Cdouble), handle(e), weight))
+    return e
 end
 
 """

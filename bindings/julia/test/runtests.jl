@@ -219,4 +219,27 @@ end
         @test err isa GaccError && err.status == GACC_ERR_CORRUPT
         close(e); close(r)
     end
+    @testset "per-tensor and in-place micro-batches" begin
+        a = Engine(cpu_sgd(0.1), model_tensors())
+        b = Engine(cpu_sgd(0.1), model_tensors())
+        w, bias = Float32[0.5f0 * j for j in 1:D], Float16[0.25]
+        # Float32 + Float16 tensors equal the Float32 concatenation bit for bit.
+        microbatch_tensors!(a, [w, bias], 2)
+        microbatch!(b, vcat(w, Float32.(bias)), 2)
+        # No gradient for the bias: nothing.
+        microbatch_tensors!(a, [w, nothing], 1)
+        microbatch!(b, vcat(w, 0f0), 1)
+        @test accumulator(a, 1) == accumulator(b, 1) && accumulator(a, 2) == accumulator(b, 2)
+        err = try microbatch_tensors!(a, [w[1:end-1], nothing], 1); nothing catch x; x end
+        @test err isa GaccError && err.status == GACC_ERR_INVALID_ARGUMENT && occursin("grads[0].numel", err.message)
+        # In place: add into the accumulators, then book the micro-batch.
+        accumulator(a, 1) .+= 3f0 .* w
+        microbatch_inplace!(a, 3)
+        microbatch!(b, vcat(w, 0f0), 3)
+        ia, ib = step!(a), step!(b)
+        @test ia.microbatches == 3 && ia.total_weight == 6.0
+        @test params(a) == params(b)
+        @test all(iszero, accumulator(a, 1))
+        close(a); close(b)
+    end
 end

@@ -18,39 +18,77 @@ fn run<G: Sync>(items: &[WorkItem], acc: &mut [f32], grad: &[G], body: impl Fn(&
 }
 
 pub fn accumulate_f32(items: &[WorkItem], acc: &mut [f32], grad: &[f32], mul: f32) {
-    run(items, acc, grad, |a, g| {
-        for (a, &g) in a.iter_mut().zip(g) {
-            *a += mul * g;
-        }
-    });
+    run(items, acc, grad, |a, g| add_f32(a, g, mul));
 }
 
 pub fn accumulate_bf16(items: &[WorkItem], acc: &mut [f32], grad: &[u16], mul: f32) {
-    run(items, acc, grad, |a, g| {
-        for (a, &g) in a.iter_mut().zip(g) {
-            *a += mul * bf16_bits_to_f32(g);
-        }
-    });
+    run(items, acc, grad, |a, g| add_bf16(a, g, mul));
 }
 
 pub fn accumulate_f16(items: &[WorkItem], acc: &mut [f32], grad: &[f16], mul: f32) {
+    let fast = f16c_available();
+    run(items, acc, grad, |a, g| add_f16(a, g, mul, fast));
+}
+
+// The per-slice bodies: the flat pass and the per-tensor pass (tensors.rs) both run
+// exactly these, so their results agree bit for bit whatever the chunking.
+
+/// a[i] += mul * g[i].
+#[inline]
+pub fn add_f32(a: &mut [f32], g: &[f32], mul: f32) {
+    for (a, &g) in a.iter_mut().zip(g) {
+        *a += mul * g;
+    }
+}
+
+/// a[i] += mul * f32(g[i]) for bf16 bits.
+#[inline]
+pub fn add_bf16(a: &mut [f32], g: &[u16], mul: f32) {
+    for (a, &g) in a.iter_mut().zip(g) {
+        *a += mul * bf16_bits_to_f32(g);
+    }
+}
+
+/// Whether the F16C kernel may run on this CPU (checked once per pass).
+#[inline]
+pub fn f16c_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::convert::has_f16c() {
-            // SAFETY: the CPU supports AVX and F16C.
-            run(items, acc, grad, |a, g| unsafe { super::convert::f16c::accumulate(a, g, mul) });
+        super::convert::has_f16c()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// a[i] += mul * f32(g[i]) for f16; `fast` from [`f16c_available`].
+#[inline]
+pub fn add_f16(a: &mut [f32], g: &[f16], mul: f32, fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if fast {
+            // SAFETY: the caller checked that the CPU supports AVX and F16C.
+            unsafe { super::convert::f16c::accumulate(a, g, mul) };
             return;
         }
     }
-    run(items, acc, grad, |a, g| {
-        let mut block = [0f32; CONVERT_BLOCK];
-        for (a, g) in a.chunks_mut(CONVERT_BLOCK).zip(g.chunks(CONVERT_BLOCK)) {
-            f16_to_f32_block(g, &mut block);
-            for (a, &g) in a.iter_mut().zip(&block[..g.len()]) {
-                *a += mul * g;
-            }
+    let _ = fast;
+    let mut block = [0f32; CONVERT_BLOCK];
+    for (a, g) in a.chunks_mut(CONVERT_BLOCK).zip(g.chunks(CONVERT_BLOCK)) {
+        f16_to_f32_block(g, &mut block);
+        for (a, &g) in a.iter_mut().zip(&block[..g.len()]) {
+            *a += mul * g;
         }
-    });
+    }
+}
+
+/// Kahan-compensated a[i] += mul * conv(g[i]) (see [`kahan_add`]).
+#[inline]
+pub fn add_kahan<G: Copy>(a: &mut [f32], c: &mut [f32], g: &[G], mul: f32, conv: impl Fn(G) -> f32) {
+    for ((a, c), &g) in a.iter_mut().zip(c.iter_mut()).zip(g) {
+        kahan_add(a, c, mul * conv(g));
+    }
 }
 
 /// acc += mul * grad with Kahan's compensation (kernels/accumulate.cu mirrors it):
@@ -71,9 +109,7 @@ fn kahan<G: Copy + Sync>(
     for_each_item(items, acc.len(), |item| {
         // SAFETY: items are disjoint and inside acc and comp (same length as grad).
         let (a, c) = unsafe { (base.slice(item), cbase.slice(item)) };
-        for ((a, c), &g) in a.iter_mut().zip(c.iter_mut()).zip(&grad[item.start..item.end]) {
-            kahan_add(a, c, mul * conv(g));
-        }
+        add_kahan(a, c, &grad[item.start..item.end], mul, &conv);
     });
 }
 
@@ -101,20 +137,28 @@ pub fn accumulate_f16_kahan(items: &[WorkItem], acc: &mut [f32], comp: &mut [f32
 /// Whether a gradient holds inf or NaN (drop mode's check pass): all-ones exponent,
 /// tested on the bits. Reads the gradient once (2-4 B per element).
 pub fn any_nonfinite_f32(items: &[WorkItem], grad: &[f32]) -> bool {
-    any(items, grad, |g: &f32| g.to_bits() & 0x7F80_0000 == 0x7F80_0000)
+    any(items, grad, nonfinite_f32)
 }
 pub fn any_nonfinite_f16(items: &[WorkItem], grad: &[f16]) -> bool {
-    any(items, grad, |g: &f16| g.to_bits() & 0x7C00 == 0x7C00)
+    any(items, grad, nonfinite_f16)
 }
 pub fn any_nonfinite_bf16(items: &[WorkItem], grad: &[u16]) -> bool {
-    any(items, grad, |g: &u16| g & 0x7F80 == 0x7F80)
+    any(items, grad, nonfinite_bf16)
 }
 
-fn any<G: Sync>(items: &[WorkItem], grad: &[G], bad: impl Fn(&G) -> bool + Sync + Send) -> bool {
-    super::parallel::map_items(items, grad.len(), |item| {
-        // No early exit inside a chunk: a branch-free fold vectorises.
-        grad[item.start..item.end].iter().fold(false, |acc, g| acc | bad(g))
-    })
+/// Per-slice checks (no early exit inside a slice: a branch-free fold vectorises).
+pub fn nonfinite_f32(g: &[f32]) -> bool {
+    g.iter().fold(false, |acc, g| acc | (g.to_bits() & 0x7F80_0000 == 0x7F80_0000))
+}
+pub fn nonfinite_f16(g: &[f16]) -> bool {
+    g.iter().fold(false, |acc, g| acc | (g.to_bits() & 0x7C00 == 0x7C00))
+}
+pub fn nonfinite_bf16(g: &[u16]) -> bool {
+    g.iter().fold(false, |acc, g| acc | (g & 0x7F80 == 0x7F80))
+}
+
+fn any<G: Sync>(items: &[WorkItem], grad: &[G], bad: impl Fn(&[G]) -> bool + Sync + Send) -> bool {
+    super::parallel::map_items(items, grad.len(), |item| bad(&grad[item.start..item.end]))
     .into_iter()
     .any(|b| b)
 }

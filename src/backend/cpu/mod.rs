@@ -9,12 +9,13 @@ mod accumulate;
 pub mod convert;
 pub mod parallel;
 mod step;
+mod tensors;
 
 use std::os::raw::c_void;
 
 use half::{bf16, f16};
 
-use super::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
+use super::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad};
 use crate::engine::config::{Config, Dtype, Optimizer, Precision};
 use crate::engine::math::ScalerState;
 use crate::status::{Error, Result};
@@ -181,6 +182,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
+        let plan = tensors::Plan::new(grads);
+        // SAFETY: the caller guarantees numel readable, aligned elements per tensor,
+        // at disjoint ranges inside the layout.
+        if self.config.numerics.drop_nonfinite {
+            if plan.any_nonfinite() {
+                self.window_dropped = self.window_dropped.saturating_add(1);
+                return Ok(());
+            }
+            self.window_total += weight;
+        }
+        plan.accumulate(&mut self.acc, &mut self.comp, mul);
+        Ok(())
+    }
+
+    fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32> {
+        if offset >= self.acc.len() {
+            return Err(Error::internal("accumulator offset outside the layout"));
+        }
+        Ok(self.acc[offset..].as_mut_ptr())
+    }
+
     fn zero_window(&mut self) -> Result<()> {
         step::zero(&self.items, &mut self.acc);
         step::zero(&self.items, &mut self.comp);
@@ -234,7 +257,9 @@ impl Backend for CpuBackend {
             *r -= *c;
         }
         comm.allreduce_f32(&mut self.reduce_scratch)?;
-        std::mem::swap(&mut self.acc, &mut self.reduce_scratch);
+        // A copy, not a swap: the accumulator's address is part of the API
+        // (gacc_accumulator_ptr is stable until gacc_destroy).
+        self.acc.copy_from_slice(&self.reduce_scratch);
         self.comp.fill(0.0);
         Ok(())
     }

@@ -24,7 +24,9 @@ use std::ffi::c_void;
 use super::launch::{self, UpdateBuffers, UpdateKind};
 use super::runtime::{DevPtr, Runtime};
 use super::state::{bytes_of, DeviceState, Hyper};
-use crate::backend::{Backend, BackendInit, DeviceScope, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest};
+use crate::backend::{
+    Backend, BackendInit, DeviceScope, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad,
+};
 use crate::engine::config::{Config, Optimizer, Precision, ScalePolicy};
 use crate::status::{Error, Result};
 
@@ -58,9 +60,11 @@ pub struct CudaBackend<R: Runtime> {
     sr: u32,
     seed: u64,
     /// Device collective (NCCL): n f32 that the accumulator is reduced into (then
-    /// swapped with acc), and the 4 doubles of window totals (0 until used).
+    /// copied into acc, whose address never changes), and the 4 doubles of window totals (0 until used).
     dp_scratch: DevPtr,
     dp_totals: DevPtr,
+    /// Per-tensor micro-batches: the device table and what it was built from.
+    tables: super::tensors::TableCache,
 }
 
 /// Device bytes an engine of `n` parameters needs, the staging buffer for host
@@ -121,6 +125,7 @@ impl<R: Runtime> CudaBackend<R> {
             seed: config.numerics.seed,
             dp_scratch: 0,
             dp_totals: 0,
+            tables: Default::default(),
         };
         let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
         let (free, total) = backend.rt.memory_info()?;
@@ -300,6 +305,7 @@ impl<R: Runtime> Drop for CudaBackend<R> {
             self.staging,
             self.dp_scratch,
             self.dp_totals,
+            self.tables.device_table(),
         ];
         for p in ptrs {
             if p != 0 {
@@ -334,6 +340,40 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             opts.seq = self.seq;
         }
         launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grids.accumulate(grad.dtype), &opts)
+    }
+
+    unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
+        use super::tensors;
+        let acc = self.acc;
+        let p = tensors::prepare(&mut self.rt, &mut self.tables, grads, acc, |rt| {
+            if self.staging == 0 {
+                self.staging = rt.alloc(self.n * 4)?;
+            }
+            Ok(self.staging)
+        })?;
+        let mut seq = 0;
+        if self.drop_mode {
+            // Numbered within the window, never 0: bad_seq is 0 when a window starts.
+            self.seq = self.seq.wrapping_add(1).max(1);
+            seq = self.seq;
+            tensors::check_finite(&mut self.rt, &p, self.state, seq)?;
+        }
+        tensors::accumulate(&mut self.rt, &p, acc, self.comp, mul, self.state, seq, weight)
+    }
+
+    /// An in-place micro-batch moves no data, but its weight joins the device's
+    /// window total (the step reads that, not a host value): one booking launch.
+    fn book_inplace(&mut self, weight: f64) -> Result<()> {
+        let none = super::tensors::Prepared { table: 0, n_tensors: 0, n_chunks: 0 };
+        // SAFETY: with no chunk the kernel touches only the state (thread 0 books).
+        unsafe { super::tensors::accumulate(&mut self.rt, &none, self.acc, self.comp, 1.0, self.state, 0, weight) }
+    }
+
+    fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32> {
+        if offset >= self.n {
+            return Err(Error::internal("accumulator offset outside the layout"));
+        }
+        Ok((self.acc + 4 * offset as u64) as *mut f32)
     }
 
     fn zero_window(&mut self) -> Result<()> {
@@ -531,7 +571,10 @@ impl<R: Runtime> Backend for CudaBackend<R> {
                 self.rt.memset(self.comp, 0, self.n * 4)?;
             }
         }
-        std::mem::swap(&mut self.acc, &mut self.dp_scratch);
+        // A copy, not a swap: the accumulator's address is part of the API
+        // (gacc_accumulator_ptr is stable until gacc_destroy).
+        // SAFETY: both hold n f32 on this device; stream-ordered after the reduction.
+        unsafe { self.rt.copy_d2d(self.acc, scratch, self.n * 4)? };
         Ok(())
     }
 

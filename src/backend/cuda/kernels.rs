@@ -19,7 +19,7 @@ pub const KERNEL_FILES: [(&str, &str); 6] = [
 ];
 
 /// Every `extern "C"` kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 14] = [
+pub const KERNEL_NAMES: [&str; 16] = [
     "gacc_accumulate_f32",
     "gacc_accumulate_f16",
     "gacc_accumulate_bf16",
@@ -34,6 +34,8 @@ pub const KERNEL_NAMES: [&str; 14] = [
     "gacc_dp_unpack_totals",
     "gacc_dp_fold",
     "gacc_store_lr",
+    "gacc_accumulate_tensors",
+    "gacc_check_finite_tensors",
 ];
 
 /// The whole program as one translation unit.

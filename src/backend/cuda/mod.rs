@@ -10,7 +10,8 @@
 //! - [`runtime`]: the small device-runtime trait the orchestration is written
 //!   against; [`shim`]: its host implementation (kernels compiled by g++).
 //! - [`launch`]: one launcher per kernel; [`backend`]: the orchestration;
-//!   [`state`]: host mirrors of the device structs.
+//!   [`state`]: host mirrors of the device structs; [`tensors`]: per-tensor
+//!   micro-batches (the multi-tensor table and its launchers).
 
 pub mod backend;
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod nvrtc;
 pub mod runtime;
 pub mod shim;
 pub mod state;
+pub mod tensors;
 
 pub use backend::CudaBackend;
 pub use driver::{probe, CudaRuntime};

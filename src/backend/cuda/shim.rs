@@ -72,6 +72,9 @@ pub struct ShimRuntime {
     /// The shim's occupancy answer: blocks per multiprocessor by kernel name (tests
     /// set it); kernels not listed get [`SHIM_BLOCKS_PER_SM`].
     pub occupancy: BTreeMap<String, u32>,
+    /// Host-to-device copies made (tests check that a repeated per-tensor call
+    /// with device gradients makes none).
+    pub h2d_copies: usize,
 }
 
 /// The shim's occupancy answer for kernels not in [`ShimRuntime::occupancy`].
@@ -93,6 +96,7 @@ impl ShimRuntime {
             d2h_copies: 0,
             syncs: 0,
             occupancy: BTreeMap::new(),
+            h2d_copies: 0,
         }
     }
 }
@@ -145,6 +149,7 @@ impl Runtime for ShimRuntime {
         }
     }
     unsafe fn copy_h2d(&mut self, dst: DevPtr, src: *const u8, bytes: usize) -> Result<()> {
+        self.h2d_copies += 1;
         std::ptr::copy_nonoverlapping(src, dst as *mut u8, bytes);
         Ok(())
     }
