@@ -16,7 +16,7 @@
 #   make valgrind      the C tests under valgrind memcheck
 #   make mpi-test      data parallelism over MPI, 2 and 3 ranks
 #   make fuzz          each cargo-fuzz target for FUZZ_SECONDS (default 30)
-#   make lint          cargo clippy --all-targets -D warnings
+#   make lint          cargo fmt --check, then cargo clippy --all-targets -D warnings
 #   make install       PREFIX=/usr/local: library, headers, pkg-config, CMake package
 #   make gpu-bundle    build/gpu-bundle: what scripts/gpu-check.sh runs on a GPU machine
 #   make gpu-check-fake  the bundle built, then scripts/gpu-check.sh --fake (no GPU needed)
@@ -122,6 +122,7 @@ fuzz:
 
 # clippy on every target, warnings as errors.
 lint:
+	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 $(BUILD) $(BUILD)/c $(BUILD)/c-san $(BUILD)/header:

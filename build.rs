@@ -16,7 +16,8 @@ fn showme(arg: &str) -> Option<Vec<String>> {
 
 #[cfg(feature = "mpi")]
 fn build_mpi_shim() {
-    let compile = showme("--showme:compile").expect("feature `mpi` needs Open MPI's mpicc (apt-get install libopenmpi-dev)");
+    let compile =
+        showme("--showme:compile").expect("feature `mpi` needs Open MPI's mpicc (apt-get install libopenmpi-dev)");
     let link = showme("--showme:link").unwrap_or_default();
     let mut build = cc::Build::new();
     build.file("src/distributed/mpi_shim.c").warnings(true).extra_warnings(true);

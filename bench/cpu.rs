@@ -194,11 +194,8 @@ impl Row {
 
 fn main() {
     // `cargo bench` passes --bench; a filter argument is ignored.
-    let sizes: Vec<usize> = std::env::var("GACC_BENCH_SIZES")
-        .unwrap_or_else(|_| "1M,16M,64M".into())
-        .split(',')
-        .map(parse_size)
-        .collect();
+    let sizes: Vec<usize> =
+        std::env::var("GACC_BENCH_SIZES").unwrap_or_else(|_| "1M,16M,64M".into()).split(',').map(parse_size).collect();
     let repeats: usize = std::env::var("GACC_BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
     let threads = rayon::current_num_threads();
     println!("gacc CPU benchmark: {threads} rayon threads, >= {repeats} repeats and >= 0.25 s per row (+1 warm-up), median [min..max]\n");
@@ -259,7 +256,9 @@ fn main() {
             kahan.compensated_accumulation = 1;
             let mut drop = base_config(GACC_OPTIMIZER_SGD);
             drop.drop_nonfinite_microbatches = 1;
-            for (name, cfg, bytes) in [("accumulate f32, compensated", kahan, 20), ("accumulate f32, drop non-finite", drop, 16)] {
+            for (name, cfg, bytes) in
+                [("accumulate f32, compensated", kahan, 20), ("accumulate f32, drop non-finite", drop, 16)]
+            {
                 let e = Engine::new(&cfg, n);
                 let t = time(repeats, || e.mb(g32.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0));
                 rows.push(row(name, bytes, t));

@@ -328,7 +328,10 @@ fn damaged_checkpoints_are_rejected_and_change_nothing() {
     let text = String::from_utf8_lossy(&bytes[8..8 + header_len]).into_owned();
     let edited = text.replacen("\"applied_steps\":\"1\"", "\"applied_steps\":\"7\"", 1);
     assert_ne!(edited, text, "test setup: the metadata should hold applied_steps 1");
-    cases.push(("edited metadata".into(), [bytes[..8].to_vec(), edited.into_bytes(), bytes[8 + header_len..].to_vec()].concat()));
+    cases.push((
+        "edited metadata".into(),
+        [bytes[..8].to_vec(), edited.into_bytes(), bytes[8 + header_len..].to_vec()].concat(),
+    ));
 
     for (what, content) in cases {
         let p = dir.join("bad.safetensors");

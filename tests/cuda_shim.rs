@@ -5,10 +5,10 @@
 //!
 //! Run: cargo test --test cuda_shim   (needs g++ with C++20: Debian's g++ 12 works)
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 #[path = "cuda_common/capture.rs"]
 mod capture;
+#[path = "cuda_common/mod.rs"]
+mod common;
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -389,7 +389,8 @@ fn too_large_for_the_device_is_invalid_argument_naming_numel() {
 /// continues bit-identically too (no clipping: the backends round alike).
 #[test]
 fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
-    let case = common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
+    let case =
+        common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
     checkpoint_resume_case(case, "plain");
 }
 
@@ -499,7 +500,8 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
     let weights = [1.0, 2.5, 0.5];
     let lrs = [0.02f32, 0.005, 0.0, 0.03];
     let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let buffers: Vec<*const c_void> = (0..K).map(|k| target.upload(&to_bytes(&capture_grad(n, 0, k, false)), 0)).collect();
+    let buffers: Vec<*const c_void> =
+        (0..K).map(|k| target.upload(&to_bytes(&capture_grad(n, 0, k, false)), 0)).collect();
     let feed_cpu = |e: &mut Engine, r: usize| {
         for (k, w) in weights.iter().enumerate() {
             let g = capture_grad(n, r, k, case.drop_nonfinite);
@@ -546,7 +548,12 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
     let (a, b) = (cpu.step(true).unwrap().unwrap(), dut.step(true).unwrap().unwrap());
     // Every window applies (a dropped micro-batch leaves the others in its window).
     assert_eq!(b.step, (N + 1) as u64, "{}: step count after {N} replays", case.name);
-    assert_eq!((a.step, a.applied, a.loss_scale.to_bits()), (b.step, b.applied, b.loss_scale.to_bits()), "{}", case.name);
+    assert_eq!(
+        (a.step, a.applied, a.loss_scale.to_bits()),
+        (b.step, b.applied, b.loss_scale.to_bits()),
+        "{}",
+        case.name
+    );
     let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
     common::compare_f32(&format!("{}: master weights", case.name), &sc.master, &sd.master, true, 0.0);
     common::compare_f32(&format!("{}: optimizer state 1", case.name), &sc.state1, &sd.state1, true, 0.0);
@@ -583,10 +590,8 @@ fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
     // Replay 1's second micro-batch holds a NaN and is dropped; in replays 2 and 3
     // the same buffer is finite again and must be kept (a flag frozen at capture, or
     // left over from replay 1, would drop it).
-    let mut case = common::cases()
-        .into_iter()
-        .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW)
-        .unwrap();
+    let mut case =
+        common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
     case.drop_nonfinite = true;
     case.compensated = true;
     captured_window_replays_like_direct_windows(case);
@@ -603,7 +608,14 @@ impl gacc::distributed::DeviceCollective for OneRankCollective {
     fn world_size(&self) -> u32 {
         1
     }
-    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, _stream: *mut c_void) -> gacc::Result<()> {
+    unsafe fn allreduce(
+        &mut self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        f64: bool,
+        _stream: *mut c_void,
+    ) -> gacc::Result<()> {
         let bytes = count * if f64 { 8 } else { 4 };
         // SAFETY: shim device memory is host memory of at least `bytes`.
         unsafe { std::ptr::copy(send as *const u8, recv as *mut u8, bytes) };
@@ -773,7 +785,8 @@ fn lr_changes_between_steps_match_the_cpu() {
             for e in [&mut dut, &mut cpu] {
                 e.set_lr(lr).unwrap();
                 // SAFETY: host memory of n floats.
-                unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.5) }.unwrap();
+                unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.5) }
+                    .unwrap();
             }
             let (a, b) = (cpu.step(true).unwrap().unwrap(), dut.step(true).unwrap().unwrap());
             assert_eq!((a.step, a.applied), (b.step, b.applied), "{}: window {w}", case.name);

@@ -147,14 +147,23 @@ fn run_ranks(world: usize, k: usize, windows: usize, c: gacc_config, poison: Opt
                 let ctx = Box::new(RankCtx { group, rank: r });
                 let e = create(&c, &init);
                 let st = unsafe {
-                    gacc_set_allreduce(e as *mut _, Some(allreduce), &*ctx as *const RankCtx as *mut c_void, r as i32, world as i32)
+                    gacc_set_allreduce(
+                        e as *mut _,
+                        Some(allreduce),
+                        &*ctx as *const RankCtx as *mut c_void,
+                        r as i32,
+                        world as i32,
+                    )
                 };
                 assert_eq!(st, GACC_OK);
                 let mut infos = Vec::new();
                 for w in 0..windows {
                     for kk in 0..k {
                         let (g, wt) = micro(w, r, kk, poison);
-                        assert_eq!(unsafe { gacc_microbatch(e as *mut _, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) }, GACC_OK);
+                        assert_eq!(
+                            unsafe { gacc_microbatch(e as *mut _, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) },
+                            GACC_OK
+                        );
                     }
                     let mut info = gacc_step_info::default();
                     assert_eq!(unsafe { gacc_step(e as *mut _, &mut info) }, GACC_OK);
@@ -170,7 +179,13 @@ fn run_ranks(world: usize, k: usize, windows: usize, c: gacc_config, poison: Opt
     Outcome { rank_params, infos }
 }
 
-fn single_engine(world: usize, k: usize, windows: usize, c: gacc_config, poison: Option<(usize, usize)>) -> (Vec<f32>, Vec<gacc_step_info>) {
+fn single_engine(
+    world: usize,
+    k: usize,
+    windows: usize,
+    c: gacc_config,
+    poison: Option<(usize, usize)>,
+) -> (Vec<f32>, Vec<gacc_step_info>) {
     let init: Vec<f32> = (0..N).map(|i| (i as f32 * 0.37).sin()).collect();
     let e = create(&c, &init);
     let mut infos = Vec::new();
@@ -328,7 +343,10 @@ fn failed_collective_is_communication_error_and_window_survives() {
                     let ctx = Box::new(RankCtx { group: group.clone(), rank: r });
                     let e = create(&c, &init) as *mut gacc_engine;
                     let user = &*ctx as *const RankCtx as *mut c_void;
-                    assert_eq!(unsafe { gacc_set_allreduce(e, Some(allreduce), user, r as i32, world as i32) }, GACC_OK);
+                    assert_eq!(
+                        unsafe { gacc_set_allreduce(e, Some(allreduce), user, r as i32, world as i32) },
+                        GACC_OK
+                    );
                     for k in 0..2 {
                         let (g, wt) = micro(0, r, k, None);
                         assert_eq!(unsafe { gacc_microbatch(e, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) }, GACC_OK);

@@ -170,7 +170,15 @@ struct Rank {
 
 /// `world` ranks (threads) on the fake device, joined through gacc_set_nccl; each
 /// window: K micro-batches per rank, then gacc_step (with info when `info`).
-fn run_ranks(f: &'static Fakes, world: usize, k: usize, windows: usize, c: gacc_config, poison: Option<(usize, usize)>, info: bool) -> Vec<Rank> {
+fn run_ranks(
+    f: &'static Fakes,
+    world: usize,
+    k: usize,
+    windows: usize,
+    c: gacc_config,
+    poison: Option<(usize, usize)>,
+    info: bool,
+) -> Vec<Rank> {
     let mut id = gacc_nccl_id { internal: [0; 128] };
     assert_eq!(unsafe { gacc_nccl_unique_id(&mut id) }, GACC_OK, "{}", last_error());
     let threads: Vec<_> = (0..world)
@@ -206,7 +214,12 @@ fn run_ranks(f: &'static Fakes, world: usize, k: usize, windows: usize, c: gacc_
                         infos.push(i);
                     } else {
                         let before = (f.thread_count("sync"), f.thread_count("d2h"), f.thread_count("h2d"));
-                        assert_eq!(unsafe { gacc_step(e as *mut _, std::ptr::null_mut()) }, GACC_OK, "{}", last_error());
+                        assert_eq!(
+                            unsafe { gacc_step(e as *mut _, std::ptr::null_mut()) },
+                            GACC_OK,
+                            "{}",
+                            last_error()
+                        );
                         transfers.0 += f.thread_count("sync") - before.0;
                         transfers.1 += f.thread_count("d2h") - before.1;
                         transfers.2 += f.thread_count("h2d") - before.2;
@@ -227,7 +240,13 @@ fn run_ranks(f: &'static Fakes, world: usize, k: usize, windows: usize, c: gacc_
 }
 
 /// One engine on the fake device fed every rank's micro-batches.
-fn single_engine(world: usize, k: usize, windows: usize, c: gacc_config, poison: Option<(usize, usize)>) -> (Vec<u32>, Vec<gacc_step_info>) {
+fn single_engine(
+    world: usize,
+    k: usize,
+    windows: usize,
+    c: gacc_config,
+    poison: Option<(usize, usize)>,
+) -> (Vec<u32>, Vec<gacc_step_info>) {
     let e = create(&c, &init_params());
     let mut infos = Vec::new();
     for w in 0..windows {

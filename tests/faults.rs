@@ -85,7 +85,8 @@ fn every_allocation_failure_in_create_is_out_of_memory() {
             gacc::alloc::fail_nth_allocation(n);
             let mut out = 0xdead_usize as *mut gacc_engine;
             let c = cfg(precision, GACC_OPTIMIZER_ADAMW);
-            let descs = [gacc_tensor_desc { name: std::ptr::null(), numel: N, init: init.as_ptr(), no_weight_decay: 0 }];
+            let descs =
+                [gacc_tensor_desc { name: std::ptr::null(), numel: N, init: init.as_ptr(), no_weight_decay: 0 }];
             let st = unsafe { gacc_create(&c, descs.as_ptr(), 1, &mut out) };
             gacc::alloc::fail_nth_allocation(0);
             if st == GACC_OK {
@@ -190,7 +191,8 @@ fn non_finite_gradients_never_reach_the_weights() {
             for m in 0..k {
                 let mut g: Vec<f32> = (0..N).map(|_| rng.uniform() * 0.1).collect();
                 if poisoned_micro == Some(m) {
-                    g[rng.below(N as u64) as usize] = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][rng.below(3) as usize];
+                    g[rng.below(N as u64) as usize] =
+                        [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][rng.below(3) as usize];
                 }
                 let weight = 1.0 + rng.below(8) as f64;
                 let st = match rng.below(3) {

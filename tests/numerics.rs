@@ -204,7 +204,8 @@ fn an_all_dropped_window_is_skipped_and_a_drop_backs_the_scale_off() {
     let i = e.step(true).unwrap().unwrap();
     assert_eq!((i.applied, i.dropped_microbatches, i.loss_scale), (1, 0, 64.0));
     // Without the option the same poisoned micro-batch poisons the window.
-    let mut plain = cpu(drop_config(GACC_PRECISION_FP16, false), Layout::new(vec![(None, 16, true)]).unwrap(), &[0.5; 16]);
+    let mut plain =
+        cpu(drop_config(GACC_PRECISION_FP16, false), Layout::new(vec![(None, 16, true)]).unwrap(), &[0.5; 16]);
     feed(&mut plain, &bad, 1.0);
     feed(&mut plain, &good, 3.0);
     let i = plain.step(true).unwrap().unwrap();
@@ -277,14 +278,14 @@ fn stochastic_rounding_is_unbiased() {
     let n = 200_000u64;
     let key = math::sr_key(42, 7);
     let cases: [(f32, bool); 8] = [
-        (1.0 + 0.3 * (1.0 / 128.0), true),        // bf16, q = 0.3
-        (-3.0 - 0.9 * (2.0 / 128.0), true),       // bf16, negative, q = 0.9
-        (1e-30 * 1.37, true),                     // bf16, tiny normal
-        (1.0 + 0.25 * (1.0 / 1024.0), false),     // f16, q = 0.25
-        (-700.0 - 0.6 * 0.5, false),              // f16, negative, q = 0.6
-        (3.0e-6, false),                          // f16 subnormal range
-        (-5.1e-8, false),                         // f16 below the smallest subnormal
-        (65500.0, false),                         // f16 near the top: 65472 or 65504
+        (1.0 + 0.3 * (1.0 / 128.0), true),    // bf16, q = 0.3
+        (-3.0 - 0.9 * (2.0 / 128.0), true),   // bf16, negative, q = 0.9
+        (1e-30 * 1.37, true),                 // bf16, tiny normal
+        (1.0 + 0.25 * (1.0 / 1024.0), false), // f16, q = 0.25
+        (-700.0 - 0.6 * 0.5, false),          // f16, negative, q = 0.6
+        (3.0e-6, false),                      // f16 subnormal range
+        (-5.1e-8, false),                     // f16 below the smallest subnormal
+        (65500.0, false),                     // f16 near the top: 65472 or 65504
     ];
     for (x, bf16) in cases {
         let to_f32 = |b: u16| {

@@ -103,7 +103,9 @@ fn run_case(seed: u64, o: &CaseOpts) -> Stats {
     for w in 0..o.windows {
         let ctx = format!("{ctx0} window {w}");
         let n_mb = 1 + rng.below(o.max_mb) as usize;
-        let poison = rng.chance(o.poison_p).then(|| (rng.below(n_mb as u64) as usize, rng.below(e.n as u64) as usize, rng.below(3) as usize));
+        let poison = rng
+            .chance(o.poison_p)
+            .then(|| (rng.below(n_mb as u64) as usize, rng.below(e.n as u64) as usize, rng.below(3) as usize));
         let lr_at = rng.chance(0.15).then(|| rng.below(n_mb as u64 + 1) as usize);
         if rng.chance(0.05) {
             // A window that is dropped: garbage (even non-finite) must not leak.
@@ -266,7 +268,15 @@ fn negative_controls_the_model_comparison_detects_mistakes() {
             for seed in 0..6 {
                 run_case(
                     seed,
-                    &CaseOpts { mutation, tweak, poison_p, max_mb: 4, windows: 10, sizes: &[16, 33], ..CaseOpts::default() },
+                    &CaseOpts {
+                        mutation,
+                        tweak,
+                        poison_p,
+                        max_mb: 4,
+                        windows: 10,
+                        sizes: &[16, 33],
+                        ..CaseOpts::default()
+                    },
                 );
             }
         });
@@ -439,7 +449,8 @@ fn nonfinite_in_any_position_dtype_and_microbatch_skips_the_step() {
                 for kind in 0..3 {
                     for (pi, &pos) in positions.iter().enumerate() {
                         let bad_mb = (kind + pi) % 3;
-                        let ctx = format!("opt {optimizer} prec {precision} dtype {dtype} kind {kind} pos {pos} mb {bad_mb}");
+                        let ctx =
+                            format!("opt {optimizer} prec {precision} dtype {dtype} kind {kind} pos {pos} mb {bad_mb}");
                         let cfg = twin_cfg(optimizer, precision);
                         let a = Eng::new(&cfg, &init);
                         // The twin never sees the bad window; under FP16 it starts at the
@@ -694,14 +705,23 @@ fn sgd_cfg(momentum: f32, nesterov: bool, wd: f32) -> gacc_config {
 
 #[test]
 fn sgd_variants_many_steps() {
-    for (mom, nesterov, wd) in [(0.0, false, 0.0), (0.0, false, 0.1), (0.9, false, 0.0), (0.9, false, 0.01), (0.9, true, 0.01), (0.5, true, 0.0)] {
+    for (mom, nesterov, wd) in [
+        (0.0, false, 0.0),
+        (0.0, false, 0.1),
+        (0.9, false, 0.0),
+        (0.9, false, 0.01),
+        (0.9, true, 0.01),
+        (0.5, true, 0.0),
+    ] {
         many_steps(sgd_cfg(mom, nesterov, wd), 300, 7, Mutation::None);
     }
 }
 
 #[test]
 fn adamw_many_steps() {
-    for (b1, b2, wd, clip) in [(0.9, 0.999, 0.01, 0.0), (0.9, 0.999, 0.1, 0.3), (0.0, 0.99, 0.0, 0.0), (0.5, 0.9, 0.05, 5.0)] {
+    for (b1, b2, wd, clip) in
+        [(0.9, 0.999, 0.01, 0.0), (0.9, 0.999, 0.1, 0.3), (0.0, 0.99, 0.0, 0.0), (0.5, 0.9, 0.05, 5.0)]
+    {
         let mut c = config(GACC_OPTIMIZER_ADAMW);
         c.lr = 3e-3;
         c.beta1 = b1;
@@ -715,7 +735,9 @@ fn adamw_many_steps() {
 #[test]
 fn negative_controls_many_steps() {
     must_fail("nesterov ignored", || many_steps(sgd_cfg(0.9, true, 0.0), 50, 7, Mutation::NoNesterov));
-    must_fail("decay on no_weight_decay tensors", || many_steps(sgd_cfg(0.9, false, 0.1), 50, 7, Mutation::DecayEverything));
+    must_fail("decay on no_weight_decay tensors", || {
+        many_steps(sgd_cfg(0.9, false, 0.1), 50, 7, Mutation::DecayEverything)
+    });
     let mut c = config(GACC_OPTIMIZER_ADAMW);
     c.lr = 3e-3;
     must_fail("bias correction t+1", || many_steps(c, 300, 11, Mutation::BiasCorrectionOffByOne));
@@ -731,15 +753,36 @@ fn working_copy_is_round_to_nearest_even_of_the_master() {
     // Values that exercise RNE: exact ties, subnormals, overflow, signed zeros.
     let mut rng = Rng::new(99);
     let mut init: Vec<f32> = vec![
-        0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, -65520.0, 1e9, 2f32.powi(-24), 2f32.powi(-25), 3.0 * 2f32.powi(-26),
-        2f32.powi(-26), 1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8),
-        -(1.0 + 2f32.powi(-8)), 3.0e38, f32::MAX, 1e-40, f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+        1.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        -65520.0,
+        1e9,
+        2f32.powi(-24),
+        2f32.powi(-25),
+        3.0 * 2f32.powi(-26),
+        2f32.powi(-26),
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -(1.0 + 2f32.powi(-8)),
+        3.0e38,
+        f32::MAX,
+        1e-40,
+        f32::MIN_POSITIVE,
     ];
     init.extend((0..500).map(|_| f32::from_bits(rng.next_u64() as u32 & 0x7FFF_FFFF | (rng.below(2) as u32) << 31)));
     init.retain(|x| x.is_finite());
     init.extend((0..500).map(|_| rng.value(24, -30, 20) as f32));
     let n = init.len();
-    let tensors = vec![TensorSpec { init: init[..7].to_vec(), no_wd: false }, TensorSpec { init: init[7..].to_vec(), no_wd: true }];
+    let tensors = vec![
+        TensorSpec { init: init[..7].to_vec(), no_wd: false },
+        TensorSpec { init: init[7..].to_vec(), no_wd: true },
+    ];
     for precision in [GACC_PRECISION_FP16, GACC_PRECISION_BF16] {
         let mut c = config(GACC_OPTIMIZER_SGD);
         c.precision = precision;
@@ -951,7 +994,11 @@ fn bit_identical_on_1_and_2_threads_and_run_to_run() {
     let again = deterministic_run(None);
     assert!(one.1.iter().all(|i| i.applied == 1 && i.clip_coef < 1.0), "the run should clip: {:?}", one.1);
     for (name, other) in [("2 threads", &two), ("3 threads", &three), ("global pool, second run", &again)] {
-        assert_eq!(one.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(), other.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(), "{name}: grad_norm");
+        assert_eq!(
+            one.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(),
+            other.1.iter().map(|i| i.grad_norm.to_bits()).collect::<Vec<_>>(),
+            "{name}: grad_norm"
+        );
         assert!(one.0 == other.0, "{name}: parameters differ from the 1-thread run");
     }
 }

@@ -25,10 +25,7 @@ fn specs(sizes: &[usize], rng: &mut Rng) -> Vec<TensorSpec> {
     sizes
         .iter()
         .enumerate()
-        .map(|(i, &n)| TensorSpec {
-            init: (0..n).map(|_| rng.value(24, -3, 1) as f32).collect(),
-            no_wd: i % 3 == 1,
-        })
+        .map(|(i, &n)| TensorSpec { init: (0..n).map(|_| rng.value(24, -3, 1) as f32).collect(), no_wd: i % 3 == 1 })
         .collect()
 }
 

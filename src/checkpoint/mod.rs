@@ -192,12 +192,13 @@ fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Config> {
 }
 
 fn layout_from_metadata(meta: &BTreeMap<String, String>) -> Result<Layout> {
-    let value: Value =
-        serde_json::from_str(field(meta, "layout")?).map_err(|e| corrupt(format!("metadata \"layout\" is not JSON: {e}")))?;
+    let value: Value = serde_json::from_str(field(meta, "layout")?)
+        .map_err(|e| corrupt(format!("metadata \"layout\" is not JSON: {e}")))?;
     let entries = value.as_array().ok_or_else(|| corrupt("metadata \"layout\" is not a list"))?;
     let mut specs = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let numel = e.get("numel").and_then(Value::as_u64).ok_or_else(|| corrupt(format!("layout[{i}] has no numel")))?;
+        let numel =
+            e.get("numel").and_then(Value::as_u64).ok_or_else(|| corrupt(format!("layout[{i}] has no numel")))?;
         let no_decay = e
             .get("no_weight_decay")
             .and_then(Value::as_bool)
@@ -381,8 +382,7 @@ fn check_compatible(engine: &Engine, snap: &EngineSnapshot) -> Result<()> {
             snap.config.scaler.policy, cfg.scaler.policy
         )));
     }
-    if !same_kind || !same_buffers || cfg.precision != snap.config.precision || cfg.reduction != snap.config.reduction
-    {
+    if !same_kind || !same_buffers || cfg.precision != snap.config.precision || cfg.reduction != snap.config.reduction {
         return Err(corrupt(format!(
             "checkpoint configuration ({:?}, {:?}, {:?}, {:?}) does not match the engine's ({:?}, {:?}, {:?}, {:?})",
             snap.config.optimizer,

@@ -115,12 +115,16 @@ pub fn read_header(input: &mut impl Read, file_len: u64) -> Result<Header> {
         if dtype != Some("F32") {
             return Err(corrupt(format!("tensor {name:?}: dtype {dtype:?} is not F32")));
         }
-        let shape = entry.get("shape").and_then(Value::as_array).map(|s| s.iter().map(Value::as_u64).collect::<Vec<_>>());
+        let shape =
+            entry.get("shape").and_then(Value::as_array).map(|s| s.iter().map(Value::as_u64).collect::<Vec<_>>());
         let numel = match shape.as_deref() {
             Some([Some(n)]) => *n,
             _ => return Err(corrupt(format!("tensor {name:?}: shape is not [n]"))),
         };
-        let offsets = entry.get("data_offsets").and_then(Value::as_array).map(|s| s.iter().map(Value::as_u64).collect::<Vec<_>>());
+        let offsets = entry
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().map(Value::as_u64).collect::<Vec<_>>());
         let (begin, end) = match offsets.as_deref() {
             Some([Some(b), Some(e)]) => (*b, *e),
             _ => return Err(corrupt(format!("tensor {name:?}: data_offsets is not [begin, end]"))),
@@ -156,9 +160,7 @@ pub fn read_f32(input: &mut impl Read, numel: usize, what: &str) -> Result<Vec<f
     let mut filled = 0;
     while filled < numel {
         let n = (numel - filled).min(buf.len() / 4);
-        input
-            .read_exact(&mut buf[..n * 4])
-            .map_err(|_| corrupt(format!("file ends inside tensor {what}")))?;
+        input.read_exact(&mut buf[..n * 4]).map_err(|_| corrupt(format!("file ends inside tensor {what}")))?;
         for (dst, src) in out[filled..filled + n].iter_mut().zip(buf.chunks_exact(4)) {
             *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
         }

@@ -42,7 +42,14 @@ pub trait DeviceCollective: Send {
     /// # Safety
     /// `send` and `recv` are device allocations of at least `count` elements on the
     /// device the communicator was created for; `stream` is a live CUstream.
-    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, stream: *mut std::ffi::c_void) -> Result<()>;
+    unsafe fn allreduce(
+        &mut self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        f64: bool,
+        stream: *mut std::ffi::c_void,
+    ) -> Result<()>;
     fn describe(&self) -> String;
 }
 

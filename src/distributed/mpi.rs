@@ -14,7 +14,14 @@ struct MpiCtx {
 extern "C" {
     fn gacc_mpi_open(comm_ptr: *const c_void, out: *mut *mut MpiCtx, msg: *mut c_char, cap: c_int) -> c_int;
     fn gacc_mpi_rank_size(ctx: *const MpiCtx, rank: *mut c_int, size: *mut c_int);
-    fn gacc_mpi_allreduce(ctx: *mut MpiCtx, buf: *mut c_void, count: usize, is_f64: c_int, msg: *mut c_char, cap: c_int) -> c_int;
+    fn gacc_mpi_allreduce(
+        ctx: *mut MpiCtx,
+        buf: *mut c_void,
+        count: usize,
+        is_f64: c_int,
+        msg: *mut c_char,
+        cap: c_int,
+    ) -> c_int;
     fn gacc_mpi_close(ctx: *mut MpiCtx);
 }
 
@@ -54,7 +61,9 @@ impl MpiCollective {
     fn allreduce(&mut self, buf: *mut c_void, count: usize, is_f64: bool) -> Result<()> {
         let mut msg = [0 as c_char; 256];
         // SAFETY: buf holds count elements of the named type; ctx is live.
-        let rc = unsafe { gacc_mpi_allreduce(self.ctx, buf, count, c_int::from(is_f64), msg.as_mut_ptr(), msg.len() as c_int) };
+        let rc = unsafe {
+            gacc_mpi_allreduce(self.ctx, buf, count, c_int::from(is_f64), msg.as_mut_ptr(), msg.len() as c_int)
+        };
         if rc != 0 {
             return Err(comm_error("MPI_Allreduce", &msg));
         }

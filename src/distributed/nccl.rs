@@ -283,10 +283,23 @@ impl DeviceCollective for NcclComm {
     unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, stream: *mut c_void) -> Result<()> {
         self.check_async()?;
         let dtype = if f64 { NCCL_FLOAT64 } else { NCCL_FLOAT32 };
-        let r = (self.api.all_reduce)(send as *const c_void, recv as *mut c_void, count, dtype, NCCL_SUM, self.comm, stream);
+        let r = (self.api.all_reduce)(
+            send as *const c_void,
+            recv as *mut c_void,
+            count,
+            dtype,
+            NCCL_SUM,
+            self.comm,
+            stream,
+        );
         if r != NCCL_SUCCESS {
             return Err(comm_error(
-                &format!("ncclAllReduce of {count} {} (rank {} of {})", if f64 { "doubles" } else { "floats" }, self.rank, self.size),
+                &format!(
+                    "ncclAllReduce of {count} {} (rank {} of {})",
+                    if f64 { "doubles" } else { "floats" },
+                    self.rank,
+                    self.size
+                ),
                 self.api.error_text(r, self.comm),
             ));
         }

@@ -106,9 +106,7 @@ pub enum Optimizer {
 impl Optimizer {
     pub fn weight_decay(&self) -> f32 {
         match *self {
-            Optimizer::Sgd { weight_decay, .. } | Optimizer::AdamW { weight_decay, .. } => {
-                weight_decay
-            }
+            Optimizer::Sgd { weight_decay, .. } | Optimizer::AdamW { weight_decay, .. } => weight_decay,
         }
     }
     /// Number of fp32 state buffers the optimizer keeps per parameter.
@@ -308,10 +306,7 @@ impl Config {
         }
         let max_grad_norm = (raw.max_grad_norm > 0.0).then_some(raw.max_grad_norm);
         if !(raw.init_scale.is_finite() && raw.init_scale > 0.0) {
-            return Err(Error::invalid_argument(format!(
-                "init_scale must be finite and > 0 (got {})",
-                raw.init_scale
-            )));
+            return Err(Error::invalid_argument(format!("init_scale must be finite and > 0 (got {})", raw.init_scale)));
         }
         if !(raw.growth_factor.is_finite() && raw.growth_factor > 1.0) {
             return Err(Error::invalid_argument(format!(
@@ -493,10 +488,7 @@ mod tests {
     #[test]
     fn defaults_validate_to_pytorch_defaults() {
         let cfg = Config::validate(&default_raw_config()).unwrap();
-        assert_eq!(
-            cfg.optimizer,
-            Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
-        );
+        assert_eq!(cfg.optimizer, Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 });
         assert_eq!(cfg.lr, 1e-3);
         assert_eq!(cfg.max_grad_norm, None);
         assert_eq!(cfg.scaler.init_scale, 65536.0);

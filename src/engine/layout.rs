@@ -49,14 +49,11 @@ impl Layout {
             if numel == 0 {
                 return Err(Error::invalid_argument(format!("tensors[{index}].numel must be > 0")));
             }
-            let end = offset
-                .checked_add(numel)
-                .filter(|&end| end <= MAX_TOTAL_NUMEL)
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!(
-                        "tensors[{index}].numel: the total element count exceeds {MAX_TOTAL_NUMEL}"
-                    ))
-                })?;
+            let end = offset.checked_add(numel).filter(|&end| end <= MAX_TOTAL_NUMEL).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "tensors[{index}].numel: the total element count exceeds {MAX_TOTAL_NUMEL}"
+                ))
+            })?;
             tensors.push(TensorInfo { name, offset, numel, decay });
             offset = end;
         }
@@ -82,13 +79,8 @@ mod tests {
 
     #[test]
     fn offsets_and_runs() {
-        let l = Layout::new(vec![
-            (None, 3, true),
-            (Some("b".into()), 2, false),
-            (None, 4, false),
-            (None, 1, true),
-        ])
-        .unwrap();
+        let l = Layout::new(vec![(None, 3, true), (Some("b".into()), 2, false), (None, 4, false), (None, 1, true)])
+            .unwrap();
         assert_eq!(l.numel, 10);
         assert_eq!(l.tensors.iter().map(|t| t.offset).collect::<Vec<_>>(), vec![0, 3, 5, 9]);
         assert_eq!(

@@ -12,8 +12,8 @@ pub mod math;
 use std::os::raw::c_void;
 
 use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest, TensorGrad};
+use crate::distributed::{Collective, CommStats, DeviceCollective};
 use crate::ffi::types::gacc_step_info;
-use crate::distributed::{CommStats, Collective, DeviceCollective};
 use crate::status::{Error, Result};
 use config::{Config, Dtype, Reduction};
 use layout::Layout;
@@ -145,10 +145,7 @@ impl Engine {
     pub unsafe fn microbatch_tensors(&mut self, grads: &[Option<GradInput>], weight: f64) -> Result<()> {
         let n = self.layout.tensors.len();
         if grads.len() != n {
-            return Err(Error::invalid_argument(format!(
-                "n_grads is {} but the engine has {n} tensors",
-                grads.len()
-            )));
+            return Err(Error::invalid_argument(format!("n_grads is {} but the engine has {n} tensors", grads.len())));
         }
         let mut listed = Vec::with_capacity(n);
         for (index, (g, t)) in grads.iter().zip(&self.layout.tensors).enumerate() {
@@ -415,9 +412,7 @@ impl Engine {
             )));
         };
         let offset = info.offset;
-        self.backend
-            .param_ptr(offset, which)
-            .ok_or_else(|| Error::internal("the backend has no such parameter buffer"))
+        self.backend.param_ptr(offset, which).ok_or_else(|| Error::internal("the backend has no such parameter buffer"))
     }
 
     pub fn loss_scale(&mut self) -> Result<f32> {

@@ -27,11 +27,7 @@ pub fn set_last_error(message: &str) {
 /// Pointer to this thread's last error message ("" if none). Valid until the next
 /// call that fails on this thread.
 pub fn last_error_ptr() -> *const c_char {
-    LAST_ERROR
-        .try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).ok())
-        .ok()
-        .flatten()
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|slot| slot.try_borrow().map(|s| s.as_ptr()).ok()).ok().flatten().unwrap_or(c"".as_ptr())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -87,9 +83,7 @@ pub fn require<T>(ptr: *const T, argument: &str) -> Result<()> {
 /// (building a Rust slice from it would be undefined behaviour).
 pub fn require_aligned<T>(ptr: *const T, align: usize, argument: &str) -> Result<()> {
     if (ptr as usize) % align != 0 {
-        Err(Error::invalid_argument(format!(
-            "{argument} ({ptr:p}) is not aligned to {align} bytes"
-        )))
+        Err(Error::invalid_argument(format!("{argument} ({ptr:p}) is not aligned to {align} bytes")))
     } else {
         Ok(())
     }

@@ -373,7 +373,12 @@ pub unsafe extern "C" fn gacc_params_write(e: *mut gacc_engine, host_in: *const 
 /// step and by gacc_params_write. Writing the master directly does not refresh the
 /// working copy (use gacc_params_write for that).
 #[no_mangle]
-pub unsafe extern "C" fn gacc_params_ptr(e: *mut gacc_engine, tensor: usize, dtype: u32, out: *mut *mut c_void) -> gacc_status {
+pub unsafe extern "C" fn gacc_params_ptr(
+    e: *mut gacc_engine,
+    tensor: usize,
+    dtype: u32,
+    out: *mut *mut c_void,
+) -> gacc_status {
     guard("gacc_params_ptr", || {
         require(out, "out")?;
         let dtype = Dtype::from_raw(dtype, "dtype")?;
@@ -542,7 +547,8 @@ pub unsafe extern "C" fn gacc_set_allreduce(
                 "rank {rank} and world_size {world_size}: need 0 <= rank < world_size"
             )));
         }
-        let comm = crate::distributed::callback::CallbackCollective::new(function, user_data, rank as u32, world_size as u32);
+        let comm =
+            crate::distributed::callback::CallbackCollective::new(function, user_data, rank as u32, world_size as u32);
         registry::with_engine(e, |eng| eng.set_collective(Box::new(comm)))
     })
 }

@@ -182,9 +182,8 @@ pub fn random_grad(rng: &mut Rng, dtype: u32, n: usize, emin: i32, emax: i32, sc
         GACC_DTYPE_F16 => 11,
         _ => 8,
     };
-    let xs: Vec<f64> = (0..n)
-        .map(|_| if rng.chance(0.03) { 0.0 } else { rng.value(bits, emin, emax) * scale as f64 })
-        .collect();
+    let xs: Vec<f64> =
+        (0..n).map(|_| if rng.chance(0.03) { 0.0 } else { rng.value(bits, emin, emax) * scale as f64 }).collect();
     Grad::encode(dtype, &xs)
 }
 
@@ -615,7 +614,7 @@ impl Model {
                         p = p.mul(decay_mult); // param.mul_(1 - lr * weight_decay)
                     }
                     let m = lerp(self.s1[i], g[i], w1); // exp_avg.lerp_(grad, 1 - beta1)
-                    // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                                                        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     let v = self.s2[i].mul(R::exact(b2)).add(one_minus_b2.mul(g[i]).mul(g[i]));
                     // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                     let denom = v.sqrt().div(bc2_sqrt).add(R::exact(eps));
@@ -671,12 +670,30 @@ pub fn assert_info_matches(ctx: &str, got: &gacc_step_info, want: &RefInfo) {
     assert_eq!(got.step, want.step, "{ctx}: step");
     assert_eq!(got.microbatches, want.microbatches, "{ctx}: microbatches");
     assert_eq!(got.total_weight, want.total, "{ctx}: total_weight");
-    assert_eq!(got.loss_scale.to_bits(), want.scale.to_bits(), "{ctx}: loss_scale {} vs {}", got.loss_scale, want.scale);
+    assert_eq!(
+        got.loss_scale.to_bits(),
+        want.scale.to_bits(),
+        "{ctx}: loss_scale {} vs {}",
+        got.loss_scale,
+        want.scale
+    );
     if want.applied {
         let dn = (got.grad_norm as f64 - want.norm.v).abs();
-        assert!(dn <= want.norm.tol(), "{ctx}: grad_norm {} vs {} (tol {:e})", got.grad_norm, want.norm.v, want.norm.tol());
+        assert!(
+            dn <= want.norm.tol(),
+            "{ctx}: grad_norm {} vs {} (tol {:e})",
+            got.grad_norm,
+            want.norm.v,
+            want.norm.tol()
+        );
         let dc = (got.clip_coef as f64 - want.coef.v).abs();
-        assert!(dc <= want.coef.tol(), "{ctx}: clip_coef {} vs {} (tol {:e})", got.clip_coef, want.coef.v, want.coef.tol());
+        assert!(
+            dc <= want.coef.tol(),
+            "{ctx}: clip_coef {} vs {} (tol {:e})",
+            got.clip_coef,
+            want.coef.v,
+            want.coef.tol()
+        );
         if want.coef.v == 1.0 && want.coef.e == 0.0 {
             assert_eq!(got.clip_coef, 1.0, "{ctx}: clip_coef must be exactly 1 when not clipped");
         }
@@ -692,10 +709,7 @@ pub fn random_tensors(rng: &mut Rng, max_tensors: u64, sizes: &[usize]) -> Vec<T
     (0..k)
         .map(|_| {
             let n = rng.pick(sizes);
-            TensorSpec {
-                init: (0..n).map(|_| rng.value(24, -4, 1) as f32).collect(),
-                no_wd: rng.chance(0.3),
-            }
+            TensorSpec { init: (0..n).map(|_| rng.value(24, -4, 1) as f32).collect(), no_wd: rng.chance(0.3) }
         })
         .collect()
 }

@@ -61,8 +61,8 @@ pub fn references(test: &str, n: usize, max_steps: usize) -> Option<References> 
         return None;
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/loss_scale_reference.py");
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("loss_scale_{}_{}.json", std::process::id(), test));
+    let out =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("loss_scale_{}_{}.json", std::process::id(), test));
     let mut cmd = Command::new("python3");
     cmd.arg(&script).arg(&py).arg(&out).arg(n.to_string()).arg(max_steps.to_string());
     let run = cmd.output();

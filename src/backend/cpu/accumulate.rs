@@ -158,7 +158,5 @@ pub fn nonfinite_bf16(g: &[u16]) -> bool {
 }
 
 fn any<G: Sync>(items: &[WorkItem], grad: &[G], bad: impl Fn(&[G]) -> bool + Sync + Send) -> bool {
-    super::parallel::map_items(items, grad.len(), |item| bad(&grad[item.start..item.end]))
-    .into_iter()
-    .any(|b| b)
+    super::parallel::map_items(items, grad.len(), |item| bad(&grad[item.start..item.end])).into_iter().any(|b| b)
 }

@@ -52,8 +52,8 @@ pub struct CpuBackend {
     reduce_scratch: Vec<f32>,
 }
 
-pub(crate) use crate::alloc::try_zeroed;
 use crate::alloc::try_copy;
+pub(crate) use crate::alloc::try_zeroed;
 
 impl CpuBackend {
     pub fn new(init: BackendInit<'_>) -> Result<CpuBackend> {

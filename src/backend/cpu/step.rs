@@ -332,8 +332,20 @@ mod tests {
         let updates = [
             Update::AdamW(AdamScalars::new(1e-3, 0.9, 0.999, 1e-8, 0.01, 3)),
             Update::AdamW(AdamScalars::new(1e-2, 0.3, 0.99, 1e-6, 0.1, 1)),
-            Update::SgdMomentum(SgdScalars { neg_lr: -0.1, weight_decay: 0.01, momentum: 0.9, nesterov: true, first: false }),
-            Update::SgdMomentum(SgdScalars { neg_lr: -0.1, weight_decay: 0.0, momentum: 0.5, nesterov: false, first: true }),
+            Update::SgdMomentum(SgdScalars {
+                neg_lr: -0.1,
+                weight_decay: 0.01,
+                momentum: 0.9,
+                nesterov: true,
+                first: false,
+            }),
+            Update::SgdMomentum(SgdScalars {
+                neg_lr: -0.1,
+                weight_decay: 0.0,
+                momentum: 0.5,
+                nesterov: false,
+                first: true,
+            }),
             Update::Sgd(SgdScalars { neg_lr: -0.05, weight_decay: 0.1, momentum: 0.0, nesterov: false, first: false }),
         ];
         for update in updates {

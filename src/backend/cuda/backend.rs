@@ -336,10 +336,27 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         if self.drop_mode {
             // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
-            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, self.state, self.seq, self.grids.check_finite)?;
+            launch::check_finite(
+                &mut self.rt,
+                src,
+                grad.dtype,
+                grad.numel,
+                self.state,
+                self.seq,
+                self.grids.check_finite,
+            )?;
             opts.seq = self.seq;
         }
-        launch::accumulate(&mut self.rt, self.acc, src, grad.dtype, grad.numel, mul, self.grids.accumulate(grad.dtype), &opts)
+        launch::accumulate(
+            &mut self.rt,
+            self.acc,
+            src,
+            grad.dtype,
+            grad.numel,
+            mul,
+            self.grids.accumulate(grad.dtype),
+            &opts,
+        )
     }
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
@@ -420,7 +437,15 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         self.seq = 0;
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
-            launch::norm_partials(&mut self.rt, self.acc, self.comp, self.n, self.state, self.partials, self.norm_grid)?;
+            launch::norm_partials(
+                &mut self.rt,
+                self.acc,
+                self.comp,
+                self.n,
+                self.state,
+                self.partials,
+                self.norm_grid,
+            )?;
             launch::finalize(&mut self.rt, self.state, self.partials, self.norm_grid, &self.hyper)?;
             launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)
         }

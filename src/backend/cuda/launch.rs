@@ -256,13 +256,7 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
     microbatches: u32,
 ) -> Result<()> {
     require(totals % 8 == 0 && totals != 0 && state != 0, "dp_pack_totals: pointers set")?;
-    rt.launch(
-        "gacc_dp_pack_totals",
-        1,
-        1,
-        0,
-        &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(f64::from(microbatches))],
-    )
+    rt.launch("gacc_dp_pack_totals", 1, 1, 0, &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(f64::from(microbatches))])
 }
 
 /// Data parallelism (dp.cu): state->window_total (and, in drop mode, window_dropped)
@@ -270,7 +264,12 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
 ///
 /// # Safety
 /// As [`dp_pack_totals`].
-pub unsafe fn dp_unpack_totals<R: Runtime + ?Sized>(rt: &mut R, totals: DevPtr, state: DevPtr, drop_mode: bool) -> Result<()> {
+pub unsafe fn dp_unpack_totals<R: Runtime + ?Sized>(
+    rt: &mut R,
+    totals: DevPtr,
+    state: DevPtr,
+    drop_mode: bool,
+) -> Result<()> {
     require(totals % 8 == 0 && totals != 0 && state != 0, "dp_unpack_totals: pointers set")?;
     rt.launch("gacc_dp_unpack_totals", 1, 1, 0, &[Arg::Ptr(totals), Arg::Ptr(state), Arg::U32(u32::from(drop_mode))])
 }
@@ -279,7 +278,14 @@ pub unsafe fn dp_unpack_totals<R: Runtime + ?Sized>(rt: &mut R, totals: DevPtr, 
 ///
 /// # Safety
 /// `dst`, `acc` and `comp` hold `n` f32, device memory.
-pub unsafe fn dp_fold<R: Runtime + ?Sized>(rt: &mut R, dst: DevPtr, acc: DevPtr, comp: DevPtr, n: usize, grid: u32) -> Result<()> {
+pub unsafe fn dp_fold<R: Runtime + ?Sized>(
+    rt: &mut R,
+    dst: DevPtr,
+    acc: DevPtr,
+    comp: DevPtr,
+    n: usize,
+    grid: u32,
+) -> Result<()> {
     require(n > 0 && dst != 0 && acc != 0 && comp != 0, "dp_fold: n > 0, pointers set")?;
     rt.launch("gacc_dp_fold", grid, BLOCK, 0, &[Arg::Ptr(dst), Arg::Ptr(acc), Arg::Ptr(comp), Arg::U64(n as u64)])
 }

@@ -74,7 +74,11 @@ pub fn candidates(explicit: Option<String>, driver_major: Option<u32>) -> Vec<St
 
 /// Whether code from NVRTC `nvrtc_major` loads on a driver of CUDA `driver_major`:
 /// not when NVRTC is newer (the driver refuses its cubin and its PTX).
-pub fn check_driver_compatible(nvrtc: (i32, i32), driver_major: Option<u32>, path: &str) -> std::result::Result<(), String> {
+pub fn check_driver_compatible(
+    nvrtc: (i32, i32),
+    driver_major: Option<u32>,
+    path: &str,
+) -> std::result::Result<(), String> {
     match driver_major {
         Some(d) if i64::from(nvrtc.0) > i64::from(d) => Err(format!(
             "{path} is NVRTC {}.{}, newer than the CUDA {d}.x driver, which cannot load what it compiles; \
@@ -148,7 +152,8 @@ fn supported_archs(lib: &libloading::Library) -> Vec<u32> {
     type List = unsafe extern "C" fn(*mut c_int) -> NvrtcResult;
     // SAFETY: NVRTC's documented signatures; the list has the size NVRTC reported.
     unsafe {
-        let (Ok(num), Ok(list)) = (lib.get::<Num>(b"nvrtcGetNumSupportedArchs\0"), lib.get::<List>(b"nvrtcGetSupportedArchs\0"))
+        let (Ok(num), Ok(list)) =
+            (lib.get::<Num>(b"nvrtcGetNumSupportedArchs\0"), lib.get::<List>(b"nvrtcGetSupportedArchs\0"))
         else {
             return Vec::new();
         };
