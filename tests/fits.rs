@@ -1,5 +1,5 @@
 //! gacc_create checks that an engine fits the machine before it allocates anything
-//! (c-api.md), as GACC_ERR_INVALID_ARGUMENT naming numel. `backend::check_fits` is
+//! (docs/c-api.md), as GACC_ERR_INVALID_ARGUMENT naming numel. `backend::check_fits` is
 //! the check; it is pure, so sizes far beyond this machine can be tried without
 //! allocating. (tests/c/test_bad_input.c checks the same through the C ABI.)
 

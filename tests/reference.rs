@@ -1,4 +1,4 @@
-//! gacc through its C ABI against an independent f64 model of c-api.md and PyTorch
+//! gacc through its C ABI against an independent f64 model of docs/c-api.md and PyTorch
 //! (tests/common/mod.rs; the tolerance is derived there: a first-order fp32 rounding
 //! bound carried through PyTorch's formulas, times 4).
 //!

@@ -1,4 +1,4 @@
-//! Gradients where the host has them (c-api.md, v0.2) on the CPU backend, through the
+//! Gradients where the host has them (docs/c-api.md, v0.2) on the CPU backend, through the
 //! C ABI: gacc_microbatch_tensors against gacc_microbatch on the concatenation (bit for
 //! bit: mixed dtypes, NULL entries, odd sizes, many small tensors, Kahan, SUM), its
 //! rejections (atomic, naming the tensor index), drop mode with the poison in the last

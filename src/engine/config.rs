@@ -1,7 +1,7 @@
 //! The validated, Rust-typed engine configuration.
 //!
 //! `Config::validate` turns the raw C struct into typed values, checking every rule of
-//! c-api.md and naming the offending field in the error message.
+//! docs/c-api.md and naming the offending field in the error message.
 
 use crate::ffi::types::*;
 use crate::status::{Error, Result};
@@ -174,7 +174,7 @@ pub struct Config {
     pub numerics: Numerics,
 }
 
-/// The defaults of c-api.md (PyTorch's AdamW and GradScaler defaults).
+/// The defaults of docs/c-api.md (PyTorch's AdamW and GradScaler defaults).
 pub fn default_raw_config() -> gacc_config {
     gacc_config {
         struct_size: std::mem::size_of::<gacc_config>() as u32,

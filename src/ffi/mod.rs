@@ -112,7 +112,7 @@ pub unsafe extern "C" fn gacc_config_init_sized(cfg: *mut gacc_config, size: usi
 
 /// Reads the caller's tensor descriptors into (name, numel, decay) and initial values.
 /// Everything is validated, including that the engine fits the machine, before the
-/// initial values are copied (c-api.md: gacc_create validates before allocating).
+/// initial values are copied (docs/c-api.md: gacc_create validates before allocating).
 unsafe fn read_tensors(
     config: &Config,
     tensors: *const gacc_tensor_desc,

@@ -1,4 +1,4 @@
-//! Gradients where the host has them (c-api.md, v0.2 additions): one micro-batch
+//! Gradients where the host has them (docs/c-api.md, v0.2 additions): one micro-batch
 //! given tensor by tensor (`gacc_microbatch_tensors`), and in-place accumulation
 //! into the engine's own fp32 accumulator (`gacc_accumulator_ptr`,
 //! `gacc_microbatch_inplace`). Same shape as every export: guard, NULL and alignment

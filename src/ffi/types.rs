@@ -1,4 +1,4 @@
-//! The `#[repr(C)]` structs and constants of the C API, exactly as c-api.md names them.
+//! The `#[repr(C)]` structs and constants of the C API, exactly as docs/c-api.md names them.
 
 use std::os::raw::c_char;
 

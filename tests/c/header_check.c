@@ -2,7 +2,7 @@
  * header_check.c: include/gacc.h on its own, compiled as C99, C11 and C++17 with
  * -Wall -Wextra -Wpedantic -Werror (make header-check), linked against the library and
  * run. Every function of the header is named here with the exact signature of
- * c-api.md (plus the additions), so a changed signature fails to compile and a missing
+ * docs/c-api.md (plus the additions), so a changed signature fails to compile and a missing
  * symbol fails to link; `make header-check` also fails when the header gains a
  * function this file does not name. Every constant and struct field is used too.
  */
@@ -99,7 +99,7 @@ int main(void) {
         (const void *)&p_microbatch_inplace,
     };
 
-    /* constants of c-api.md, with their values */
+    /* constants of docs/c-api.md, with their values */
     const int consts_ok = GACC_DEVICE_AUTO == -2 && GACC_DEVICE_CPU == -1 && GACC_DTYPE_F32 == 0 &&
                           GACC_DTYPE_F16 == 1 && GACC_DTYPE_BF16 == 2 && GACC_OPTIMIZER_SGD == 0 &&
                           GACC_OPTIMIZER_ADAMW == 1 && GACC_PRECISION_FP32 == 0 && GACC_PRECISION_FP16 == 1 &&
@@ -116,7 +116,7 @@ int main(void) {
                           GACC_CHECKPOINT_FORMAT_VERSION == 1 &&
                           sizeof(gacc_nccl_id) == 128;
 
-    /* every struct field, by its c-api.md name */
+    /* every struct field, by its docs/c-api.md name */
     gacc_config cfg;
     gacc_tensor_desc desc;
     gacc_step_info info;

@@ -4,7 +4,7 @@
  *
  * Engine E and its twin T (AdamW, FP16 precision, the C MLP's 4 tensors) each receive
  * the same two good micro-batches. E then receives every kind of bad call in
- * c-api.md: NULL engine / grad / out arguments, a destroyed handle (also after new
+ * docs/c-api.md: NULL engine / grad / out arguments, a destroyed handle (also after new
  * engines were created), garbage handle pointers, an unknown dtype, a wrong numel,
  * NaN / negative / infinite / too large weights, a misaligned gradient, bad tensor
  * indices and dtypes for gacc_params_ptr, bad learning rates, bad buffers for

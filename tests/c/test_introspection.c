@@ -5,7 +5,7 @@
  * (round trip, optimizer state kept), gacc_params_ptr(F32) is the master itself,
  * gacc_get_lr / gacc_set_lr (the next step uses the new rate, exactly: SGD lr * g),
  * gacc_loss_scale and gacc_loss_scale_ptr on a CPU engine (host memory, 1 for FP32),
- * gacc_zero (drops the window), gacc_config_init defaults (c-api.md).
+ * gacc_zero (drops the window), gacc_config_init defaults (docs/c-api.md).
  */
 #include "check.h"
 

@@ -1,5 +1,5 @@
 //! Shared helpers for the reference tests: a seeded generator, a thin safe wrapper
-//! over the C ABI, and an independent f64 model of the contract (c-api.md) written
+//! over the C ABI, and an independent f64 model of the contract (docs/c-api.md) written
 //! from PyTorch's formulas (torch.optim.SGD / AdamW single-tensor paths,
 //! torch.amp.GradScaler's _amp_update_scale_, torch.nn.utils.clip_grad_norm_).
 //!
@@ -499,7 +499,7 @@ impl Model {
         self.nmb = 0;
     }
 
-    /// c-api.md: MEAN: acc += weight * grad; SUM: acc += grad; total += weight.
+    /// docs/c-api.md: MEAN: acc += weight * grad; SUM: acc += grad; total += weight.
     pub fn microbatch(&mut self, g: &[f64], w: f64) {
         assert_eq!(g.len(), self.acc.len());
         let mean = self.cfg.grad_reduction == GACC_GRADS_MEAN;
