@@ -40,17 +40,6 @@
 
 
 /**
- * Resident blocks per multiprocessor assumed when the occupancy query fails (the
- * grid size only changes speed, so that is no reason to refuse an engine).
- */
-#define FALLBACK_BLOCKS_PER_SM 8
-
-/**
- * The shim's occupancy answer for kernels not in [`ShimRuntime::occupancy`].
- */
-#define SHIM_BLOCKS_PER_SM 8
-
-/**
  * Major version of the library (matches Cargo.toml; checked by a test).
  */
 #define GACC_VERSION_MAJOR 0

@@ -40,3 +40,26 @@ fn version_constants_match_cargo_toml() {
     let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/gacc.h")).unwrap();
     assert!(header.contains(&format!("#define GACC_VERSION \"{}\"", env!("CARGO_PKG_VERSION"))));
 }
+
+/// Every name the header defines is in gacc's namespace (gacc_ / GACC_): a `pub const`
+/// of the crate that is not part of the C API (cbindgen exports every one) must be
+/// listed in cbindgen.toml's [export] exclude, or it pollutes every C program's names.
+#[test]
+fn header_defines_only_gacc_names() {
+    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/gacc.h")).unwrap();
+    let mut foreign = Vec::new();
+    for line in header.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let name = match words.as_slice() {
+            ["#define", name, ..] => name.split('(').next().unwrap_or(name),
+            ["typedef", "struct", name, ..] | ["typedef", "enum", name, ..] => name,
+            ["}", name] => name.trim_end_matches(';'),
+            _ => continue,
+        };
+        let ours = name.starts_with("gacc_") || name.starts_with("GACC_") || name == "GACC_H";
+        if !ours && !name.is_empty() && name != "{" {
+            foreign.push(name.to_string());
+        }
+    }
+    assert!(foreign.is_empty(), "include/gacc.h defines names outside gacc_/GACC_: {foreign:?}");
+}
