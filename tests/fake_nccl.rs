@@ -11,6 +11,7 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
 use std::ffi::{c_void, CStr};
 use std::path::PathBuf;
