@@ -6,7 +6,7 @@
 #
 #   install          scripts/install.sh $(PREFIX)  (lib, header, gacc.hpp, pkg-config, CMake package)
 #   bindings-test    C++ tests + game-loop example (CMake/CTest), go vet + go test + Go example,
-#                    the Julia drift check with its self-test (and a syntax check if available)
+#                    the Julia ccall layer's freshness check with its self-test (and a syntax check if available)
 #   package-test     install into a temporary prefix; build C, C++ and Go consumers against
 #                    the installed files only (pkg-config and find_package(gacc))
 #
@@ -52,9 +52,9 @@ bindings-test-go: gacc-release
 	cd "$(GACC_ROOT)/bindings/go" && $(GACC_GO_ENV) $(GO) run ./example
 
 bindings-check-julia:
-	$(PYTHON) "$(GACC_ROOT)/scripts/check_julia_binding.py"
-	$(PYTHON) "$(GACC_ROOT)/scripts/check_julia_binding.py" --self-test
-	$(GACC_JULIA_SYNTAX_PY) "$(GACC_ROOT)/scripts/check_julia_binding.py" --syntax
+	$(PYTHON) "$(GACC_ROOT)/scripts/gen_julia_ccalls.py" --check
+	$(PYTHON) "$(GACC_ROOT)/scripts/gen_julia_ccalls.py" --self-test
+	$(GACC_JULIA_SYNTAX_PY) "$(GACC_ROOT)/scripts/gen_julia_ccalls.py" --syntax
 	@echo "NOTE: the Julia binding's own tests (bindings/julia/test/runtests.jl) were NOT executed: no Julia toolchain here."
 
 package-test: gacc-release

@@ -11,29 +11,8 @@ use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::{self, *};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-}
-
-struct Engine(*mut gacc_engine);
-impl Drop for Engine {
-    fn drop(&mut self) {
-        gacc_destroy(self.0);
-    }
-}
+mod support;
+use support::{last_error, Eng, Rng, TensorSpec};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gacc-ckpt-{tag}-{}", std::process::id()));
@@ -49,13 +28,7 @@ fn cpath(p: &Path) -> CString {
 const SIZES: [usize; 3] = [37, 5, 300];
 
 fn config(optimizer: u32, precision: u32) -> gacc_config {
-    let mut c = unsafe {
-        let mut c = std::mem::zeroed();
-        gacc_config_init(&mut c);
-        c
-    };
-    c.device = GACC_DEVICE_CPU;
-    c.optimizer = optimizer;
+    let mut c = support::config(optimizer);
     c.precision = precision;
     c.momentum = 0.9;
     c.lr = 0.01;
@@ -64,41 +37,33 @@ fn config(optimizer: u32, precision: u32) -> gacc_config {
     c
 }
 
-fn create(cfg: &gacc_config, init: &[f32]) -> Engine {
-    let mut descs = Vec::new();
+fn create(cfg: &gacc_config, init: &[f32]) -> Eng {
+    let mut specs = Vec::new();
     let mut offset = 0;
     for (i, &n) in SIZES.iter().enumerate() {
-        descs.push(gacc_tensor_desc {
-            name: std::ptr::null(),
-            numel: n,
-            init: init[offset..].as_ptr(),
-            no_weight_decay: u32::from(i == 1),
-        });
+        specs.push(TensorSpec { init: init[offset..offset + n].to_vec(), no_wd: i == 1 });
         offset += n;
     }
-    let mut e = std::ptr::null_mut();
-    let st = unsafe { gacc_create(cfg, descs.as_ptr(), descs.len(), &mut e) };
-    assert_eq!(st, GACC_OK);
-    Engine(e)
+    Eng::new(cfg, &specs)
 }
 
 fn numel() -> usize {
     SIZES.iter().sum()
 }
 
-fn micro(e: &Engine, g: &[f32], w: f64) {
-    assert_eq!(unsafe { gacc_microbatch(e.0, g.as_ptr().cast(), GACC_DTYPE_F32, g.len(), w) }, GACC_OK);
+fn micro(e: &Eng, g: &[f32], w: f64) {
+    assert_eq!(unsafe { gacc_microbatch(e.h, g.as_ptr().cast(), GACC_DTYPE_F32, g.len(), w) }, GACC_OK);
 }
 
-fn step(e: &Engine) -> gacc_step_info {
+fn step(e: &Eng) -> gacc_step_info {
     let mut info = gacc_step_info::default();
-    assert_eq!(unsafe { gacc_step(e.0, &mut info) }, GACC_OK);
+    assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK);
     info
 }
 
-fn params(e: &Engine) -> Vec<f32> {
+fn params(e: &Eng) -> Vec<f32> {
     let mut out = vec![0f32; numel()];
-    assert_eq!(unsafe { gacc_params_read(e.0, out.as_mut_ptr(), out.len()) }, GACC_OK);
+    assert_eq!(unsafe { gacc_params_read(e.h, out.as_mut_ptr(), out.len()) }, GACC_OK);
     out
 }
 
@@ -108,7 +73,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Gradients for window w, micro-batch k: the same for every run with one seed.
 fn gradients(seed: u64, windows: usize, k: usize) -> Vec<Vec<(Vec<f32>, f64)>> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..windows)
         .map(|w| {
             (0..k)
@@ -117,19 +82,19 @@ fn gradients(seed: u64, windows: usize, k: usize) -> Vec<Vec<(Vec<f32>, f64)>> {
                     if w == 4 {
                         g[7] = f32::INFINITY; // one overflowing window: a skip inside the run
                     }
-                    (g, 1.0 + (rng.next() % 7) as f64)
+                    (g, 1.0 + (rng.next_u64() % 7) as f64)
                 })
                 .collect()
         })
         .collect()
 }
 
-fn save(e: &Engine, p: &Path) -> gacc_status {
-    unsafe { gacc_save(e.0, cpath(p).as_ptr()) }
+fn save(e: &Eng, p: &Path) -> gacc_status {
+    unsafe { gacc_save(e.h, cpath(p).as_ptr()) }
 }
 
-fn load(e: &Engine, p: &Path) -> gacc_status {
-    unsafe { gacc_load(e.0, cpath(p).as_ptr()) }
+fn load(e: &Eng, p: &Path) -> gacc_status {
+    unsafe { gacc_load(e.h, cpath(p).as_ptr()) }
 }
 
 fn resume_is_exact(optimizer: u32, precision: u32, tag: &str) {
@@ -139,7 +104,7 @@ fn resume_is_exact(optimizer: u32, precision: u32, tag: &str) {
 fn resume_is_exact_with(cfg: gacc_config, poison: bool, tag: &str) {
     let dir = tmpdir(tag);
     let ckpt = dir.join("state.safetensors");
-    let init = Rng(5).vec(numel(), 1.0);
+    let init = Rng::new(5).vec(numel(), 1.0);
     let mut data = gradients(11, 10, 4);
     if poison {
         // Scattered non-finite micro-batches (window 6, saved mid-window, has one).
@@ -178,12 +143,12 @@ fn resume_is_exact_with(cfg: gacc_config, poison: bool, tag: &str) {
     assert_eq!(save(&b, &ckpt), GACC_OK);
     drop(b);
 
-    let resumed_load = create(&cfg, &Rng(99).vec(numel(), 1.0));
+    let resumed_load = create(&cfg, &Rng::new(99).vec(numel(), 1.0));
     assert_eq!(load(&resumed_load, &ckpt), GACC_OK);
     let mut raw = std::ptr::null_mut();
     let st = unsafe { gacc_create_from_checkpoint(cpath(&ckpt).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
     assert_eq!(st, GACC_OK);
-    let resumed_new = Engine(raw);
+    let resumed_new = Eng::from_raw(raw);
 
     for e in [&resumed_load, &resumed_new] {
         for (wi, window) in data.iter().enumerate().skip(stop_window) {
@@ -199,8 +164,8 @@ fn resume_is_exact_with(cfg: gacc_config, poison: bool, tag: &str) {
         assert_eq!(bits(&params(e)), bits(&reference), "{tag}: resumed run differs");
         let (mut s1, mut s2) = (0f32, 0f32);
         unsafe {
-            gacc_loss_scale(a.0, &mut s1);
-            gacc_loss_scale(e.0, &mut s2);
+            gacc_loss_scale(a.h, &mut s1);
+            gacc_loss_scale(e.h, &mut s2);
         }
         assert_eq!(s1, s2);
     }
@@ -243,9 +208,9 @@ fn a_checkpoint_from_before_the_policy_loads_as_gradscaler() {
     let mut raw = std::ptr::null_mut();
     let st = unsafe { gacc_create_from_checkpoint(cpath(&path).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
     assert_eq!(st, GACC_OK, "{}", last_error());
-    let e = Engine(raw);
+    let e = Eng::from_raw(raw);
     let mut s = 0f32;
-    assert_eq!(unsafe { gacc_loss_scale(e.0, &mut s) }, GACC_OK);
+    assert_eq!(unsafe { gacc_loss_scale(e.h, &mut s) }, GACC_OK);
     assert_eq!(s, 512.0);
     micro(&e, &[0.5, 1.0, -1.0, 2.0], 1.0);
     assert_eq!(step(&e).loss_scale, 1024.0, "GRADSCALER growth after 3 clean steps");
@@ -259,16 +224,12 @@ fn a_checkpoint_from_before_the_policy_loads_as_gradscaler() {
         cfg.loss_scale_policy = policy;
         let mut raw = std::ptr::null_mut();
         assert_eq!(unsafe { gacc_create(&cfg, &desc, 1, &mut raw) }, GACC_OK, "{}", last_error());
-        let e = Engine(raw);
+        let e = Eng::from_raw(raw);
         assert_eq!(load(&e, &path), want, "{}", last_error());
         if want != GACC_OK {
             assert!(last_error().contains("loss_scale_policy"), "{}", last_error());
         }
     }
-}
-
-fn last_error() -> String {
-    unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned()
 }
 
 /// Damaged files are rejected with GACC_ERR_CORRUPT and leave the engine untouched.
@@ -296,9 +257,9 @@ fn damaged_checkpoints_are_rejected_and_change_nothing() {
     let dir = tmpdir("damage");
     let good = dir.join("good.safetensors");
     let cfg = config(GACC_OPTIMIZER_ADAMW, GACC_PRECISION_FP32);
-    let init = Rng(1).vec(numel(), 1.0);
+    let init = Rng::new(1).vec(numel(), 1.0);
     let src = create(&cfg, &init);
-    let g = Rng(2).vec(numel(), 1.0);
+    let g = Rng::new(2).vec(numel(), 1.0);
     micro(&src, &g, 2.0);
     step(&src);
     micro(&src, &g, 3.0);
@@ -306,9 +267,9 @@ fn damaged_checkpoints_are_rejected_and_change_nothing() {
     let bytes = std::fs::read(&good).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
 
-    let victim = create(&cfg, &Rng(3).vec(numel(), 1.0));
+    let victim = create(&cfg, &Rng::new(3).vec(numel(), 1.0));
     micro(&victim, &g, 1.0);
-    let twin = create(&cfg, &Rng(3).vec(numel(), 1.0));
+    let twin = create(&cfg, &Rng::new(3).vec(numel(), 1.0));
     micro(&twin, &g, 1.0);
 
     let mut cases: Vec<(String, Vec<u8>)> = vec![
@@ -348,7 +309,7 @@ fn damaged_checkpoints_are_rejected_and_change_nothing() {
     let mut e2 = std::ptr::null_mut();
     let desc = gacc_tensor_desc { name: std::ptr::null(), numel: 10, init: std::ptr::null(), no_weight_decay: 0 };
     assert_eq!(unsafe { gacc_create(&other_cfg, &desc, 1, &mut e2) }, GACC_OK);
-    let other = Engine(e2);
+    let other = Eng::from_raw(e2);
     let other_path = dir.join("other.safetensors");
     assert_eq!(save(&other, &other_path), GACC_OK);
     assert_eq!(load(&victim, &other_path), GACC_ERR_CORRUPT);
@@ -420,8 +381,8 @@ fn crash_child_saving_loop() {
     let g = vec![1.0f32; numel()];
     for k in 0u64.. {
         let v = vec![k as f32; numel()];
-        unsafe { gacc_params_write(e.0, v.as_ptr(), v.len()) };
-        unsafe { gacc_zero(e.0) };
+        unsafe { gacc_params_write(e.h, v.as_ptr(), v.len()) };
+        unsafe { gacc_zero(e.h) };
         micro(&e, &g, k as f64 + 1.0);
         assert_eq!(save(&e, Path::new(&path)), GACC_OK);
     }
@@ -432,7 +393,7 @@ fn sigkill_during_save_never_leaves_a_mixed_checkpoint() {
     let dir = tmpdir("crash");
     let path = dir.join("ckpt.safetensors");
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let mut seen_states = std::collections::BTreeSet::new();
     let kills = 40;
     for round in 0..kills {
@@ -443,7 +404,7 @@ fn sigkill_during_save_never_leaves_a_mixed_checkpoint() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(5 + rng.next() % 60));
+        std::thread::sleep(Duration::from_millis(5 + rng.next_u64() % 60));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         if !path.exists() {
@@ -452,7 +413,7 @@ fn sigkill_during_save_never_leaves_a_mixed_checkpoint() {
         let mut raw = std::ptr::null_mut();
         let st = unsafe { gacc_create_from_checkpoint(cpath(&path).as_ptr(), GACC_DEVICE_CPU, &mut raw) };
         assert_eq!(st, GACC_OK, "round {round}: checkpoint on disk does not load");
-        let e = Engine(raw);
+        let e = Eng::from_raw(raw);
         let p = params(&e);
         let k = p[0];
         assert!(p.iter().all(|&x| x == k), "round {round}: parameters from different states");

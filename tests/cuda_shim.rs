@@ -9,6 +9,7 @@
 mod capture;
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
 use std::cell::RefCell;
 use std::ffi::c_void;

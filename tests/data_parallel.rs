@@ -12,6 +12,9 @@ use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::*;
 
+mod support;
+use support::{last_error, Rng};
+
 /// A deterministic in-process all-reduce: every rank posts its buffer in its slot,
 /// then every rank sums the slots in rank order.
 struct Group {
@@ -69,26 +72,10 @@ unsafe extern "C" fn allreduce(buf: *mut c_void, count: usize, dtype: u32, user:
     0
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
 const N: usize = 257;
 
 fn config(optimizer: u32, precision: u32) -> gacc_config {
-    let mut c: gacc_config = unsafe { std::mem::zeroed() };
-    unsafe { gacc_config_init(&mut c) };
-    c.device = GACC_DEVICE_CPU;
-    c.optimizer = optimizer;
+    let mut c = support::config(optimizer);
     c.precision = precision;
     c.momentum = 0.9;
     c.lr = 0.05;
@@ -115,8 +102,8 @@ fn params(e: usize) -> Vec<f32> {
 
 /// (gradient, weight) of micro-batch k of rank r in window w.
 fn micro(w: usize, r: usize, k: usize, poison: Option<(usize, usize)>) -> (Vec<f32>, f64) {
-    let mut rng = Rng(0x1234_5678 ^ ((w as u64) << 40) ^ ((r as u64) << 20) ^ k as u64 | 1);
-    let mut g: Vec<f32> = (0..N).map(|_| rng.uniform()).collect();
+    let mut rng = Rng::new(0x1234_5678 ^ ((w as u64) << 40) ^ ((r as u64) << 20) ^ k as u64);
+    let mut g: Vec<f32> = (0..N).map(|_| rng.symmetric(1.0)).collect();
     if poison == Some((w, r)) && k == 0 {
         g[N / 2] = f32::INFINITY;
     }
@@ -358,7 +345,7 @@ fn failed_collective_is_communication_error_and_window_survives() {
                         }
                         group.barrier.wait();
                         let st = unsafe { gacc_step(e, std::ptr::null_mut()) };
-                        let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+                        let msg = last_error();
                         failures.push((st, msg, params(e as usize) == init));
                         group.barrier.wait();
                         if r == 0 {
@@ -399,7 +386,7 @@ fn nccl_refusals_without_nccl() {
     let e = create(&config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP32), &init) as *mut gacc_engine;
     let id = gacc_nccl_id { internal: [7; 128] };
     assert_eq!(unsafe { gacc_set_nccl(e, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
-    let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+    let msg = last_error();
     assert!(msg.contains("CUDA engine") && msg.contains("gacc_set_mpi") && msg.contains("gacc_set_allreduce"), "{msg}");
     gacc_destroy(e);
     // SAFETY: only probes whether a real libnccl is installed here.
@@ -410,6 +397,6 @@ fn nccl_refusals_without_nccl() {
     }
     let mut out = gacc_nccl_id { internal: [0; 128] };
     assert_eq!(unsafe { gacc_nccl_unique_id(&mut out) }, GACC_ERR_DEVICE_UNAVAILABLE);
-    let msg = unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned();
+    let msg = last_error();
     assert!(msg.contains("NCCL cannot be loaded") && msg.contains("libnccl.so.2"), "{msg}");
 }

@@ -9,6 +9,7 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

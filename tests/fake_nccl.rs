@@ -11,8 +11,9 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier, OnceLock};
 
@@ -21,6 +22,7 @@ use gacc::backend::cuda::nvrtc;
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::*;
+use support::last_error;
 
 struct Fakes {
     cuda: libloading::Library,
@@ -101,10 +103,8 @@ impl Fakes {
 const N: usize = 259;
 
 fn config(optimizer: u32, device: i32) -> gacc_config {
-    let mut c: gacc_config = unsafe { std::mem::zeroed() };
-    unsafe { gacc_config_init(&mut c) };
+    let mut c = support::config(optimizer);
     c.device = device;
-    c.optimizer = optimizer;
     c.precision = GACC_PRECISION_FP16;
     c.momentum = 0.9;
     c.lr = 0.05;
@@ -122,10 +122,6 @@ fn create(c: &gacc_config, init: &[f32]) -> usize {
     let st = unsafe { gacc_create(c, d.as_ptr(), 2, &mut e) };
     assert_eq!(st, GACC_OK, "{}", last_error());
     e as usize
-}
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned()
 }
 
 fn params(e: usize) -> Vec<u32> {

@@ -9,71 +9,45 @@ use gacc::ffi::*;
 use gacc::gacc_status::*;
 use half::{bf16, f16};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-struct Engine(*mut gacc_engine);
-impl Drop for Engine {
-    fn drop(&mut self) {
-        gacc_destroy(self.0);
-    }
-}
+mod support;
+use support::{last_error, Eng, Rng, TensorSpec};
 
 const N: usize = 96;
 
 fn cfg(precision: u32, optimizer: u32) -> gacc_config {
-    let mut c: gacc_config = unsafe { std::mem::zeroed() };
-    unsafe { gacc_config_init(&mut c) };
-    c.device = GACC_DEVICE_CPU;
+    let mut c = support::config(optimizer);
     c.precision = precision;
-    c.optimizer = optimizer;
     c.momentum = 0.5;
     c.max_grad_norm = 2.0;
     c.growth_interval = 2;
     c
 }
 
-fn try_create(c: &gacc_config, init: &[f32]) -> (gacc::gacc_status, Option<Engine>) {
-    let descs = [
-        gacc_tensor_desc { name: std::ptr::null(), numel: 40, init: init.as_ptr(), no_weight_decay: 0 },
-        gacc_tensor_desc { name: std::ptr::null(), numel: N - 40, init: init[40..].as_ptr(), no_weight_decay: 1 },
+fn try_create(c: &gacc_config, init: &[f32]) -> (gacc::gacc_status, Option<Eng>) {
+    let tensors = [
+        TensorSpec { init: init[..40].to_vec(), no_wd: false },
+        TensorSpec { init: init[40..N].to_vec(), no_wd: true },
     ];
-    let mut e = std::ptr::null_mut();
-    let st = unsafe { gacc_create(c, descs.as_ptr(), 2, &mut e) };
-    (st, (st == GACC_OK).then(|| Engine(e)))
+    match Eng::try_new(c, &tensors) {
+        Ok(e) => (GACC_OK, Some(e)),
+        Err(st) => (st, None),
+    }
 }
 
-fn params(e: &Engine) -> Vec<u32> {
+fn params(e: &Eng) -> Vec<u32> {
     let mut out = vec![0f32; N];
-    assert_eq!(unsafe { gacc_params_read(e.0, out.as_mut_ptr(), N) }, GACC_OK);
+    assert_eq!(unsafe { gacc_params_read(e.h, out.as_mut_ptr(), N) }, GACC_OK);
     out.iter().map(|x| x.to_bits()).collect()
 }
 
-fn micro(e: &Engine, g: &[f32], w: f64) {
-    assert_eq!(unsafe { gacc_microbatch(e.0, g.as_ptr().cast(), GACC_DTYPE_F32, N, w) }, GACC_OK);
+fn micro(e: &Eng, g: &[f32], w: f64) {
+    assert_eq!(unsafe { gacc_microbatch(e.h, g.as_ptr().cast(), GACC_DTYPE_F32, N, w) }, GACC_OK);
 }
 
-fn step(e: &Engine) -> gacc_step_info {
+fn step(e: &Eng) -> gacc_step_info {
     let mut info = gacc_step_info::default();
-    assert_eq!(unsafe { gacc_step(e.0, &mut info) }, GACC_OK);
+    assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK);
     info
-}
-
-fn last_error() -> String {
-    unsafe { std::ffi::CStr::from_ptr(gacc_last_error()) }.to_string_lossy().into_owned()
 }
 
 #[test]
@@ -109,9 +83,9 @@ fn allocation_failures_in_load_and_save_leave_the_engine_unchanged() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.safetensors");
     let cpath = CString::new(path.to_str().unwrap()).unwrap();
-    let mut rng = Rng(3);
-    let init: Vec<f32> = (0..N).map(|_| rng.uniform()).collect();
-    let g: Vec<f32> = (0..N).map(|_| rng.uniform()).collect();
+    let mut rng = Rng::new(3);
+    let init: Vec<f32> = (0..N).map(|_| rng.symmetric(1.0)).collect();
+    let g: Vec<f32> = (0..N).map(|_| rng.symmetric(1.0)).collect();
     let c = cfg(GACC_PRECISION_FP16, GACC_OPTIMIZER_ADAMW);
 
     // A checkpoint to load: one step and an open window.
@@ -120,7 +94,7 @@ fn allocation_failures_in_load_and_save_leave_the_engine_unchanged() {
     micro(&src, &g, 3.0);
     step(&src);
     micro(&src, &g, 1.0);
-    assert_eq!(unsafe { gacc_save(src.0, cpath.as_ptr()) }, GACC_OK);
+    assert_eq!(unsafe { gacc_save(src.h, cpath.as_ptr()) }, GACC_OK);
     let saved = std::fs::read(&path).unwrap();
 
     // Victim and twin: same history; the victim suffers failed loads and saves.
@@ -133,7 +107,7 @@ fn allocation_failures_in_load_and_save_leave_the_engine_unchanged() {
     let mut load_failures = 0;
     for n in 1.. {
         gacc::alloc::fail_nth_allocation(n);
-        let st = unsafe { gacc_load(victim.0, cpath.as_ptr()) };
+        let st = unsafe { gacc_load(victim.h, cpath.as_ptr()) };
         gacc::alloc::fail_nth_allocation(0);
         if st == GACC_OK {
             break;
@@ -145,12 +119,12 @@ fn allocation_failures_in_load_and_save_leave_the_engine_unchanged() {
     assert!(load_failures >= 4, "{load_failures}");
     // The successful load replaced the victim's state by the checkpoint's: redo the
     // twin from the checkpoint too, then check both continue identically.
-    assert_eq!(unsafe { gacc_load(twin.0, cpath.as_ptr()) }, GACC_OK);
+    assert_eq!(unsafe { gacc_load(twin.h, cpath.as_ptr()) }, GACC_OK);
 
     let mut save_failures = 0;
     for n in 1.. {
         gacc::alloc::fail_nth_allocation(n);
-        let st = unsafe { gacc_save(victim.0, cpath.as_ptr()) };
+        let st = unsafe { gacc_save(victim.h, cpath.as_ptr()) };
         gacc::alloc::fail_nth_allocation(0);
         if st == GACC_OK {
             break;
@@ -173,14 +147,14 @@ fn allocation_failures_in_load_and_save_leave_the_engine_unchanged() {
 /// bit-identical and must not advance the step count; the weights stay finite.
 #[test]
 fn non_finite_gradients_never_reach_the_weights() {
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     let mut windows_poisoned = 0;
     for (precision, optimizer) in [
         (GACC_PRECISION_FP16, GACC_OPTIMIZER_ADAMW),
         (GACC_PRECISION_BF16, GACC_OPTIMIZER_SGD),
         (GACC_PRECISION_FP32, GACC_OPTIMIZER_ADAMW),
     ] {
-        let init: Vec<f32> = (0..N).map(|_| rng.uniform()).collect();
+        let init: Vec<f32> = (0..N).map(|_| rng.symmetric(1.0)).collect();
         let (_, e) = try_create(&cfg(precision, optimizer), &init);
         let e = e.unwrap();
         let mut applied = 0u64;
@@ -189,21 +163,21 @@ fn non_finite_gradients_never_reach_the_weights() {
             let k = 1 + rng.below(4) as usize;
             let poisoned_micro = if rng.below(3) == 0 { Some(rng.below(k as u64) as usize) } else { None };
             for m in 0..k {
-                let mut g: Vec<f32> = (0..N).map(|_| rng.uniform() * 0.1).collect();
+                let mut g: Vec<f32> = (0..N).map(|_| rng.symmetric(1.0) * 0.1).collect();
                 if poisoned_micro == Some(m) {
                     g[rng.below(N as u64) as usize] =
                         [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][rng.below(3) as usize];
                 }
                 let weight = 1.0 + rng.below(8) as f64;
                 let st = match rng.below(3) {
-                    0 => unsafe { gacc_microbatch(e.0, g.as_ptr().cast(), GACC_DTYPE_F32, N, weight) },
+                    0 => unsafe { gacc_microbatch(e.h, g.as_ptr().cast(), GACC_DTYPE_F32, N, weight) },
                     1 => {
                         let h: Vec<f16> = g.iter().map(|&x| f16::from_f32(x)).collect();
-                        unsafe { gacc_microbatch(e.0, h.as_ptr().cast(), GACC_DTYPE_F16, N, weight) }
+                        unsafe { gacc_microbatch(e.h, h.as_ptr().cast(), GACC_DTYPE_F16, N, weight) }
                     }
                     _ => {
                         let h: Vec<bf16> = g.iter().map(|&x| bf16::from_f32(x)).collect();
-                        unsafe { gacc_microbatch(e.0, h.as_ptr().cast(), GACC_DTYPE_BF16, N, weight) }
+                        unsafe { gacc_microbatch(e.h, h.as_ptr().cast(), GACC_DTYPE_BF16, N, weight) }
                     }
                 };
                 assert_eq!(st, GACC_OK);

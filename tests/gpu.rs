@@ -10,6 +10,7 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
 use common::device;
 

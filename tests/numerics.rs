@@ -9,16 +9,17 @@
 
 #[path = "cuda_common/mod.rs"]
 mod common;
+mod support;
 
 use std::ffi::c_void;
 
-use common::Rng;
 use gacc::backend::{GradInput, ParamBuffer};
 use gacc::engine::config::{default_raw_config, Config, DeviceRequest, Dtype};
 use gacc::engine::layout::Layout;
 use gacc::engine::math;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
+use support::Rng;
 
 fn cpu(config: Config, layout: Layout, params: &[f32]) -> Engine {
     Engine::new(config, layout, params).expect("cpu engine")
@@ -145,7 +146,7 @@ fn a_dropped_microbatch_leaves_the_window_as_if_it_never_came() {
     // Parameters, norms and totals must be bit-identical; A reports the drops.
     let layout = Layout::new(vec![(None, 1000, true), (None, 37, false)]).unwrap();
     let n = layout.numel;
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let init: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut a = cpu(drop_config(GACC_PRECISION_FP32, true), layout.clone(), &init);
     let mut b = cpu(drop_config(GACC_PRECISION_FP32, false), layout, &init);
@@ -223,7 +224,7 @@ fn window_error(k: usize, n: usize, compensated: bool) -> f64 {
     raw.grad_reduction = GACC_GRADS_SUM;
     raw.compensated_accumulation = u32::from(compensated);
     let mut e = cpu(Config::validate(&raw).unwrap(), Layout::new(vec![(None, n, true)]).unwrap(), &vec![0.0; n]);
-    let mut rng = Rng(0x5EED ^ k as u64);
+    let mut rng = Rng::new(0x5EED ^ k as u64);
     let mean: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut reference = vec![0f64; n];
     let mut g = vec![0f32; n];
@@ -342,7 +343,7 @@ fn sr_engine(precision: u32, seed: u64) -> (Engine, Vec<u16>) {
     raw.seed = seed;
     raw.lr = 1e-3;
     let n = 5000;
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let init: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut e = cpu(Config::validate(&raw).unwrap(), Layout::new(vec![(None, n, true)]).unwrap(), &init);
     for _ in 0..3 {

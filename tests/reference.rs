@@ -1,5 +1,5 @@
 //! gacc through its C ABI against an independent f64 model of docs/c-api.md and PyTorch
-//! (tests/common/mod.rs; the tolerance is derived there: a first-order fp32 rounding
+//! (tests/support/mod.rs; the tolerance is derived there: a first-order fp32 rounding
 //! bound carried through PyTorch's formulas, times 4).
 //!
 //! Every comparison can fail: `negative_controls_*` run the same drivers against a
@@ -7,13 +7,13 @@
 
 #![allow(clippy::type_complexity, clippy::needless_range_loop)]
 
-mod common;
+mod support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::*;
 use gacc::ffi::types::*;
 use gacc::gacc_status;
+use support::*;
 
 const SMALL_SIZES: &[usize] = &[1, 2, 3, 5, 7, 15, 16, 17, 31, 33, 63, 100, 257, 1023, 4097];
 

@@ -8,16 +8,16 @@
 // Index loops mirror the per-element formulas.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+mod support;
 
 use std::os::raw::c_void;
 use std::sync::{Arc, Barrier, Mutex};
 
-use common::*;
 use gacc::ffi::tensors::*;
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::{self, *};
+use support::*;
 
 const DTYPES: [u32; 3] = [GACC_DTYPE_F32, GACC_DTYPE_F16, GACC_DTYPE_BF16];
 

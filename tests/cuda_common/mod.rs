@@ -32,23 +32,9 @@ pub trait Target {
     fn write_device(&self, ptr: *mut c_void, data: &[u8]);
 }
 
-/// xorshift64*: deterministic inputs.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    pub fn symmetric(&mut self, scale: f32) -> f32 {
-        (self.unit() * 2.0 - 1.0) * scale
-    }
-}
+/// The tests' one generator (tests/support): every crate that mounts this module mounts
+/// `mod support` too.
+pub use crate::support::Rng;
 
 /// One comparison scenario.
 #[derive(Clone, Debug)]
@@ -244,7 +230,7 @@ pub fn run_case(target: &dyn Target, case: &Case) {
     let config = config_for(case);
     let layout = layout_for(case);
     let n = layout.numel;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case.name.len() as u64 * 7919));
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (case.name.len() as u64 * 7919));
     let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut cpu = Engine::new(config, layout.clone(), &params).expect("cpu engine");
     let mut dut = target.engine(config, layout, &params);
@@ -276,7 +262,7 @@ pub fn run_case(target: &dyn Target, case: &Case) {
             if poisoned {
                 grad[n / 2] = if w % 2 == 0 { f32::INFINITY } else { f32::NAN };
             }
-            let weight = 0.25 + 3.0 * f64::from(rng.unit());
+            let weight = 0.25 + 3.0 * f64::from(rng.unit_f32());
             let bytes = to_bytes(&grad, case.grad_dtype);
             let input_cpu = GradInput { ptr: bytes.as_ptr() as *const c_void, dtype: case.grad_dtype, numel: n };
             let ptr = if case.device_grads {
@@ -393,7 +379,7 @@ pub fn run_determinism(target: &dyn Target) {
         let config = config_for(&case);
         let layout = layout_for(&case);
         let n = layout.numel;
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
         let mut e = target.engine(config, layout, &params);
         let mut norms = Vec::new();
@@ -422,7 +408,7 @@ pub fn run_determinism_with_options(target: &dyn Target) {
         let config = config_for(&case);
         let layout = layout_for(&case);
         let n = layout.numel;
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
         let mut e = target.engine(config, layout, &params);
         let mut infos = Vec::new();

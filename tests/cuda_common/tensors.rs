@@ -81,7 +81,7 @@ pub fn run_tensor_case(target: &dyn Target, case: &TensorCase) {
     let config = config(case);
     let layout = Layout::new(SIZES.iter().enumerate().map(|(i, &n)| (None, n, i % 2 == 0)).collect()).unwrap();
     let n = layout.numel;
-    let mut rng = Rng(0x51_7CC1_B727_220A ^ case.name.len() as u64);
+    let mut rng = Rng::new(0x51_7CC1_B727_220A ^ case.name.len() as u64);
     let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut cpu = Engine::new(config, layout.clone(), &params).expect("cpu engine");
     let mut dut = target.engine(config, layout.clone(), &params);
@@ -132,7 +132,7 @@ pub fn run_tensor_case(target: &dyn Target, case: &TensorCase) {
                     Some(GradInput { ptr, ..*g })
                 })
                 .collect();
-            let weight = 0.5 + f64::from(rng.unit()) * 3.0;
+            let weight = 0.5 + f64::from(rng.unit_f32()) * 3.0;
             // SAFETY: every entry holds numel elements of its dtype.
             unsafe {
                 cpu.microbatch_tensors(&cpu_in, weight).expect("cpu");
@@ -189,7 +189,7 @@ pub fn run_inplace(target: &dyn Target) {
     let config = config(&case);
     let layout = Layout::new(SIZES.iter().map(|&n| (None, n, true)).collect()).unwrap();
     let n = layout.numel;
-    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut rng = Rng::new(0xD1B5_4A32_D192_ED03);
     let params: Vec<f32> = (0..n).map(|_| rng.symmetric(1.0)).collect();
     let mut cpu = Engine::new(config, layout.clone(), &params).expect("cpu engine");
     let mut dut = target.engine(config, layout.clone(), &params);

@@ -17,9 +17,9 @@ message. The shared library is `ENV["GACC_LIB"]` when set (read when the package
 loaded/precompiled), otherwise `target/release/libgacc` of the source tree this
 package sits in, otherwise `libgacc` from the system's search path.
 
-Every ccall in this file is compared with include/gacc.h by
-scripts/check_julia_binding.py (names, argument counts, C types, constants, struct
-fields): keep each C function's ccall in the form `ccall((:name, libgacc), Ret, (Args...), ...)`.
+The C layer (constants, struct mirrors, one function per C function with the
+prototype's exact types) is `LibGacc` in capi.jl, generated from include/gacc.h by
+scripts/gen_julia_ccalls.py; this file calls `LibGacc.gacc_*` and has no ccall of its own.
 """
 module Gacc
 
@@ -32,71 +32,27 @@ export microbatch!, microbatch_bf16!, microbatch_tensors!, BF16Bits, Grad, accum
        set_stream!, status_name, gacc_version, header_matches_library, save, load!,
        set_allreduce!, set_mpi!, comm_stats, NcclId, nccl_unique_id, set_nccl!
 
-const libgacc = let p = get(ENV, "GACC_LIB", "")
-    if !isempty(p)
-        p
-    else
-        tree = normpath(joinpath(@__DIR__, "..", "..", "..", "target", "release", "libgacc." * Libdl.dlext))
-        isfile(tree) ? tree : "libgacc"
-    end
-end
+include("capi.jl")
+using .LibGacc
+import .LibGacc: Config  # the keyword constructor below adds a method
 
-# ---------------------------------------------------------------------------------
-# Constants: every #define and enum value of gacc.h, same names and values.
-
-const GACC_VERSION = "0.1.0"
-const GACC_VERSION_MAJOR = 0
-const GACC_VERSION_MINOR = 1
-const GACC_VERSION_PATCH = 0
-const GACC_VERSION_NUMBER = 100
-const GACC_ABI_VERSION = 2
-
-const GACC_DEVICE_AUTO = Int32(-2)
-const GACC_DEVICE_CPU = Int32(-1)
-
-const GACC_DTYPE_F32 = UInt32(0)
-const GACC_DTYPE_F16 = UInt32(1)
-const GACC_DTYPE_BF16 = UInt32(2)
-const GACC_DTYPE_F64 = UInt32(3)
-
-const GACC_CHECKPOINT_FORMAT_VERSION = 1
-
-const GACC_OPTIMIZER_SGD = UInt32(0)
-const GACC_OPTIMIZER_ADAMW = UInt32(1)
-
-const GACC_PRECISION_FP32 = UInt32(0)
-const GACC_PRECISION_FP16 = UInt32(1)
-const GACC_PRECISION_BF16 = UInt32(2)
-
-const GACC_GRADS_MEAN = UInt32(0)
-const GACC_GRADS_SUM = UInt32(1)
-
-const GACC_LOSS_SCALE_GRADSCALER = UInt32(0)
-const GACC_LOSS_SCALE_DEEPSPEED = UInt32(1)
-
-# enum gacc_status (a C int)
-const GACC_OK = Cint(0)
-const GACC_ERR_NULL_POINTER = Cint(1)
-const GACC_ERR_INVALID_ARGUMENT = Cint(2)
-const GACC_ERR_INVALID_HANDLE = Cint(3)
-const GACC_ERR_INVALID_STATE = Cint(4)
-const GACC_ERR_OUT_OF_MEMORY = Cint(5)
-const GACC_ERR_DEVICE_UNAVAILABLE = Cint(6)
-const GACC_ERR_DEVICE = Cint(7)
-const GACC_ERR_IO = Cint(8)
-const GACC_ERR_CORRUPT = Cint(9)
-const GACC_ERR_COMMUNICATION = Cint(10)
-const GACC_ERR_INTERNAL = Cint(11)
-
-for name in names(@__MODULE__; all = true)
-    s = string(name)
-    if startswith(s, "GACC_")
+# Every constant of gacc.h (LibGacc exports them) is exported from Gacc too.
+for name in names(LibGacc)
+    if startswith(string(name), "GACC_")
         @eval export $name
     end
 end
 
 # ---------------------------------------------------------------------------------
-# C structs, field by field in the header's order (isbits, so the layout is C's).
+# The config: the C struct with the library's defaults, fields overridden by keyword.
+
+function default_config()
+    r = Ref{Config}()
+    # The binding's own struct size: a library newer than this binding fills only
+    # the fields the binding knows (the later ones keep their defaults).
+    check(LibGacc.gacc_config_init_sized(r, sizeof(Config)))
+    return r[]
+end
 
 """
     Config(; kwargs...)
@@ -104,74 +60,6 @@ end
 Mirror of `gacc_config`. `Config()` holds the library's defaults (gacc_config_init);
 keywords override fields: `Config(device = GACC_DEVICE_CPU, optimizer = GACC_OPTIMIZER_SGD, lr = 0.1)`.
 """
-struct Config
-    struct_size::UInt32   # sizeof(Config) as this binding knows it (gacc_config_init_sized)
-    device::Int32
-    optimizer::UInt32
-    lr::Cfloat
-    momentum::Cfloat
-    nesterov::UInt32
-    beta1::Cfloat
-    beta2::Cfloat
-    eps::Cfloat
-    weight_decay::Cfloat
-    precision::UInt32
-    max_grad_norm::Cfloat
-    init_scale::Cfloat
-    growth_factor::Cfloat
-    backoff_factor::Cfloat
-    growth_interval::UInt32
-    grad_reduction::UInt32
-    # Numerics options (README "Numerics options"); the defaults keep GradScaler's rule.
-    hysteresis::UInt32
-    consecutive_hysteresis::UInt32
-    min_loss_scale::Cfloat
-    max_loss_scale::Cfloat
-    drop_nonfinite_microbatches::UInt32
-    compensated_accumulation::UInt32
-    stochastic_rounding::UInt32
-    seed::UInt64
-    loss_scale_policy::UInt32   # GACC_LOSS_SCALE_GRADSCALER (default) or GACC_LOSS_SCALE_DEEPSPEED
-end
-
-"Mirror of `gacc_tensor_desc` (what gacc_create reads)."
-struct TensorDesc
-    name::Ptr{UInt8}
-    numel::Csize_t
-    init::Ptr{Cfloat}
-    no_weight_decay::UInt32
-end
-
-"""
-Mirror of `gacc_grad`: one tensor's gradient in `microbatch_tensors!` (data C_NULL:
-no gradient for that tensor in this micro-batch).
-"""
-struct Grad
-    data::Ptr{Cvoid}
-    dtype::UInt32
-    numel::Csize_t
-end
-
-"Mirror of `gacc_step_info`: what a step did."
-struct StepInfo
-    applied::UInt32
-    grad_norm::Cfloat
-    clip_coef::Cfloat
-    loss_scale::Cfloat
-    step::UInt64
-    microbatches::UInt32
-    total_weight::Cdouble
-    dropped_microbatches::UInt32
-end
-
-function default_config()
-    r = Ref{Config}()
-    # The binding's own struct size: a library newer than this binding fills only
-    # the fields the binding knows (the later ones keep their defaults).
-    check(ccall((:gacc_config_init_sized, libgacc), Cint, (Ref{Config}, Csize_t), r, sizeof(Config)))
-    return r[]
-end
-
 function Config(; kwargs...)
     c = default_config()
     isempty(kwargs) && return c
@@ -202,9 +90,9 @@ end
 Base.showerror(io::IO, err::GaccError) = print(io, "GaccError(", status_name(err.status), "): ", err.message)
 
 "Static name of a status, e.g. \"GACC_ERR_INVALID_ARGUMENT\"."
-status_name(s::Integer) = unsafe_string(ccall((:gacc_status_name, libgacc), Cstring, (Cint,), Cint(s)))
+status_name(s::Integer) = unsafe_string(LibGacc.gacc_status_name(Cint(s)))
 
-last_error() = unsafe_string(ccall((:gacc_last_error, libgacc), Cstring, ()))
+last_error() = unsafe_string(LibGacc.gacc_last_error())
 
 # gacc_last_error() is per OS thread. A ccall never yields, and nothing between a
 # ccall and this check does, so the task is still on the thread that failed.
@@ -217,12 +105,12 @@ end
 # Version
 
 "The library's version string."
-gacc_version() = unsafe_string(ccall((:gacc_version, libgacc), Cstring, ()))
+gacc_version() = unsafe_string(LibGacc.gacc_version())
 
 "True when the loaded library has the version and ABI this binding was written for."
 function header_matches_library()
-    number = ccall((:gacc_version_number, libgacc), UInt32, ())
-    abi = ccall((:gacc_abi_version, libgacc), UInt32, ())
+    number = LibGacc.gacc_version_number()
+    abi = LibGacc.gacc_abi_version()
     return number == GACC_VERSION_NUMBER && abi == GACC_ABI_VERSION
 end
 
@@ -272,9 +160,7 @@ mutable struct Engine
                                           inits[i] === nothing ? Ptr{Cfloat}(C_NULL) : pointer(inits[i]),
                                           t.no_weight_decay ? UInt32(1) : UInt32(0))
                                for (i, t) in enumerate(tensors)]
-            ccall((:gacc_create, libgacc), Cint,
-                  (Ref{Config}, Ptr{TensorDesc}, Csize_t, Ref{Ptr{Cvoid}}),
-                  cfg, descs, length(descs), out)
+            LibGacc.gacc_create(Ref(cfg), descs, length(descs), out)
         end
         check(status)
         e = new(out[])
@@ -285,8 +171,7 @@ mutable struct Engine
     # Engine(path; device): a new engine from a checkpoint written by `save`.
     function Engine(path::AbstractString; device::Integer = GACC_DEVICE_AUTO)
         out = Ref{Ptr{Cvoid}}(C_NULL)
-        check(ccall((:gacc_create_from_checkpoint, libgacc), Cint, (Cstring, Int32, Ref{Ptr{Cvoid}}),
-                    path, Int32(device), out))
+        check(LibGacc.gacc_create_from_checkpoint(path, Int32(device), out))
         e = new(out[])
         finalizer(destroy!, e)
         return e
@@ -300,7 +185,7 @@ function destroy!(e::Engine)
     h = e.handle
     if h != C_NULL
         e.handle = C_NULL
-        ccall((:gacc_destroy, libgacc), Cvoid, (Ptr{Cvoid},), h)
+        LibGacc.gacc_destroy(h)
     end
     return nothing
 end
@@ -320,14 +205,14 @@ end
 "Total number of parameters."
 function numel(e::Engine)
     out = Ref{Csize_t}(0)
-    GC.@preserve e check(ccall((:gacc_numel, libgacc), Cint, (Ptr{Cvoid}, Ref{Csize_t}), handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_numel(handle(e), out))
     return Int(out[])
 end
 
 "Number of tensors."
 function ntensors(e::Engine)
     out = Ref{Csize_t}(0)
-    GC.@preserve e check(ccall((:gacc_n_tensors, libgacc), Cint, (Ptr{Cvoid}, Ref{Csize_t}), handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_n_tensors(handle(e), out))
     return Int(out[])
 end
 
@@ -336,23 +221,19 @@ function tensor_range(e::Engine, i::Integer)
     i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.tensor_range: tensor index $i < 1"))
     off = Ref{Csize_t}(0)
     n = Ref{Csize_t}(0)
-    GC.@preserve e check(ccall((:gacc_tensor_span, libgacc), Cint,
-                               (Ptr{Cvoid}, Csize_t, Ref{Csize_t}, Ref{Csize_t}),
-                               handle(e), i - 1, off, n))
+    GC.@preserve e check(LibGacc.gacc_tensor_span(handle(e), i - 1, off, n))
     return (Int(off[]) + 1):(Int(off[]) + Int(n[]))
 end
 
 "Where the engine runs: GACC_DEVICE_CPU or a CUDA ordinal."
 function device(e::Engine)
     out = Ref{Int32}(0)
-    GC.@preserve e check(ccall((:gacc_device, libgacc), Cint, (Ptr{Cvoid}, Ref{Int32}), handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_device(handle(e), out))
     return out[]
 end
 
 function microbatch_raw!(e::Engine, ptr::Ptr{Cvoid}, dtype::UInt32, n::Integer, weight::Real)
-    GC.@preserve e check(ccall((:gacc_microbatch, libgacc), Cint,
-                               (Ptr{Cvoid}, Ptr{Cvoid}, UInt32, Csize_t, Cdouble),
-                               handle(e), ptr, dtype, n, weight))
+    GC.@preserve e check(LibGacc.gacc_microbatch(handle(e), ptr, dtype, n, weight))
     return e
 end
 
@@ -411,9 +292,7 @@ concatenation; atomic: a rejected call changes nothing and names the tensor inde
 """
 function microbatch_tensors!(e::Engine, grads, weight::Real)
     entries = Grad[grad_entry(g) for g in grads]
-    GC.@preserve e grads entries check(ccall((:gacc_microbatch_tensors, libgacc), Cint,
-                                             (Ptr{Cvoid}, Ptr{Grad}, Csize_t, Cdouble),
-                                             handle(e), pointer(entries), length(entries), weight))
+    GC.@preserve e grads entries check(LibGacc.gacc_microbatch_tensors(handle(e), pointer(entries), length(entries), weight))
     return e
 end
 
@@ -427,8 +306,7 @@ closed. Device memory on a CUDA engine (write it on the stream of `set_stream!`)
 function accumulator_ptr(e::Engine, i::Integer)
     i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.accumulator_ptr: tensor index $i < 1"))
     out = Ref{Ptr{Cfloat}}(C_NULL)
-    GC.@preserve e check(ccall((:gacc_accumulator_ptr, libgacc), Cint, (Ptr{Cvoid}, Csize_t, Ref{Ptr{Cfloat}}),
-                               handle(e), i - 1, out))
+    GC.@preserve e check(LibGacc.gacc_accumulator_ptr(handle(e), i - 1, out))
     return out[]
 end
 
@@ -452,7 +330,7 @@ Books one micro-batch the host added into the accumulators itself (no data moves
 Refused with compensated accumulation or drop mode.
 """
 function microbatch_inplace!(e::Engine, weight::Real)
-    GC.@preserve e check(ccall((:gacc_microbatch_inplace, libgacc), Cint, (Ptr{Cvoid}, Cdouble), handle(e), weight))
+    GC.@preserve e check(LibGacc.gacc_microbatch_inplace(handle(e), weight))
     return e
 end
 
@@ -464,27 +342,25 @@ is not an error: `info.applied == 0`.
 """
 function step!(e::Engine)
     info = Ref{StepInfo}()
-    GC.@preserve e info check(ccall((:gacc_step, libgacc), Cint, (Ptr{Cvoid}, Ptr{StepInfo}), handle(e),
-                                    Base.unsafe_convert(Ptr{StepInfo}, info)))
+    GC.@preserve e info check(LibGacc.gacc_step(handle(e), info))
     return info[]
 end
 
 "Closes the window without waiting for the device and without a report."
 function step_async!(e::Engine)
-    GC.@preserve e check(ccall((:gacc_step, libgacc), Cint, (Ptr{Cvoid}, Ptr{StepInfo}), handle(e), C_NULL))
+    GC.@preserve e check(LibGacc.gacc_step(handle(e), C_NULL))
     return e
 end
 
 "Drops the open window without stepping."
 function zero!(e::Engine)
-    GC.@preserve e check(ccall((:gacc_zero, libgacc), Cint, (Ptr{Cvoid},), handle(e)))
+    GC.@preserve e check(LibGacc.gacc_zero(handle(e)))
     return e
 end
 
 "Copies the fp32 master weights into `dst` (length == numel(e))."
 function read_params!(dst::DenseVector{Float32}, e::Engine)
-    GC.@preserve e dst check(ccall((:gacc_params_read, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cfloat}, Csize_t),
-                                   handle(e), pointer(dst), length(dst)))
+    GC.@preserve e dst check(LibGacc.gacc_params_read(handle(e), pointer(dst), length(dst)))
     return dst
 end
 
@@ -493,8 +369,7 @@ params(e::Engine) = read_params!(Vector{Float32}(undef, numel(e)), e)
 
 "Replaces the fp32 master weights (length == numel(e))."
 function params!(e::Engine, src::DenseVector{Float32})
-    GC.@preserve e src check(ccall((:gacc_params_write, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cfloat}, Csize_t),
-                                   handle(e), pointer(src), length(src)))
+    GC.@preserve e src check(LibGacc.gacc_params_write(handle(e), pointer(src), length(src)))
     return e
 end
 params!(e::Engine, src::AbstractVector{<:Real}) = params!(e, Vector{Float32}(src))
@@ -503,54 +378,52 @@ params!(e::Engine, src::AbstractVector{<:Real}) = params!(e, Vector{Float32}(src
 function params_ptr(e::Engine, i::Integer, dtype::Integer = GACC_DTYPE_F32)
     i >= 1 || throw(GaccError(GACC_ERR_INVALID_ARGUMENT, "Gacc.params_ptr: tensor index $i < 1"))
     out = Ref{Ptr{Cvoid}}(C_NULL)
-    GC.@preserve e check(ccall((:gacc_params_ptr, libgacc), Cint, (Ptr{Cvoid}, Csize_t, UInt32, Ref{Ptr{Cvoid}}),
-                               handle(e), i - 1, UInt32(dtype), out))
+    GC.@preserve e check(LibGacc.gacc_params_ptr(handle(e), i - 1, UInt32(dtype), out))
     return out[]
 end
 
 "The loss scale S: multiply the loss by it before computing gradients."
 function loss_scale(e::Engine)
     out = Ref{Cfloat}(0)
-    GC.@preserve e check(ccall((:gacc_loss_scale, libgacc), Cint, (Ptr{Cvoid}, Ref{Cfloat}), handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_loss_scale(handle(e), out))
     return out[]
 end
 
 "Address of S (device memory on a CUDA engine), valid until the engine is closed."
 function loss_scale_ptr(e::Engine)
     out = Ref{Ptr{Cfloat}}(C_NULL)
-    GC.@preserve e check(ccall((:gacc_loss_scale_ptr, libgacc), Cint, (Ptr{Cvoid}, Ref{Ptr{Cfloat}}),
-                               handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_loss_scale_ptr(handle(e), out))
     return out[]
 end
 
 "Sets the learning rate used from the next step on."
 function set_lr!(e::Engine, lr::Real)
-    GC.@preserve e check(ccall((:gacc_set_lr, libgacc), Cint, (Ptr{Cvoid}, Cfloat), handle(e), lr))
+    GC.@preserve e check(LibGacc.gacc_set_lr(handle(e), lr))
     return e
 end
 
 "The learning rate in use."
 function get_lr(e::Engine)
     out = Ref{Cfloat}(0)
-    GC.@preserve e check(ccall((:gacc_get_lr, libgacc), Cint, (Ptr{Cvoid}, Ref{Cfloat}), handle(e), out))
+    GC.@preserve e check(LibGacc.gacc_get_lr(handle(e), out))
     return out[]
 end
 
 "CUDA engines: order gacc's work on the caller's CUstream (C_NULL: the engine's own)."
 function set_stream!(e::Engine, stream::Ptr)
-    GC.@preserve e check(ccall((:gacc_set_stream, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), stream))
+    GC.@preserve e check(LibGacc.gacc_set_stream(handle(e), stream))
     return e
 end
 
 "Saves the whole state (weights, optimizer, scaler, open window) to a safetensors file."
 function save(e::Engine, path::AbstractString)
-    GC.@preserve e check(ccall((:gacc_save, libgacc), Cint, (Ptr{Cvoid}, Cstring), handle(e), path))
+    GC.@preserve e check(LibGacc.gacc_save(handle(e), path))
     return path
 end
 
 "Loads a checkpoint into an engine of the same shape; on error the engine is unchanged."
 function load!(e::Engine, path::AbstractString)
-    GC.@preserve e check(ccall((:gacc_load, libgacc), Cint, (Ptr{Cvoid}, Cstring), handle(e), path))
+    GC.@preserve e check(LibGacc.gacc_load(handle(e), path))
     return e
 end
 
@@ -562,32 +435,20 @@ Data parallelism through your own transport: `fn` is a C function pointer (from
 elements of dtype GACC_DTYPE_F32 or GACC_DTYPE_F64 in place across ranks and returns 0.
 """
 function set_allreduce!(e::Engine, fn::Ptr{Cvoid}, user_data::Ptr{Cvoid}, rank::Integer, world_size::Integer)
-    GC.@preserve e check(ccall((:gacc_set_allreduce, libgacc), Cint,
-                               (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Int32, Int32),
-                               handle(e), fn, user_data, Int32(rank), Int32(world_size)))
+    GC.@preserve e check(LibGacc.gacc_set_allreduce(handle(e), fn, user_data, Int32(rank), Int32(world_size)))
     return e
 end
 
 "Data parallelism over MPI: `comm` points to an MPI_Comm (C_NULL: MPI_COMM_WORLD)."
 function set_mpi!(e::Engine, comm::Ptr{Cvoid} = C_NULL)
-    GC.@preserve e check(ccall((:gacc_set_mpi, libgacc), Cint, (Ptr{Cvoid}, Ptr{Cvoid}), handle(e), comm))
+    GC.@preserve e check(LibGacc.gacc_set_mpi(handle(e), comm))
     return e
-end
-
-"""
-    NcclId
-
-Mirror of `gacc_nccl_id`: the 128 bytes of an NCCL unique id (plain bits: send them to
-every rank by your own means, e.g. MPI.Bcast!).
-"""
-struct NcclId
-    internal::NTuple{128, UInt8}
 end
 
 "A new NCCL unique id for one data-parallel group (make it on one rank; NCCL is loaded at run time)."
 function nccl_unique_id()
     id = Ref(NcclId(ntuple(_ -> 0x00, 128)))
-    check(ccall((:gacc_nccl_unique_id, libgacc), Cint, (Ref{NcclId},), id))
+    check(LibGacc.gacc_nccl_unique_id(id))
     return id[]
 end
 
@@ -598,8 +459,7 @@ Data parallelism over NCCL (CUDA engines): every rank passes the same `id`. The
 all-reduces run on the engine's stream with no host synchronisation.
 """
 function set_nccl!(e::Engine, id::NcclId, rank::Integer, world_size::Integer)
-    GC.@preserve e check(ccall((:gacc_set_nccl, libgacc), Cint, (Ptr{Cvoid}, Ref{NcclId}, Int32, Int32),
-                               handle(e), Ref(id), Int32(rank), Int32(world_size)))
+    GC.@preserve e check(LibGacc.gacc_set_nccl(handle(e), Ref(id), Int32(rank), Int32(world_size)))
     return e
 end
 
@@ -607,8 +467,7 @@ end
 function comm_stats(e::Engine)
     c = Ref{UInt64}(0)
     b = Ref{UInt64}(0)
-    GC.@preserve e check(ccall((:gacc_comm_stats, libgacc), Cint, (Ptr{Cvoid}, Ref{UInt64}, Ref{UInt64}),
-                               handle(e), c, b))
+    GC.@preserve e check(LibGacc.gacc_comm_stats(handle(e), c, b))
     return (c[], b[])
 end
 

@@ -1,6 +1,6 @@
 # Tests of the Julia binding. NOT EXECUTED in this repository's CI: no Julia
-# toolchain is available here. The binding is instead checked against
-# include/gacc.h by scripts/check_julia_binding.py. To run these:
+# toolchain is available here. Its C layer (src/capi.jl) is generated from
+# include/gacc.h by scripts/gen_julia_ccalls.py, which also checks it. To run these:
 #   cargo build --release
 #   julia --project=bindings/julia -e 'using Pkg; Pkg.test()'
 using Gacc
@@ -194,7 +194,7 @@ end
         # A forgotten engine is destroyed by its finalizer (no reference survives the
         # function that made it).
         h = forgotten_engine_handle()
-        live(h) = ccall((:gacc_numel, Gacc.libgacc), Cint, (Ptr{Cvoid}, Ref{Csize_t}), h, Ref{Csize_t}(0)) == GACC_OK
+        live(h) = Gacc.LibGacc.gacc_numel(h, Ref{Csize_t}(0)) == GACC_OK
         for _ in 1:20
             live(h) || break
             GC.gc(true)

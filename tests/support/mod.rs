@@ -1,4 +1,4 @@
-//! Shared helpers for the reference tests: a seeded generator, a thin safe wrapper
+//! Shared helpers for the tests: the one seeded generator, a thin safe wrapper
 //! over the C ABI, and an independent f64 model of the contract (docs/c-api.md) written
 //! from PyTorch's formulas (torch.optim.SGD / AdamW single-tensor paths,
 //! torch.amp.GradScaler's _amp_update_scale_, torch.nn.utils.clip_grad_norm_).
@@ -50,6 +50,18 @@ impl Rng {
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [0, 1) with 24 random bits (exact in f32).
+    pub fn unit_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [-scale, scale).
+    pub fn symmetric(&mut self, scale: f32) -> f32 {
+        (self.unit_f32() * 2.0 - 1.0) * scale
+    }
+    /// `n` values uniform in [-scale, scale).
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.symmetric(scale)).collect()
     }
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
@@ -246,15 +258,27 @@ impl Eng {
         if s != gacc_status::GACC_OK {
             return Err(s);
         }
+        Ok(Eng::from_raw(h))
+    }
+    /// Owns an engine the caller created (gacc_create_from_checkpoint, or gacc_create
+    /// with its own descriptors).
+    pub fn from_raw(h: *mut gacc_engine) -> Eng {
+        assert!(!h.is_null());
+        let mut n_tensors = 0;
+        ok(unsafe { gacc_n_tensors(h, &mut n_tensors) });
         let mut n = 0;
         ok(unsafe { gacc_numel(h, &mut n) });
         let mut spans = Vec::new();
-        for i in 0..tensors.len() {
+        for i in 0..n_tensors {
             let (mut o, mut k) = (0, 0);
             ok(unsafe { gacc_tensor_span(h, i, &mut o, &mut k) });
             spans.push((o, k));
         }
-        Ok(Eng { h, n, spans })
+        Eng { h, n, spans }
+    }
+    /// One f32 micro-batch gradient (all tensors concatenated).
+    pub fn mb_f32(&self, g: &[f32], w: f64) {
+        ok(unsafe { gacc_microbatch(self.h, g.as_ptr().cast(), GACC_DTYPE_F32, g.len(), w) });
     }
     pub fn mb(&self, g: &Grad, w: f64) {
         ok(self.try_mb(g, w));
