@@ -257,9 +257,11 @@ missing_phase() {
 gpu="$bundle/tests/gpu"
 light=()
 if [ "$fake" -eq 1 ]; then
-    # The fake runs kernels on host threads: the two case matrices take minutes there
-    # (tests/fake_driver.rs runs them in the suite); the plumbing is what --fake checks.
-    light=(--skip gpu_matches_cpu_on_every_case --skip gpu_matches_cpu_with_numerics_options)
+    # The fake runs kernels on host threads: the two case matrices and the 400
+    # loss-scale replays take minutes to an hour there (tests/fake_driver.rs runs
+    # smaller versions in the suite); the plumbing is what --fake checks.
+    light=(--skip gpu_matches_cpu_on_every_case --skip gpu_matches_cpu_with_numerics_options
+        --skip gpu_loss_scale_policies_match_deepspeed_and_gradscaler)
 fi
 # --nocapture: the "skipped" lines of passing tests must reach the log.
 run_phase gpu-serial 75 gpu "$gpu" --test-threads=1 --nocapture "${light[@]}"
