@@ -7,8 +7,9 @@
 //! device. The C API is in `include/gacc.h` (generated from [`ffi`] by cbindgen).
 //!
 //! Module map (data flows one way: C caller → ffi → engine → backend):
-//! - [`ffi`]: the only `extern "C"` code: panic boundary, NULL and handle checks,
-//!   live-handle registry, thread-local last error.
+//! - [`ffi`]: the only `extern "C"` code, one file per subject (lifecycle, window,
+//!   params, checkpoint, distributed, tensors): panic boundary, NULL and handle
+//!   checks, live-handle registry, thread-local last error.
 //! - [`engine`]: the window as a state machine, configuration validation, tensor
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,

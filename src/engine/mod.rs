@@ -517,7 +517,12 @@ impl Engine {
         self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()))
     }
 
+    /// Runs the engine's work on `stream` (CUDA); NULL, the engine's own stream, is
+    /// accepted by every engine.
     pub fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
+        if stream.is_null() && self.device < 0 {
+            return Ok(());
+        }
         self.backend.set_stream(stream)
     }
 
