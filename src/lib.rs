@@ -9,7 +9,9 @@
 //! Module map (data flows one way: C caller → ffi → engine → backend):
 //! - [`ffi`]: the only `extern "C"` code, one file per subject (lifecycle, window,
 //!   params, checkpoint, distributed, tensors): panic boundary, NULL and handle
-//!   checks, live-handle registry, thread-local last error.
+//!   checks, live-handle registry, thread-local last error, the C callback transport,
+//!   and every C ↔ Rust conversion (`ffi::conv`; the engine and backends see no C type
+//!   but `gacc_config` while it is validated, see engine::config).
 //! - [`engine`]: the window as a state machine, configuration validation, tensor
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,

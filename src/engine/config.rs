@@ -28,6 +28,14 @@ impl DeviceRequest {
     }
 }
 
+/// Where an engine runs (the C API's -1 for the CPU, or an ordinal, is converted at
+/// the boundary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
 /// Element type of a gradient or a working copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {

@@ -5,8 +5,8 @@
 use std::os::raw::c_void;
 
 use super::boundary::{check_rank, guard, require, write_out};
-use super::registry;
 use super::types::*;
+use super::{conv, registry};
 use crate::status::{gacc_status, Error};
 
 /// Makes the engine one rank of a data-parallel group whose transport is the
@@ -23,7 +23,7 @@ use crate::status::{gacc_status, Error};
 #[no_mangle]
 pub unsafe extern "C" fn gacc_set_allreduce(
     e: *mut gacc_engine,
-    allreduce: crate::distributed::callback::gacc_allreduce_fn,
+    allreduce: super::callback::gacc_allreduce_fn,
     user_data: *mut c_void,
     rank: i32,
     world_size: i32,
@@ -33,7 +33,7 @@ pub unsafe extern "C" fn gacc_set_allreduce(
             return Err(Error::new(gacc_status::GACC_ERR_NULL_POINTER, "allreduce is NULL"));
         };
         let (rank, world_size) = check_rank(rank, world_size)?;
-        let comm = crate::distributed::callback::CallbackCollective::new(function, user_data, rank, world_size);
+        let comm = super::callback::CallbackCollective::new(function, user_data, rank, world_size);
         registry::with_engine(e, |eng| eng.set_collective(Box::new(comm)))
     })
 }
@@ -81,11 +81,7 @@ pub unsafe extern "C" fn gacc_nccl_unique_id(out: *mut gacc_nccl_id) -> gacc_sta
     guard("gacc_nccl_unique_id", || unsafe {
         write_out(out, "out", || {
             let id = crate::distributed::nccl::unique_id()?;
-            let mut bytes = [0u8; 128];
-            for (b, c) in bytes.iter_mut().zip(id.internal.iter()) {
-                *b = *c as u8;
-            }
-            Ok(gacc_nccl_id { internal: bytes })
+            Ok(conv::nccl_id_to_c(&id))
         })
     })
 }
@@ -118,11 +114,7 @@ pub unsafe extern "C" fn gacc_set_nccl(
         require(id, "id")?;
         let (rank, world_size) = check_rank(rank, world_size)?;
         // SAFETY: id is non-null and points to a gacc_nccl_id.
-        let bytes = unsafe { (*id).internal };
-        let mut nccl_id = crate::distributed::nccl::NcclUniqueId { internal: [0; 128] };
-        for (c, b) in nccl_id.internal.iter_mut().zip(bytes.iter()) {
-            *c = *b as std::os::raw::c_char;
-        }
+        let nccl_id = conv::nccl_id_from_c(unsafe { &*id });
         registry::with_engine(e, |eng| {
             let device = eng.prepare_device_collective()?;
             let comm = crate::distributed::nccl::NcclComm::init(&nccl_id, rank, world_size)?;

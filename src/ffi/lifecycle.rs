@@ -7,7 +7,7 @@ use std::os::raw::c_char;
 
 use super::boundary::{guard, guard_void, require, require_aligned, write_out};
 use super::types::*;
-use super::{registry, sized};
+use super::{conv, registry, sized};
 use crate::engine::config::{default_raw_config, Config};
 use crate::engine::layout::Layout;
 use crate::engine::Engine;
@@ -233,5 +233,7 @@ pub unsafe extern "C" fn gacc_tensor_span(
 /// creating with GACC_DEVICE_AUTO.
 #[no_mangle]
 pub unsafe extern "C" fn gacc_device(e: *const gacc_engine, out: *mut i32) -> gacc_status {
-    guard("gacc_device", || unsafe { write_out(out, "out", || registry::with_engine(e, |eng| Ok(eng.device()))) })
+    guard("gacc_device", || unsafe {
+        write_out(out, "out", || registry::with_engine(e, |eng| Ok(conv::device_to_c(eng.device()))))
+    })
 }

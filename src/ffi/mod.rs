@@ -5,7 +5,8 @@
 //! (data-parallel transports), [`tensors`] (per-tensor and in-place micro-batches).
 //! Every function has the same shape: `guard` (catches panics, records the error),
 //! NULL checks, a handle lookup, then one call into the engine; outputs are written
-//! only on success ([`boundary::write_out`]). No arithmetic happens here.
+//! only on success ([`boundary::write_out`]). No arithmetic happens here. Every
+//! conversion between the C types ([`types`]) and the engine's is in [`conv`].
 //!
 //! Safety: every `unsafe extern "C"` function here has the same contract, the one
 //! include/gacc.h states: pointer arguments are NULL or point to what the header
@@ -15,6 +16,8 @@
 //! generated header (cbindgen follows the source).
 
 pub mod boundary;
+pub mod callback;
+pub mod conv;
 pub mod registry;
 pub mod sized;
 pub mod types;

@@ -5,8 +5,8 @@
 use std::os::raw::c_void;
 
 use super::boundary::{guard, require, require_aligned};
-use super::registry;
 use super::types::*;
+use super::{conv, registry};
 use crate::backend::GradInput;
 use crate::engine::config::Dtype;
 use crate::status::gacc_status;
@@ -60,7 +60,7 @@ pub unsafe extern "C" fn gacc_step(e: *mut gacc_engine, info: *mut gacc_step_inf
         let report = registry::with_engine(e, |eng| eng.step(!info.is_null()))?;
         if let Some(report) = report {
             // SAFETY: report is Some only when info is non-null.
-            unsafe { info.write(report) };
+            unsafe { info.write(conv::step_info_to_c(&report)) };
         }
         Ok(())
     })
