@@ -4,10 +4,23 @@
 
 use std::os::raw::c_char;
 
-use super::types::{gacc_nccl_id, gacc_step_info, GACC_DEVICE_CPU};
+use super::types::{gacc_nccl_id, gacc_step_info, GACC_DEVICE_CPU, GACC_DTYPE_BF16, GACC_DTYPE_F16, GACC_DTYPE_F32};
 use crate::distributed::nccl::NcclUniqueId;
-use crate::engine::config::Device;
+use crate::engine::config::{Device, Dtype};
 use crate::engine::StepInfo;
+use crate::status::{Error, Result};
+
+/// A gradient dtype from C (`field` names the argument in the error).
+pub fn dtype_from_c(raw: u32, field: &str) -> Result<Dtype> {
+    match raw {
+        GACC_DTYPE_F32 => Ok(Dtype::F32),
+        GACC_DTYPE_F16 => Ok(Dtype::F16),
+        GACC_DTYPE_BF16 => Ok(Dtype::BF16),
+        _ => Err(Error::invalid_argument(format!(
+            "{field}: unknown dtype {raw} (expected GACC_DTYPE_F32=0, F16=1 or BF16=2)"
+        ))),
+    }
+}
 
 /// The C value of a device: GACC_DEVICE_CPU (-1) or the CUDA ordinal.
 pub fn device_to_c(device: Device) -> i32 {

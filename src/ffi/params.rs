@@ -5,9 +5,8 @@
 use std::os::raw::c_void;
 
 use super::boundary::{guard, require, require_aligned, write_out};
-use super::registry;
 use super::types::*;
-use crate::engine::config::Dtype;
+use super::{conv, registry};
 use crate::status::gacc_status;
 
 /// Copies the fp32 master weights (all tensors, concatenated) to host memory.
@@ -53,7 +52,7 @@ pub unsafe extern "C" fn gacc_params_ptr(
 ) -> gacc_status {
     guard("gacc_params_ptr", || unsafe {
         write_out(out, "out", || {
-            let dtype = Dtype::from_raw(dtype, "dtype")?;
+            let dtype = conv::dtype_from_c(dtype, "dtype")?;
             registry::with_engine(e, |eng| eng.params_ptr(tensor, dtype))
         })
     })

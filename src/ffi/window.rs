@@ -8,7 +8,6 @@ use super::boundary::{guard, require, require_aligned};
 use super::types::*;
 use super::{conv, registry};
 use crate::backend::GradInput;
-use crate::engine::config::Dtype;
 use crate::status::gacc_status;
 
 /// Folds one micro-batch gradient into the window. `grad` holds the gradient of all
@@ -29,7 +28,7 @@ pub unsafe extern "C" fn gacc_microbatch(
 ) -> gacc_status {
     guard("gacc_microbatch", || {
         require(grad, "grad")?;
-        let dtype = Dtype::from_raw(dtype, "dtype")?;
+        let dtype = conv::dtype_from_c(dtype, "dtype")?;
         require_aligned(grad, dtype.size(), "grad")?;
         let input = GradInput { ptr: grad, dtype, numel };
         // SAFETY: checked non-null and aligned; the caller provides numel elements.
