@@ -7,15 +7,20 @@
 //! device. The C API is in `include/gacc.h` (generated from [`ffi`] by cbindgen).
 //!
 //! Module map (data flows one way: C caller → ffi → engine → backend):
-//! - [`ffi`]: the only `extern "C"` code: panic boundary, NULL and handle checks,
-//!   live-handle registry, thread-local last error.
+//! - [`ffi`]: the only `extern "C"` code, one file per subject (lifecycle, window,
+//!   params, checkpoint, distributed, tensors): panic boundary, NULL and handle
+//!   checks, live-handle registry, thread-local last error, the C callback transport,
+//!   and the conversions of results to C types (`ffi::conv`). Still below the
+//!   boundary: engine::config validates the C struct `gacc_config` itself and
+//!   names the C constants, which the checkpoint metadata also stores.
 //! - [`engine`]: the window as a state machine, configuration validation, tensor
 //!   layout, and the scalar formulas of a step ([`engine::math`]).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
 //!   vectorised) and [`backend::cuda`] (kernels compiled by NVRTC at run time,
 //!   the whole window on the device; see docs/cuda.md).
 //! - [`checkpoint`]: save and load the whole state (safetensors, crash-safe).
-//! - [`distributed`]: data parallelism, one all-reduce per window (callback, MPI).
+//! - [`distributed`]: data parallelism, one all-reduce per window (the transports'
+//!   traits; MPI, NCCL; the C callback transport is ffi::callback).
 //! - [`alloc`]: fallible host allocation with a fault-injection hook.
 //! - [`status`]: status codes and the error type.
 

@@ -71,7 +71,7 @@ impl Target for ShimTarget {
         let rt = ShimRuntime::new(self.lib.clone(), self.sm, SHIM_MEMORY);
         let backend =
             CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params }).expect("shim backend");
-        Engine::from_parts(config, layout, Box::new(backend), 0)
+        Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0))
     }
     fn read_device(&self, ptr: *const c_void, bytes: usize) -> Vec<u8> {
         let mut out = vec![0xA5u8; bytes];
@@ -496,7 +496,7 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
     let target = ShimTarget::new();
     let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
-    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), 0);
+    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), gacc::engine::config::Device::Cuda(0));
     let mut cpu = Engine::new(config, layout, &init).unwrap();
     let weights = [1.0, 2.5, 0.5];
     let lrs = [0.02f32, 0.005, 0.0, 0.03];
@@ -639,7 +639,7 @@ fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<capture::Graph>>)
     let params = vec![0.25f32; layout.numel];
     let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
-    (Engine::from_parts(config, layout, Box::new(backend), 0), graph)
+    (Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0)), graph)
 }
 
 /// Fails before the fix: the engine's fields dropped the backend (stream, context)
@@ -684,7 +684,7 @@ fn engine_with_memory(case: &Case, memory: u64) -> gacc::Result<Engine> {
     let params = vec![0.25f32; layout.numel];
     let rt = ShimRuntime::new(shim(), SM, memory);
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params })?;
-    Ok(Engine::from_parts(config, layout, Box::new(backend), 0))
+    Ok(Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0)))
 }
 
 /// Fails before the fix: the check at creation left out the staging buffer of host

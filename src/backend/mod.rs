@@ -10,7 +10,7 @@ pub mod cuda;
 
 use std::os::raw::c_void;
 
-use crate::engine::config::{Config, Dtype};
+use crate::engine::config::{Config, Device, Dtype};
 use crate::engine::layout::Layout;
 use crate::status::Result;
 
@@ -357,14 +357,14 @@ pub fn check_fits(config: &Config, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn create_cpu(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
+fn create_cpu(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, Device)> {
     check_host_fits(init.layout.numel, bytes_per_param(init.config), "state")?;
-    Ok((Box::new(cpu::CpuBackend::new(init)?), crate::ffi::types::GACC_DEVICE_CPU))
+    Ok((Box::new(cpu::CpuBackend::new(init)?), Device::Cpu))
 }
 
 /// Builds the backend the configuration asks for: AUTO takes CUDA device 0 when it
 /// is usable and the CPU otherwise; an explicit ordinal never falls back.
-pub fn create(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, i32)> {
+pub fn create(init: BackendInit<'_>) -> Result<(Box<dyn Backend>, Device)> {
     use crate::engine::config::DeviceRequest;
     match init.config.device {
         DeviceRequest::Cpu => create_cpu(init),
@@ -383,8 +383,6 @@ fn cuda_probe(ordinal: u32) -> Result<()> {
     cuda::probe(ordinal)
 }
 
-fn create_cuda(init: BackendInit<'_>, ordinal: u32) -> Result<(Box<dyn Backend>, i32)> {
-    let device = i32::try_from(ordinal)
-        .map_err(|_| crate::status::Error::invalid_argument(format!("device: ordinal {ordinal} is too large")))?;
-    Ok((cuda::create(init, ordinal)?, device))
+fn create_cuda(init: BackendInit<'_>, ordinal: u32) -> Result<(Box<dyn Backend>, Device)> {
+    Ok((cuda::create(init, ordinal)?, Device::Cuda(ordinal)))
 }

@@ -6,12 +6,11 @@
 //! the same global gradient, so found_inf, the clip coefficient and the update agree
 //! bit for bit and parameters stay identical without being broadcast.
 //!
-//! Transports implement [`Collective`]: a C callback (any transport: Gloo, Horovod,
+//! Transports implement [`Collective`]: a C callback (crate::ffi::callback) (any transport: Gloo, Horovod,
 //! a game server's channel) and, behind the `mpi` cargo feature, MPI. CUDA engines
 //! also take a [`DeviceCollective`] (NCCL, loaded at run time): the all-reduces then
 //! run on device memory, on the engine's stream, with no host synchronisation.
 
-pub mod callback;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod nccl;

@@ -28,6 +28,14 @@ impl DeviceRequest {
     }
 }
 
+/// Where an engine runs (the C API's -1 for the CPU, or an ordinal, is converted at
+/// the boundary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
 /// Element type of a gradient or a working copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
@@ -37,17 +45,6 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    /// Validates a raw C value.
-    pub fn from_raw(raw: u32, field: &str) -> Result<Dtype> {
-        match raw {
-            GACC_DTYPE_F32 => Ok(Dtype::F32),
-            GACC_DTYPE_F16 => Ok(Dtype::F16),
-            GACC_DTYPE_BF16 => Ok(Dtype::BF16),
-            _ => Err(Error::invalid_argument(format!(
-                "{field}: unknown dtype {raw} (expected GACC_DTYPE_F32=0, F16=1 or BF16=2)"
-            ))),
-        }
-    }
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

@@ -13,10 +13,30 @@ use std::os::raw::c_void;
 
 use crate::backend::{self, Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepRequest, TensorGrad};
 use crate::distributed::{Collective, CommStats, DeviceCollective};
-use crate::ffi::types::gacc_step_info;
 use crate::status::{Error, Result};
-use config::{Config, Dtype, Reduction};
+use config::{Config, Device, Dtype, Reduction};
 use layout::Layout;
+
+/// What a step did (the C API's gacc_step_info; the ffi layer converts).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepInfo {
+    /// The update was applied (false: skipped, the gradient was not finite).
+    pub applied: bool,
+    /// ||g||_2 of the unscaled, averaged gradient before clipping.
+    pub grad_norm: f32,
+    /// The factor the gradient was multiplied by (1: not clipped).
+    pub clip_coef: f32,
+    /// The loss scale for the next window.
+    pub loss_scale: f32,
+    /// Applied updates so far.
+    pub step: u64,
+    /// Micro-batches in the window just closed.
+    pub microbatches: u32,
+    /// Total weight of the window just closed (without dropped micro-batches).
+    pub total_weight: f64,
+    /// Micro-batches dropped for a non-finite gradient.
+    pub dropped_microbatches: u32,
+}
 
 /// Everything an engine holds, on the host: what a checkpoint saves and restores.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +57,8 @@ pub struct Engine {
     total_weight: f64,
     microbatches: u32,
     backend: Box<dyn Backend>,
-    /// Device ordinal the engine runs on (-1: CPU).
-    device: i32,
+    /// Where the engine runs.
+    device: Device,
     /// Data-parallel transport; None: a single process.
     comm: Option<Box<dyn Collective>>,
     /// Device transport (NCCL, CUDA engines); None: none. At most one of `comm` and
@@ -76,7 +96,7 @@ impl Engine {
 
     /// Assembles an engine around an already built backend (tests use this to drive
     /// other backends through the same window logic).
-    pub fn from_parts(config: Config, layout: Layout, backend: Box<dyn Backend>, device: i32) -> Engine {
+    pub fn from_parts(config: Config, layout: Layout, backend: Box<dyn Backend>, device: Device) -> Engine {
         Engine {
             lr: config.lr,
             config,
@@ -100,7 +120,7 @@ impl Engine {
     pub fn config(&self) -> &Config {
         &self.config
     }
-    pub fn device(&self) -> i32 {
+    pub fn device(&self) -> Device {
         self.device
     }
     pub fn describe(&self) -> String {
@@ -231,7 +251,7 @@ impl Engine {
 
     /// Closes the window with one optimizer step (or a skip). When `want_info` is
     /// false the backend is not waited for.
-    pub fn step(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+    pub fn step(&mut self, want_info: bool) -> Result<Option<StepInfo>> {
         // Refused before anything changes: a captured read-back would not be replayed.
         if want_info {
             self.backend.check_capturable("gacc_step with a step-info pointer (it reads the result back)")?;
@@ -248,7 +268,7 @@ impl Engine {
         self.step_local(want_info)
     }
 
-    fn step_local(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+    fn step_local(&mut self, want_info: bool) -> Result<Option<StepInfo>> {
         if self.total_weight <= 0.0 {
             return Err(Error::invalid_state(if self.microbatches == 0 {
                 "nothing accumulated in this window (call gacc_microbatch first)".to_string()
@@ -268,8 +288,8 @@ impl Engine {
         // Drop mode: the total without the dropped micro-batches is the backend's
         // (summed on the device for CUDA), read back only now.
         let drop_mode = self.config.numerics.drop_nonfinite;
-        Ok(Some(gacc_step_info {
-            applied: u32::from(r.applied),
+        Ok(Some(StepInfo {
+            applied: r.applied,
             grad_norm: r.grad_norm,
             clip_coef: r.clip_coef,
             loss_scale: r.loss_scale,
@@ -283,7 +303,7 @@ impl Engine {
     /// The data-parallel step: sum the window totals, then the accumulators, across
     /// ranks (one collective each), then the ordinary step on the global window. A
     /// failed collective leaves this rank's window as it was.
-    fn step_data_parallel(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+    fn step_data_parallel(&mut self, want_info: bool) -> Result<Option<StepInfo>> {
         let Some(comm) = self.comm.as_mut() else {
             return Err(Error::internal("data-parallel step without a transport"));
         };
@@ -333,7 +353,7 @@ impl Engine {
     /// waits for the device. A window whose global total is 0 is skipped on the
     /// device (applied = 0). A collective refused when queued leaves this rank's
     /// window as it was.
-    fn step_device_collective(&mut self, want_info: bool) -> Result<Option<gacc_step_info>> {
+    fn step_device_collective(&mut self, want_info: bool) -> Result<Option<StepInfo>> {
         let Some(comm) = self.device_comm.as_mut() else {
             return Err(Error::internal("device step without a transport"));
         };
@@ -350,8 +370,8 @@ impl Engine {
         }
         let r = self.backend.last_report()?;
         let (_, microbatches) = self.backend.device_window()?;
-        Ok(Some(gacc_step_info {
-            applied: u32::from(r.applied),
+        Ok(Some(StepInfo {
+            applied: r.applied,
             grad_norm: r.grad_norm,
             clip_coef: r.clip_coef,
             loss_scale: r.loss_scale,
@@ -473,7 +493,7 @@ impl Engine {
     /// until the returned scope drops (the caller's context is back then), for
     /// creating the communicator.
     pub fn prepare_device_collective(&mut self) -> Result<crate::backend::DeviceScope> {
-        if self.device < 0 {
+        if self.device == Device::Cpu {
             return Err(Error::invalid_state(
                 "gacc_set_nccl needs a CUDA engine; a CPU engine joins a data-parallel group with gacc_set_mpi or \
                  gacc_set_allreduce",
@@ -517,7 +537,12 @@ impl Engine {
         self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()))
     }
 
+    /// Runs the engine's work on `stream` (CUDA); NULL, the engine's own stream, is
+    /// accepted by every engine.
     pub fn set_stream(&mut self, stream: *mut c_void) -> Result<()> {
+        if stream.is_null() && self.device == Device::Cpu {
+            return Ok(());
+        }
         self.backend.set_stream(stream)
     }
 

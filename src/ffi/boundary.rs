@@ -88,3 +88,27 @@ pub fn require_aligned<T>(ptr: *const T, align: usize, argument: &str) -> Result
         Ok(())
     }
 }
+
+/// The tail of every function with one output: fails with GACC_ERR_NULL_POINTER when
+/// `out` is NULL (before `value` runs), otherwise runs `value` and writes its result
+/// to `*out` only when it succeeds.
+///
+/// # Safety
+/// `out` is NULL or points to a writable `T`.
+pub unsafe fn write_out<T>(out: *mut T, argument: &str, value: impl FnOnce() -> Result<T>) -> Result<()> {
+    require(out, argument)?;
+    let v = value()?;
+    // SAFETY: non-null; the caller provides a writable T.
+    unsafe { out.write(v) };
+    Ok(())
+}
+
+/// Fails with GACC_ERR_INVALID_ARGUMENT unless 0 <= rank < world_size.
+pub fn check_rank(rank: i32, world_size: i32) -> Result<(u32, u32)> {
+    if world_size < 1 || rank < 0 || rank >= world_size {
+        return Err(Error::invalid_argument(format!(
+            "rank {rank} and world_size {world_size}: need 0 <= rank < world_size"
+        )));
+    }
+    Ok((rank as u32, world_size as u32))
+}

@@ -11,7 +11,6 @@ use super::boundary::{guard, require, require_aligned};
 use super::registry;
 use super::types::gacc_engine;
 use crate::backend::GradInput;
-use crate::engine::config::Dtype;
 use crate::status::gacc_status;
 
 /// One tensor's gradient in a per-tensor micro-batch (gacc_microbatch_tensors).
@@ -43,7 +42,7 @@ unsafe fn read_grads(grads: *const gacc_grad, n_grads: usize) -> crate::Result<V
             out.push(None);
             continue;
         }
-        let dtype = Dtype::from_raw(g.dtype, &format!("grads[{i}].dtype"))?;
+        let dtype = super::conv::dtype_from_c(g.dtype, &format!("grads[{i}].dtype"))?;
         require_aligned(g.data, dtype.size(), &format!("grads[{i}].data"))?;
         out.push(Some(GradInput { ptr: g.data, dtype, numel: g.numel }));
     }

@@ -137,7 +137,7 @@ pub fn replay(make: &dyn Fn(Config, Layout, &[f32]) -> Engine, refs: &References
                     case.overflow[..=step].iter().map(|&o| if o { '1' } else { '0' }).collect::<String>()
                 )
             };
-            assert_eq!(info.applied, u32::from(!overflow), "{}: skip decision", what());
+            assert_eq!(info.applied, !overflow, "{}: skip decision", what());
             let got = f64::from(info.loss_scale);
             assert_eq!(got.to_bits(), want.to_bits(), "{}: scale {got} vs {want}", what());
             steps += 1;

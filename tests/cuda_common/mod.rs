@@ -307,10 +307,14 @@ pub fn run_case(target: &dyn Target, case: &Case) {
             assert!(close(ic.clip_coef, id.clip_coef, 1e-5), "{t}: clip_coef {} vs {}", ic.clip_coef, id.clip_coef);
         }
         if case.nonfinite_window == Some(w) && !case.drop_nonfinite {
-            assert_eq!(id.applied, 0, "{t}: a non-finite window must be skipped");
+            assert!(!id.applied, "{t}: a non-finite window must be skipped");
         }
         if case.drop_nonfinite && w == case.windows - 1 {
-            assert_eq!((id.applied, id.dropped_microbatches, id.total_weight), (0, k as u32, 0.0), "{t}: all dropped");
+            assert_eq!(
+                (id.applied, id.dropped_microbatches, id.total_weight),
+                (false, k as u32, 0.0),
+                "{t}: all dropped"
+            );
         }
 
         let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());

@@ -1,9 +1,10 @@
-//! The callback transport: the caller supplies an in-place sum all-reduce.
+//! The callback transport: the caller supplies an in-place sum all-reduce. It lives in
+//! the ffi layer because it calls C: the engine sees only a [`Collective`].
 
 use std::os::raw::c_void;
 
-use super::Collective;
-use crate::ffi::types::{GACC_DTYPE_F32, GACC_DTYPE_F64};
+use super::types::{GACC_DTYPE_F32, GACC_DTYPE_F64};
+use crate::distributed::Collective;
 use crate::status::{gacc_status, Error, Result};
 
 /// In-place sum all-reduce supplied by the caller: `buf` holds `count` elements of
