@@ -613,10 +613,14 @@ impl gacc::distributed::DeviceCollective for OneRankCollective {
         send: u64,
         recv: u64,
         count: usize,
-        f64: bool,
+        element: gacc::distributed::Element,
         _stream: *mut c_void,
     ) -> gacc::Result<()> {
-        let bytes = count * if f64 { 8 } else { 4 };
+        let bytes = count
+            * match element {
+                gacc::distributed::Element::F32 => 4,
+                gacc::distributed::Element::F64 => 8,
+            };
         // SAFETY: shim device memory is host memory of at least `bytes`.
         unsafe { std::ptr::copy(send as *const u8, recv as *mut u8, bytes) };
         Ok(())
