@@ -32,7 +32,7 @@ pub mod tensors;
 pub use backend::CudaBackend;
 pub use driver::{probe, CudaRuntime};
 pub use runtime::Runtime;
-pub use shim::{ShimLibrary, ShimRuntime};
+pub use shim::{ShimLibrary, ShimRuntime, ShimStats};
 
 use crate::backend::{Backend, BackendInit};
 use crate::status::Result;
