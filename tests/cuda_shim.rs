@@ -168,21 +168,21 @@ fn drop_mode_adds_one_launch_per_microbatch_and_none_per_step() {
     let (mut be, n) = shim_backend(&case);
     let mut g = vec![1.0f32; n];
     g[3] = f32::NAN;
-    let (d2h, syncs) = (be.runtime().d2h_copies, be.runtime().syncs);
-    let before = be.runtime().launches.len();
+    let (d2h, syncs) = (be.runtime().stats().d2h_copies, be.runtime().stats().syncs);
+    let before = be.runtime().stats().launches.len();
     // SAFETY: g holds n f32.
     unsafe {
         be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 2.0).unwrap();
         g[3] = 1.0;
         be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 3.0).unwrap();
     }
-    let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
+    let names: Vec<&str> = be.runtime().stats().launches[before..].iter().map(|l| l.0.as_str()).collect();
     assert_eq!(names, ["gacc_check_finite", "gacc_accumulate_f32", "gacc_check_finite", "gacc_accumulate_f32"]);
-    let before = be.runtime().launches.len();
+    let before = be.runtime().stats().launches.len();
     be.step(&StepRequest { total_weight: 5.0, lr: 0.01 }).unwrap();
-    let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
+    let names: Vec<&str> = be.runtime().stats().launches[before..].iter().map(|l| l.0.as_str()).collect();
     assert_eq!(names, ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
-    assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "no transfer, no sync");
+    assert_eq!((be.runtime().stats().d2h_copies, be.runtime().stats().syncs), (d2h, syncs), "no transfer, no sync");
     let report = be.last_report().unwrap();
     assert_eq!((report.applied, report.dropped, report.window_total), (true, 1, 3.0));
     // The device counts as data parallelism reads and replaces them.
@@ -262,17 +262,17 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
             })
             .collect();
         for call in 0..2 {
-            let (launches, h2d) = (be.runtime().launches.len(), be.runtime().h2d_copies);
+            let (launches, h2d) = (be.runtime().stats().launches.len(), be.runtime().stats().h2d_copies);
             // SAFETY: every gradient holds numel f32 of shim device memory.
             unsafe { be.accumulate_tensors(&grads, 1.0, 1.0).unwrap() };
-            let names: Vec<&str> = be.runtime().launches[launches..].iter().map(|l| l.0.as_str()).collect();
+            let names: Vec<&str> = be.runtime().stats().launches[launches..].iter().map(|l| l.0.as_str()).collect();
             let want: &[&str] = if drop_mode {
                 &["gacc_check_finite_tensors", "gacc_accumulate_tensors"]
             } else {
                 &["gacc_accumulate_tensors"]
             };
             assert_eq!(names, want);
-            assert_eq!(be.runtime().h2d_copies - h2d, usize::from(call == 0), "table uploads on call {call}");
+            assert_eq!(be.runtime().stats().h2d_copies - h2d, usize::from(call == 0), "table uploads on call {call}");
         }
         let s = be.export_state().unwrap();
         for t in &layout.tensors {
@@ -282,14 +282,14 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
         }
         // No tensor listed (every entry NULL): one launch, which only books the
         // micro-batch's weight in the device's window total (the step reads it there).
-        let launches = be.runtime().launches.len();
+        let launches = be.runtime().stats().launches.len();
         // SAFETY: nothing is read.
         unsafe { be.accumulate_tensors(&[], 1.0, 5.0).unwrap() };
-        assert_eq!(be.runtime().launches.len() - launches, 1);
+        assert_eq!(be.runtime().stats().launches.len() - launches, 1);
         assert_eq!(be.window_counts().unwrap(), (7.0, 0), "2 + 5 booked on the device");
         // An in-place micro-batch books the same way, and moves no data.
         be.book_inplace(0.5).unwrap();
-        assert_eq!(be.runtime().launches.len() - launches, 2);
+        assert_eq!(be.runtime().stats().launches.len() - launches, 2);
         assert_eq!(be.window_counts().unwrap(), (7.5, 0), "2 + 5 + 0.5 booked on the device");
         target.release();
     }
@@ -310,23 +310,27 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
     case.tensors = (0..50).map(|i| (3 + i % 7, i % 2 == 0)).collect();
     let (mut be, n) = shim_backend(&case);
     let g = vec![1.0f32; n];
-    let before = be.runtime().launches.len();
+    let before = be.runtime().stats().launches.len();
     // SAFETY: g holds n f32.
     unsafe {
         be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap()
     };
-    assert_eq!(be.runtime().launches.len() - before, 1, "a micro-batch is one launch");
-    let (d2h, syncs) = (be.runtime().d2h_copies, be.runtime().syncs);
-    let before = be.runtime().launches.len();
+    assert_eq!(be.runtime().stats().launches.len() - before, 1, "a micro-batch is one launch");
+    let (d2h, syncs) = (be.runtime().stats().d2h_copies, be.runtime().stats().syncs);
+    let before = be.runtime().stats().launches.len();
     be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
-    let names: Vec<&str> = be.runtime().launches[before..].iter().map(|l| l.0.as_str()).collect();
+    let names: Vec<&str> = be.runtime().stats().launches[before..].iter().map(|l| l.0.as_str()).collect();
     assert_eq!(names, ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
-    assert_eq!((be.runtime().d2h_copies, be.runtime().syncs), (d2h, syncs), "step without info: no transfer, no sync");
+    assert_eq!(
+        (be.runtime().stats().d2h_copies, be.runtime().stats().syncs),
+        (d2h, syncs),
+        "step without info: no transfer, no sync"
+    );
     let grids = be.grids();
     let (grid, norm_grid) = (grids.update, grids.norm);
     assert_eq!(grid, launch::elementwise_grid(n, SM, gacc::backend::cuda::shim::SHIM_BLOCKS_PER_SM));
     assert_eq!(norm_grid, launch::norm_grid(n, SM));
-    for (name, g, block) in &be.runtime().launches[before..] {
+    for (name, g, block) in &be.runtime().stats().launches[before..] {
         let expect = if name == "gacc_finalize" {
             (1, 1)
         } else if name == "gacc_norm_partials" {
@@ -351,9 +355,9 @@ fn host_and_device_gradients_are_told_apart() {
     // SAFETY: both hold n f32.
     unsafe {
         be.accumulate(&GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap();
-        let staged = be.runtime().d2h_copies;
+        let staged = be.runtime().stats().d2h_copies;
         be.accumulate(&GradInput { ptr: device, dtype: Dtype::F32, numel: n }, 1.0, 1.0).unwrap();
-        assert_eq!(be.runtime().d2h_copies, staged);
+        assert_eq!(be.runtime().stats().d2h_copies, staged);
     }
     let s = be.export_state().unwrap();
     assert!(s.acc.iter().all(|&a| a == 4.0), "host + device gradients: {:?}", &s.acc[..4]);
@@ -614,10 +618,14 @@ impl gacc::distributed::DeviceCollective for OneRankCollective {
         send: u64,
         recv: u64,
         count: usize,
-        f64: bool,
+        element: gacc::distributed::Element,
         _stream: *mut c_void,
     ) -> gacc::Result<()> {
-        let bytes = count * if f64 { 8 } else { 4 };
+        let bytes = count
+            * match element {
+                gacc::distributed::Element::F32 => 4,
+                gacc::distributed::Element::F64 => 8,
+            };
         // SAFETY: shim device memory is host memory of at least `bytes`.
         unsafe { std::ptr::copy(send as *const u8, recv as *mut u8, bytes) };
         Ok(())
@@ -742,19 +750,20 @@ fn grids_follow_the_occupancy_answer_per_kernel() {
     let layout = common::layout_for(&case);
     let n = layout.numel;
     let mut rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
-    rt.occupancy.insert("gacc_update_adamw".into(), 5);
-    rt.occupancy.insert("gacc_check_finite".into(), 3);
+    rt.set_occupancy("gacc_update_adamw", 5);
+    rt.set_occupancy("gacc_check_finite", 3);
     let params = vec![0.5f32; n];
     let mut be = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
     let grids = be.grids();
     assert!(n > 4 * 256 * 8 * SM as usize, "n covers every cap");
     assert_eq!((grids.update, grids.check_finite, grids.accumulate(Dtype::F32)), (5 * SM, 3 * SM, 8 * SM));
     let g = vec![1.0f32; n];
-    let before = be.runtime().launches.len();
+    let before = be.runtime().stats().launches.len();
     // SAFETY: g holds n f32.
     unsafe { be.accumulate(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.0, 1.0) }.unwrap();
     be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
-    let launched: Vec<(&str, u32)> = be.runtime().launches[before..].iter().map(|l| (l.0.as_str(), l.1)).collect();
+    let launched: Vec<(&str, u32)> =
+        be.runtime().stats().launches[before..].iter().map(|l| (l.0.as_str(), l.1)).collect();
     assert_eq!(
         launched,
         [

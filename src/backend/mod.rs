@@ -252,20 +252,6 @@ pub trait Backend: Send {
         self.import_state(&s)
     }
 
-    /// Makes the engine's device current on the calling thread until the returned
-    /// scope is dropped (then the caller's current context is back), for a device
-    /// library (NCCL) that creates a communicator for it. CPU engines have no device.
-    fn bind_device(&mut self) -> Result<DeviceScope> {
-        Err(crate::status::Error::invalid_state("a CPU engine has no device"))
-    }
-
-    /// Allocates what a device collective group needs (CUDA: the reduction buffers),
-    /// before the communicator is created, so that a device too full for it fails
-    /// here (GACC_ERR_OUT_OF_MEMORY) and not in the middle of joining the group.
-    fn reserve_device_group(&mut self) -> Result<()> {
-        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
-    }
-
     /// Fails with GACC_ERR_INVALID_STATE, naming `what`, when the engine's stream is
     /// being captured into a CUDA graph: for calls that would read back, wait or
     /// record something a replay cannot repeat. CPU engines: always fine.
@@ -273,32 +259,10 @@ pub trait Backend: Send {
         Ok(())
     }
 
-    /// Joins a device collective group (NCCL): rank 0's master weights go to every
-    /// rank through one device all-reduce (the other ranks contribute zeros), and
-    /// from now on the step takes the window total from the device (the global one
-    /// that [`Backend::device_allreduce_window`] leaves there). Waits for the device.
-    fn join_device_group(&mut self, _comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
-        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
-    }
-
-    /// Queues, on the engine's stream, the cross-rank sums of the window totals
-    /// (this rank's `weight` and `microbatches`, and in drop mode the device's total
-    /// and dropped count) and of the fp32 accumulator (acc - comp), into scratch
-    /// buffers that replace the window only when every collective was accepted. No
-    /// host synchronisation, no device-to-host copy.
-    fn device_allreduce_window(
-        &mut self,
-        _comm: &mut dyn crate::distributed::DeviceCollective,
-        _weight: f64,
-        _microbatches: u32,
-    ) -> Result<()> {
-        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
-    }
-
-    /// The global (total weight, micro-batch count) of the last window reduced by
-    /// [`Backend::device_allreduce_window`] (waits for the device).
-    fn device_window(&mut self) -> Result<(f64, u32)> {
-        Err(crate::status::Error::invalid_state("only CUDA engines take a device collective"))
+    /// The device collective part (NCCL) of a backend that has one (CUDA); None
+    /// where it does not exist (the CPU).
+    fn device_group(&mut self) -> Option<&mut dyn DeviceGroup> {
+        None
     }
 
     /// Copies all state to the host (waits for the device).
@@ -307,6 +271,42 @@ pub trait Backend: Send {
     /// Replaces all state (sizes already validated against the layout) and rewrites
     /// the working copy from the imported master weights.
     fn import_state(&mut self, snapshot: &StateSnapshot) -> Result<()>;
+}
+
+/// What a backend on a device offers a device collective group (NCCL), reached
+/// through [`Backend::device_group`] only where it exists.
+pub trait DeviceGroup {
+    /// Makes the engine's device current on the calling thread until the returned
+    /// scope is dropped (then the caller's current context is back), for a device
+    /// library (NCCL) that creates a communicator for it.
+    fn bind_device(&mut self) -> Result<DeviceScope>;
+
+    /// Allocates what a device collective group needs (CUDA: the reduction buffers),
+    /// before the communicator is created, so that a device too full for it fails
+    /// here (GACC_ERR_OUT_OF_MEMORY) and not in the middle of joining the group.
+    fn reserve_device_group(&mut self) -> Result<()>;
+
+    /// Joins a device collective group (NCCL): rank 0's master weights go to every
+    /// rank through one device all-reduce (the other ranks contribute zeros), and
+    /// from now on the step takes the window total from the device (the global one
+    /// that [`DeviceGroup::device_allreduce_window`] leaves there). Waits for the device.
+    fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()>;
+
+    /// Queues, on the engine's stream, the cross-rank sums of the window totals
+    /// (this rank's `weight` and `microbatches`, and in drop mode the device's total
+    /// and dropped count) and of the fp32 accumulator (acc - comp), into scratch
+    /// buffers that replace the window only when every collective was accepted. No
+    /// host synchronisation, no device-to-host copy.
+    fn device_allreduce_window(
+        &mut self,
+        comm: &mut dyn crate::distributed::DeviceCollective,
+        weight: f64,
+        microbatches: u32,
+    ) -> Result<()>;
+
+    /// The global (total weight, micro-batch count) of the last window reduced by
+    /// [`DeviceGroup::device_allreduce_window`] (waits for the device).
+    fn device_window(&mut self) -> Result<(f64, u32)>;
 }
 
 /// What a backend is built from.

@@ -30,12 +30,21 @@ pub trait Collective: Send {
     fn describe(&self) -> String;
 }
 
+/// The element type of a device all-reduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Element {
+    /// fp32 (accumulators, parameters).
+    F32,
+    /// fp64 (window totals).
+    F64,
+}
+
 /// An in-place (or out-of-place) sum all-reduce on device memory, queued on a CUDA
 /// stream: it returns once the work is queued, not done.
 pub trait DeviceCollective: Send {
     fn rank(&self) -> u32;
     fn world_size(&self) -> u32;
-    /// Queues recv = Σ_ranks send, `count` f32 (or f64 when `f64`) elements, on
+    /// Queues recv = Σ_ranks send, `count` elements of type `element`, on
     /// `stream`. `send` may equal `recv`.
     ///
     /// # Safety
@@ -46,7 +55,7 @@ pub trait DeviceCollective: Send {
         send: u64,
         recv: u64,
         count: usize,
-        f64: bool,
+        element: Element,
         stream: *mut std::ffi::c_void,
     ) -> Result<()>;
     fn describe(&self) -> String;

@@ -16,7 +16,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Mutex;
 
-use super::DeviceCollective;
+use super::{DeviceCollective, Element};
 use crate::status::{gacc_status, Error, Result};
 
 /// `ncclUniqueId`: NCCL_UNIQUE_ID_BYTES (128) opaque bytes.
@@ -280,9 +280,19 @@ impl DeviceCollective for NcclComm {
     fn world_size(&self) -> u32 {
         self.size
     }
-    unsafe fn allreduce(&mut self, send: u64, recv: u64, count: usize, f64: bool, stream: *mut c_void) -> Result<()> {
+    unsafe fn allreduce(
+        &mut self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        element: Element,
+        stream: *mut c_void,
+    ) -> Result<()> {
         self.check_async()?;
-        let dtype = if f64 { NCCL_FLOAT64 } else { NCCL_FLOAT32 };
+        let dtype = match element {
+            Element::F32 => NCCL_FLOAT32,
+            Element::F64 => NCCL_FLOAT64,
+        };
         let r = (self.api.all_reduce)(
             send as *const c_void,
             recv as *mut c_void,
@@ -296,7 +306,10 @@ impl DeviceCollective for NcclComm {
             return Err(comm_error(
                 &format!(
                     "ncclAllReduce of {count} {} (rank {} of {})",
-                    if f64 { "doubles" } else { "floats" },
+                    match element {
+                        Element::F32 => "floats",
+                        Element::F64 => "doubles",
+                    },
                     self.rank,
                     self.size
                 ),

@@ -357,7 +357,8 @@ impl Engine {
         let Some(comm) = self.device_comm.as_mut() else {
             return Err(Error::internal("device step without a transport"));
         };
-        self.backend.device_allreduce_window(comm.as_mut(), self.total_weight, self.microbatches)?;
+        let group = self.backend.device_group().ok_or_else(no_device_group)?;
+        group.device_allreduce_window(comm.as_mut(), self.total_weight, self.microbatches)?;
         self.comm_stats.collectives += 2;
         self.comm_stats.bytes += (self.layout.numel * 4 + 4 * 8) as u64;
         // The host's total is a placeholder: the kernels take the device's.
@@ -369,7 +370,7 @@ impl Engine {
             return Ok(None);
         }
         let r = self.backend.last_report()?;
-        let (_, microbatches) = self.backend.device_window()?;
+        let (_, microbatches) = self.backend.device_group().ok_or_else(no_device_group)?.device_window()?;
         Ok(Some(StepInfo {
             applied: r.applied,
             grad_norm: r.grad_norm,
@@ -509,8 +510,9 @@ impl Engine {
                 "set the data-parallel transport before the first micro-batch of a window",
             ));
         }
-        self.backend.reserve_device_group()?;
-        self.backend.bind_device()
+        let group = self.backend.device_group().ok_or_else(no_device_group)?;
+        group.reserve_device_group()?;
+        group.bind_device()
     }
 
     /// Joins a data-parallel group over a device collective (NCCL). The window must
@@ -518,7 +520,7 @@ impl Engine {
     /// to every rank on the device; from then on every step is a data-parallel one.
     pub fn set_device_collective(&mut self, mut comm: Box<dyn DeviceCollective>) -> Result<()> {
         let _device = self.prepare_device_collective()?;
-        self.backend.join_device_group(comm.as_mut())?;
+        self.backend.device_group().ok_or_else(no_device_group)?.join_device_group(comm.as_mut())?;
         self.comm_stats = CommStats { collectives: 1, bytes: (self.layout.numel * 4) as u64 };
         self.device_comm = Some(comm);
         Ok(())
@@ -563,4 +565,9 @@ impl Engine {
         self.lr = lr;
         Ok(())
     }
+}
+
+/// A device collective asked of a backend without one.
+fn no_device_group() -> Error {
+    Error::invalid_state("only CUDA engines take a device collective")
 }

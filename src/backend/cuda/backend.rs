@@ -21,50 +21,127 @@
 
 use std::ffi::c_void;
 
+use super::buffers::{ptr_or_null, DevBuf, DeviceBuffers};
 use super::launch::{self, UpdateBuffers, UpdateKind};
 use super::runtime::{DevPtr, Runtime};
 use super::state::{bytes_of, DeviceState, Hyper};
 use crate::backend::{
-    Backend, BackendInit, DeviceScope, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad,
+    Backend, BackendInit, DeviceGroup, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad,
 };
-use crate::engine::config::{Config, Optimizer, Precision, ScalePolicy};
+use crate::engine::config::{Config, Dtype, Optimizer, ScalePolicy};
 use crate::status::{Error, Result};
 
 /// A CUDA engine's device state, driven through runtime `R`.
 pub struct CudaBackend<R: Runtime> {
-    rt: R,
-    n: usize,
-    master: DevPtr,
-    acc: DevPtr,
-    /// Kahan compensation (0 unless compensated_accumulation).
-    comp: DevPtr,
-    state1: DevPtr,
-    state2: DevPtr,
-    working: DevPtr,
-    working_dtype: i32,
-    state: DevPtr,
-    partials: DevPtr,
-    run_ends: DevPtr,
+    pub(super) rt: R,
+    /// Every device allocation below, freed together when the backend drops.
+    pub(super) bufs: DeviceBuffers,
+    pub(super) n: usize,
+    pub(super) master: DevBuf,
+    pub(super) acc: DevBuf,
+    /// Kahan compensation (compensated_accumulation only).
+    pub(super) comp: Option<DevBuf>,
+    pub(super) state1: Option<DevBuf>,
+    pub(super) state2: Option<DevBuf>,
+    /// The fp16/bf16 working copy (not with precision FP32).
+    pub(super) working: Option<Working>,
+    /// One gacc_state.
+    pub(super) state: DevBuf,
+    partials: DevBuf,
+    run_ends: DevBuf,
     n_runs: u32,
     first_decay: u32,
-    staging: DevPtr,
-    grids: launch::Grids,
+    /// Host gradients are copied here (allocated on the first one).
+    staging: Option<DevBuf>,
+    pub(super) grids: launch::Grids,
     norm_grid: u32,
-    hyper: Hyper,
+    pub(super) hyper: Hyper,
     update_kind: UpdateKind,
     /// Drop mode: number of the last micro-batch within the open window
     /// (gacc_check_finite's flag value; 0 when the window is empty).
     seq: u32,
-    drop_mode: bool,
+    pub(super) drop_mode: bool,
     /// Stochastic rounding: on (1) / off (0), and its seed.
     sr: u32,
     seed: u64,
     /// Device collective (NCCL): n f32 that the accumulator is reduced into (then
-    /// copied into acc, whose address never changes), and the 4 doubles of window totals (0 until used).
-    dp_scratch: DevPtr,
-    dp_totals: DevPtr,
+    /// copied into acc, whose address never changes), and the 4 doubles of window
+    /// totals (allocated by gacc_set_nccl).
+    pub(super) dp_scratch: Option<DevBuf>,
+    pub(super) dp_totals: Option<DevBuf>,
     /// Per-tensor micro-batches: the device table and what it was built from.
     tables: super::tensors::TableCache,
+}
+
+/// The working copy's element type, as the kernels number it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkingDtype {
+    F16,
+    BF16,
+}
+
+impl WorkingDtype {
+    /// The working dtype of a precision's working copy (None: FP32, no copy).
+    pub fn of(d: Option<Dtype>) -> Option<WorkingDtype> {
+        match d? {
+            Dtype::F16 => Some(WorkingDtype::F16),
+            Dtype::BF16 => Some(WorkingDtype::BF16),
+            Dtype::F32 => None,
+        }
+    }
+
+    /// The kernels' `working_dtype` argument (kernels/update.cu: 1 fp16, 2 bf16).
+    pub fn code(self) -> i32 {
+        match self {
+            WorkingDtype::F16 => 1,
+            WorkingDtype::BF16 => 2,
+        }
+    }
+}
+
+/// The working copy: its buffer and element type.
+#[derive(Clone, Copy, Debug)]
+pub struct Working {
+    pub buf: DevBuf,
+    pub dtype: WorkingDtype,
+}
+
+/// The per-parameter buffers [`CudaBackend::new`] allocates.
+struct Allocated {
+    master: DevBuf,
+    acc: DevBuf,
+    comp: Option<DevBuf>,
+    state1: Option<DevBuf>,
+    state2: Option<DevBuf>,
+    working: Option<Working>,
+    state: DevBuf,
+    partials: DevBuf,
+    run_ends: DevBuf,
+}
+
+fn allocate<R: Runtime>(
+    rt: &mut R,
+    bufs: &mut DeviceBuffers,
+    config: &Config,
+    n: usize,
+    norm_grid: u32,
+    runs: usize,
+) -> Result<Allocated> {
+    let f32_bytes = n * 4;
+    let master = bufs.alloc(rt, f32_bytes)?;
+    let acc = bufs.alloc(rt, f32_bytes)?;
+    let comp = if config.numerics.compensated { Some(bufs.alloc(rt, f32_bytes)?) } else { None };
+    let n_state = config.optimizer.state_buffers();
+    let state1 = if n_state >= 1 { Some(bufs.alloc(rt, f32_bytes)?) } else { None };
+    let state2 = if n_state >= 2 { Some(bufs.alloc(rt, f32_bytes)?) } else { None };
+    let working = match (config.precision.working_dtype(), WorkingDtype::of(config.precision.working_dtype())) {
+        (Some(d), Some(dtype)) => Some(Working { buf: bufs.alloc(rt, n * d.size())?, dtype }),
+        _ => None,
+    };
+    let state = bufs.alloc(rt, std::mem::size_of::<DeviceState>())?;
+    let partials = bufs.alloc(rt, 8 * norm_grid as usize)?;
+    let run_ends = bufs.alloc(rt, 8 * runs)?;
+    Ok(Allocated { master, acc, comp, state1, state2, working, state, partials, run_ends })
 }
 
 /// Device bytes an engine of `n` parameters needs, the staging buffer for host
@@ -99,22 +176,40 @@ impl<R: Runtime> CudaBackend<R> {
         };
         let grids = launch::Grids::new(&mut rt, n, update_kind);
         let norm_grid = grids.norm;
+        let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
+        let (free, total) = rt.memory_info()?;
+        if need > free {
+            return Err(Error::invalid_argument(format!(
+                "numel: {n} parameters need {need} bytes of device memory, more than the {free} bytes free \
+                 ({total} total) on {}",
+                rt.describe()
+            )));
+        }
+        let mut bufs = DeviceBuffers::default();
+        let a = match allocate(&mut rt, &mut bufs, &config, n, norm_grid, init.layout.runs.len()) {
+            Ok(a) => a,
+            Err(e) => {
+                // SAFETY: allocated on rt just now, never handed out.
+                unsafe { bufs.free_all(&mut rt) };
+                return Err(e);
+            }
+        };
         let mut backend = CudaBackend {
             rt,
+            bufs,
             n,
-            master: 0,
-            acc: 0,
-            comp: 0,
-            state1: 0,
-            state2: 0,
-            working: 0,
-            working_dtype: 0,
-            state: 0,
-            partials: 0,
-            run_ends: 0,
+            master: a.master,
+            acc: a.acc,
+            comp: a.comp,
+            state1: a.state1,
+            state2: a.state2,
+            working: a.working,
+            state: a.state,
+            partials: a.partials,
+            run_ends: a.run_ends,
             n_runs: init.layout.runs.len() as u32,
             first_decay: u32::from(init.layout.runs.first().is_some_and(|r| r.decay)),
-            staging: 0,
+            staging: None,
             grids,
             norm_grid,
             hyper: hyper_of(&config),
@@ -123,43 +218,12 @@ impl<R: Runtime> CudaBackend<R> {
             drop_mode: config.numerics.drop_nonfinite,
             sr: u32::from(config.numerics.stochastic_rounding),
             seed: config.numerics.seed,
-            dp_scratch: 0,
-            dp_totals: 0,
+            dp_scratch: None,
+            dp_totals: None,
             tables: Default::default(),
         };
-        let need = device_bytes(&config, n, init.layout.runs.len(), norm_grid);
-        let (free, total) = backend.rt.memory_info()?;
-        if need > free {
-            return Err(Error::invalid_argument(format!(
-                "numel: {n} parameters need {need} bytes of device memory, more than the {free} bytes free \
-                 ({total} total) on {}",
-                backend.rt.describe()
-            )));
-        }
         let f32_bytes = n * 4;
-        backend.master = backend.rt.alloc(f32_bytes)?;
-        backend.acc = backend.rt.alloc(f32_bytes)?;
-        if config.numerics.compensated {
-            backend.comp = backend.rt.alloc(f32_bytes)?;
-        }
-        let n_state = config.optimizer.state_buffers();
-        if n_state >= 1 {
-            backend.state1 = backend.rt.alloc(f32_bytes)?;
-        }
-        if n_state >= 2 {
-            backend.state2 = backend.rt.alloc(f32_bytes)?;
-        }
-        if let Some(d) = config.precision.working_dtype() {
-            backend.working = backend.rt.alloc(n * d.size())?;
-            backend.working_dtype = match config.precision {
-                Precision::Fp16 => 1,
-                _ => 2,
-            };
-        }
-        backend.state = backend.rt.alloc(std::mem::size_of::<DeviceState>())?;
-        backend.partials = backend.rt.alloc(8 * norm_grid as usize)?;
         let run_ends: Vec<u64> = init.layout.runs.iter().map(|r| r.end as u64).collect();
-        backend.run_ends = backend.rt.alloc(8 * run_ends.len())?;
 
         let initial = DeviceState {
             loss_scale: if config.precision.scales_loss() { config.scaler.init_scale } else { 1.0 },
@@ -171,16 +235,18 @@ impl<R: Runtime> CudaBackend<R> {
         };
         // SAFETY: every destination was just allocated with at least these sizes.
         unsafe {
-            backend.rt.copy_h2d(backend.master, init.params.as_ptr() as *const u8, f32_bytes)?;
-            backend.rt.memset(backend.acc, 0, f32_bytes)?;
-            for s in [backend.comp, backend.state1, backend.state2] {
-                if s != 0 {
-                    backend.rt.memset(s, 0, f32_bytes)?;
-                }
+            backend.rt.copy_h2d(backend.master.ptr(), init.params.as_ptr() as *const u8, f32_bytes)?;
+            backend.rt.memset(backend.acc.ptr(), 0, f32_bytes)?;
+            for s in [backend.comp, backend.state1, backend.state2].into_iter().flatten() {
+                backend.rt.memset(s.ptr(), 0, f32_bytes)?;
             }
-            backend.rt.copy_h2d(backend.state, bytes_of(&initial).as_ptr(), std::mem::size_of::<DeviceState>())?;
-            backend.rt.memset(backend.partials, 0, 8 * norm_grid as usize)?;
-            backend.rt.copy_h2d(backend.run_ends, run_ends.as_ptr() as *const u8, 8 * run_ends.len())?;
+            backend.rt.copy_h2d(
+                backend.state.ptr(),
+                bytes_of(&initial).as_ptr(),
+                std::mem::size_of::<DeviceState>(),
+            )?;
+            backend.rt.memset(backend.partials.ptr(), 0, 8 * norm_grid as usize)?;
+            backend.rt.copy_h2d(backend.run_ends.ptr(), run_ends.as_ptr() as *const u8, 8 * run_ends.len())?;
         }
         backend.refresh_working_copy()?;
         // Initial uploads are from host memory that dies with this call.
@@ -203,56 +269,99 @@ impl<R: Runtime> CudaBackend<R> {
         self.grids
     }
 
-    fn refresh_working_copy(&mut self) -> Result<()> {
-        if self.working == 0 {
+    pub(super) fn refresh_working_copy(&mut self) -> Result<()> {
+        let Some(working) = self.working else {
             return Ok(());
-        }
+        };
         // SAFETY: master and working hold n elements.
         unsafe {
             launch::write_working(
                 &mut self.rt,
-                self.master,
-                self.working,
-                self.working_dtype,
+                self.master.ptr(),
+                working.buf.ptr(),
+                working.dtype.code(),
                 self.n,
                 self.grids.write_working,
-                self.state,
+                self.state.ptr(),
                 self.sr,
                 self.seed,
             )
         }
     }
 
-    fn read_state(&mut self) -> Result<DeviceState> {
+    pub(super) fn read_state(&mut self) -> Result<DeviceState> {
         let mut st = DeviceState::default();
         // SAFETY: state holds one DeviceState; st is plain data.
         unsafe {
-            self.rt.copy_d2h(&mut st as *mut DeviceState as *mut u8, self.state, std::mem::size_of::<DeviceState>())?
+            self.rt.copy_d2h(
+                &mut st as *mut DeviceState as *mut u8,
+                self.state.ptr(),
+                std::mem::size_of::<DeviceState>(),
+            )?
         };
         Ok(st)
     }
 
-    fn read_f32(&mut self, src: DevPtr, out: &mut [f32]) -> Result<()> {
-        // SAFETY: src holds out.len() f32 (callers pass engine buffers of n).
-        unsafe { self.rt.copy_d2h(out.as_mut_ptr() as *mut u8, src, out.len() * 4) }
+    /// Replaces the device's gacc_state (the copy waits for the host source).
+    pub(super) fn write_state(&mut self, st: &DeviceState) -> Result<()> {
+        // SAFETY: state holds one DeviceState.
+        unsafe { self.rt.copy_h2d(self.state.ptr(), bytes_of(st).as_ptr(), std::mem::size_of::<DeviceState>()) }
     }
 
-    fn dp_buffers(&mut self) -> Result<(DevPtr, DevPtr)> {
-        if self.dp_scratch == 0 {
-            self.dp_scratch = self.rt.alloc(self.n * 4)?;
+    /// Copies a buffer of n f32 to the host.
+    pub(super) fn read_f32(&mut self, src: DevBuf, out: &mut [f32]) -> Result<()> {
+        if out.len() * 4 > src.bytes() {
+            return Err(Error::internal("device read larger than its buffer"));
         }
-        if self.dp_totals == 0 {
-            self.dp_totals = self.rt.alloc(4 * 8)?;
+        // SAFETY: src holds at least out.len() f32 (checked above).
+        unsafe { self.rt.copy_d2h(out.as_mut_ptr() as *mut u8, src.ptr(), out.len() * 4) }
+    }
+
+    /// Copies host f32 into a device buffer.
+    pub(super) fn write_f32(&mut self, dst: DevBuf, src: &[f32]) -> Result<()> {
+        if src.len() * 4 > dst.bytes() {
+            return Err(Error::internal("device write larger than its buffer"));
         }
-        Ok((self.dp_scratch, self.dp_totals))
+        // SAFETY: dst holds at least src.len() f32 (checked above).
+        unsafe { self.rt.copy_h2d(dst.ptr(), src.as_ptr() as *const u8, src.len() * 4) }
+    }
+
+    /// The device collective's buffers (scratch of n f32, 4 doubles of totals),
+    /// allocated on first use.
+    pub(super) fn dp_buffers(&mut self) -> Result<(DevBuf, DevBuf)> {
+        if self.dp_scratch.is_none() {
+            self.dp_scratch = Some(self.bufs.alloc(&mut self.rt, self.n * 4)?);
+        }
+        if self.dp_totals.is_none() {
+            self.dp_totals = Some(self.bufs.alloc(&mut self.rt, 4 * 8)?);
+        }
+        match (self.dp_scratch, self.dp_totals) {
+            (Some(scratch), Some(totals)) => Ok((scratch, totals)),
+            _ => Err(Error::internal("device collective buffers missing")),
+        }
     }
 
     fn staging_buffer(&mut self) -> Result<DevPtr> {
-        if self.staging == 0 {
-            self.staging = self.rt.alloc(self.n * 4)?;
-        }
-        Ok(self.staging)
+        staging_of(&mut self.staging, &mut self.rt, &mut self.bufs, self.n)
     }
+
+    /// The address of a field of the device's gacc_state.
+    pub(super) fn state_field(&self, offset: usize) -> DevPtr {
+        self.state.at(offset)
+    }
+}
+
+/// The staging buffer for host gradients (4 bytes per parameter), allocated on first use.
+fn staging_of<R: Runtime>(
+    staging: &mut Option<DevBuf>,
+    rt: &mut R,
+    bufs: &mut DeviceBuffers,
+    n: usize,
+) -> Result<DevPtr> {
+    if staging.is_none() {
+        *staging = Some(bufs.alloc(rt, n * 4)?);
+    }
+    Ok(ptr_or_null(*staging))
 }
 
 fn hyper_of(c: &Config) -> Hyper {
@@ -292,27 +401,8 @@ impl<R: Runtime> Drop for CudaBackend<R> {
     fn drop(&mut self) {
         // Not synchronize(): the caller's stream may already be destroyed.
         let _ = self.rt.finish();
-        let ptrs = [
-            self.master,
-            self.acc,
-            self.comp,
-            self.state1,
-            self.state2,
-            self.working,
-            self.state,
-            self.partials,
-            self.run_ends,
-            self.staging,
-            self.dp_scratch,
-            self.dp_totals,
-            self.tables.device_table(),
-        ];
-        for p in ptrs {
-            if p != 0 {
-                // SAFETY: allocated by this runtime, never used after drop.
-                unsafe { self.rt.free(p) };
-            }
-        }
+        // SAFETY: every buffer was allocated by this runtime and is never used after drop.
+        unsafe { self.bufs.free_all(&mut self.rt) };
     }
 }
 
@@ -332,24 +422,17 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             self.rt.copy_h2d(staging, grad.ptr as *const u8, bytes)?;
             staging
         };
-        let mut opts = launch::AccumulateOptions { comp: self.comp, state: self.state, seq: 0, weight };
+        let state = self.state.ptr();
+        let mut opts = launch::AccumulateOptions { comp: ptr_or_null(self.comp), state, seq: 0, weight };
         if self.drop_mode {
             // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
-            launch::check_finite(
-                &mut self.rt,
-                src,
-                grad.dtype,
-                grad.numel,
-                self.state,
-                self.seq,
-                self.grids.check_finite,
-            )?;
+            launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, state, self.seq, self.grids.check_finite)?;
             opts.seq = self.seq;
         }
         launch::accumulate(
             &mut self.rt,
-            self.acc,
+            self.acc.ptr(),
             src,
             grad.dtype,
             grad.numel,
@@ -361,54 +444,58 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
         use super::tensors;
-        let acc = self.acc;
-        let p = tensors::prepare(&mut self.rt, &mut self.tables, grads, acc, |rt| {
-            if self.staging == 0 {
-                self.staging = rt.alloc(self.n * 4)?;
-            }
-            Ok(self.staging)
+        let (acc, comp, state, n) = (self.acc.ptr(), ptr_or_null(self.comp), self.state.ptr(), self.n);
+        let staging = &mut self.staging;
+        let p = tensors::prepare(&mut self.rt, &mut self.bufs, &mut self.tables, grads, acc, |rt, bufs| {
+            staging_of(staging, rt, bufs, n)
         })?;
         let mut seq = 0;
         if self.drop_mode {
             // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
             seq = self.seq;
-            tensors::check_finite(&mut self.rt, &p, self.state, seq)?;
+            tensors::check_finite(&mut self.rt, &p, state, seq)?;
         }
-        tensors::accumulate(&mut self.rt, &p, acc, self.comp, mul, self.state, seq, weight)
+        tensors::accumulate(&mut self.rt, &p, acc, comp, mul, state, seq, weight)
     }
 
     /// An in-place micro-batch moves no data, but its weight joins the device's
     /// window total (the step reads that, not a host value): one booking launch.
     fn book_inplace(&mut self, weight: f64) -> Result<()> {
         let none = super::tensors::Prepared { table: 0, n_tensors: 0, n_chunks: 0 };
+        let (acc, comp, state) = (self.acc.ptr(), ptr_or_null(self.comp), self.state.ptr());
         // SAFETY: with no chunk the kernel touches only the state (thread 0 books).
-        unsafe { super::tensors::accumulate(&mut self.rt, &none, self.acc, self.comp, 1.0, self.state, 0, weight) }
+        unsafe { super::tensors::accumulate(&mut self.rt, &none, acc, comp, 1.0, state, 0, weight) }
     }
 
     fn accumulator_ptr(&mut self, offset: usize) -> Result<*mut f32> {
         if offset >= self.n {
             return Err(Error::internal("accumulator offset outside the layout"));
         }
-        Ok((self.acc + 4 * offset as u64) as *mut f32)
+        Ok(self.acc.at(4 * offset) as *mut f32)
     }
 
     fn zero_window(&mut self) -> Result<()> {
         // SAFETY: acc (and comp) hold n f32.
         unsafe {
-            self.rt.memset(self.acc, 0, self.n * 4)?;
-            if self.comp != 0 {
-                self.rt.memset(self.comp, 0, self.n * 4)?;
+            self.rt.memset(self.acc.ptr(), 0, self.n * 4)?;
+            if let Some(comp) = self.comp {
+                self.rt.memset(comp.ptr(), 0, self.n * 4)?;
             }
         }
         // The device's window total, dropped count and drop mode's flag word (0.0 is
         // all-zero bytes): stream-ordered memsets, no sync.
-        let field = |offset: usize| self.state + offset as u64;
+        let field = |offset: usize| self.state_field(offset);
+        let (total, dropped, bad_seq) = (
+            field(std::mem::offset_of!(DeviceState, window_total)),
+            field(std::mem::offset_of!(DeviceState, window_dropped)),
+            field(std::mem::offset_of!(DeviceState, bad_seq)),
+        );
         // SAFETY: the fields lie inside the one DeviceState at `state`.
         unsafe {
-            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_total)), 0, 8)?;
-            self.rt.memset(field(std::mem::offset_of!(DeviceState, window_dropped)), 0, 4)?;
-            self.rt.memset(field(std::mem::offset_of!(DeviceState, bad_seq)), 0, 4)?;
+            self.rt.memset(total, 0, 8)?;
+            self.rt.memset(dropped, 0, 4)?;
+            self.rt.memset(bad_seq, 0, 4)?;
         }
         self.seq = 0;
         Ok(())
@@ -418,15 +505,15 @@ impl<R: Runtime> Backend for CudaBackend<R> {
     /// the device's (see the module docs).
     fn step(&mut self, _request: &StepRequest) -> Result<()> {
         let buffers = UpdateBuffers {
-            acc: self.acc,
-            comp: self.comp,
-            master: self.master,
-            state1: self.state1,
-            state2: self.state2,
-            working: self.working,
-            working_dtype: self.working_dtype,
-            state: self.state,
-            run_ends: self.run_ends,
+            acc: self.acc.ptr(),
+            comp: ptr_or_null(self.comp),
+            master: self.master.ptr(),
+            state1: ptr_or_null(self.state1),
+            state2: ptr_or_null(self.state2),
+            working: ptr_or_null(self.working.map(|w| w.buf)),
+            working_dtype: self.working.map_or(0, |w| w.dtype.code()),
+            state: self.state.ptr(),
+            run_ends: self.run_ends.ptr(),
             n_runs: self.n_runs,
             first_decay: self.first_decay,
             sr: self.sr,
@@ -439,14 +526,14 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         unsafe {
             launch::norm_partials(
                 &mut self.rt,
-                self.acc,
-                self.comp,
+                buffers.acc,
+                buffers.comp,
                 self.n,
-                self.state,
-                self.partials,
+                buffers.state,
+                self.partials.ptr(),
                 self.norm_grid,
             )?;
-            launch::finalize(&mut self.rt, self.state, self.partials, self.norm_grid, &self.hyper)?;
+            launch::finalize(&mut self.rt, buffers.state, self.partials.ptr(), self.norm_grid, &self.hyper)?;
             launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)
         }
     }
@@ -469,16 +556,14 @@ impl<R: Runtime> Backend for CudaBackend<R> {
     }
 
     fn write_params(&mut self, src: &[f32]) -> Result<()> {
-        // SAFETY: master holds n f32; src has n (checked by the engine).
-        unsafe { self.rt.copy_h2d(self.master, src.as_ptr() as *const u8, self.n * 4)? };
+        self.write_f32(self.master, src)?;
         self.refresh_working_copy()
     }
 
     fn param_ptr(&mut self, offset: usize, which: ParamBuffer) -> Option<*mut c_void> {
         match which {
-            ParamBuffer::Master => Some((self.master + 4 * offset as u64) as *mut c_void),
-            ParamBuffer::Working if self.working != 0 => Some((self.working + 2 * offset as u64) as *mut c_void),
-            ParamBuffer::Working => None,
+            ParamBuffer::Master => Some(self.master.at(4 * offset) as *mut c_void),
+            ParamBuffer::Working => self.working.map(|w| w.buf.at(2 * offset) as *mut c_void),
         }
     }
 
@@ -492,7 +577,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {
         // SAFETY: state is this engine's gacc_state.
-        unsafe { launch::store_lr(&mut self.rt, self.state, lr) }
+        unsafe { launch::store_lr(&mut self.rt, self.state.ptr(), lr) }
     }
 
     fn mirror_window_total(&mut self, total: f64) -> Result<()> {
@@ -500,7 +585,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             // The device's total is the kept micro-batches' (set_window_counts).
             return Ok(());
         }
-        let field = self.state + std::mem::offset_of!(DeviceState, window_total) as u64;
+        let field = self.state_field(std::mem::offset_of!(DeviceState, window_total));
         // SAFETY: the field is one f64 inside the DeviceState at `state`.
         unsafe { self.rt.copy_h2d(field, total.to_le_bytes().as_ptr(), 8) }
     }
@@ -514,12 +599,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         let mut st = self.read_state()?;
         st.window_total = total;
         st.window_dropped = dropped;
-        // SAFETY: state holds one DeviceState (the copy waits for the host source).
-        unsafe { self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>()) }
-    }
-
-    fn bind_device(&mut self) -> Result<DeviceScope> {
-        self.rt.enter()
+        self.write_state(&st)
     }
 
     fn check_capturable(&mut self, what: &str) -> Result<()> {
@@ -532,168 +612,19 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         Ok(())
     }
 
-    fn reserve_device_group(&mut self) -> Result<()> {
-        if self.dp_scratch == 0 || self.dp_totals == 0 {
-            let need = device_group_bytes(self.n);
-            let (free, total) = self.rt.memory_info()?;
-            if need > free {
-                return Err(Error::out_of_memory(format!(
-                    "gacc_set_nccl: the NCCL reduction buffers of {} parameters need {need} bytes of device memory, \
-                     more than the {free} bytes free ({total} total) on {}",
-                    self.n,
-                    self.rt.describe()
-                )));
-            }
-        }
-        self.dp_buffers().map(|_| ())
-    }
-
-    fn join_device_group(&mut self, comm: &mut dyn crate::distributed::DeviceCollective) -> Result<()> {
-        let (scratch, _) = self.dp_buffers()?;
-        let _cx = self.rt.enter()?;
-        let stream = self.rt.stream_handle();
-        // SAFETY: scratch and master hold n f32 on this device.
-        unsafe {
-            if comm.rank() == 0 {
-                self.rt.copy_d2d(scratch, self.master, self.n * 4)?;
-            } else {
-                self.rt.memset(scratch, 0, self.n * 4)?;
-            }
-            comm.allreduce(scratch, scratch, self.n, false, stream)?;
-            self.rt.copy_d2d(self.master, scratch, self.n * 4)?;
-        }
-        self.refresh_working_copy()?;
-        self.rt.synchronize()?;
-        self.hyper.device_total = 1;
-        Ok(())
-    }
-
-    fn device_allreduce_window(
-        &mut self,
-        comm: &mut dyn crate::distributed::DeviceCollective,
-        _weight: f64,
-        microbatches: u32,
-    ) -> Result<()> {
-        let (scratch, totals) = self.dp_buffers()?;
-        let _cx = self.rt.enter()?;
-        let stream = self.rt.stream_handle();
-        // SAFETY: totals holds 4 doubles, scratch/acc/comp n f32, state one gacc_state,
-        // all on this device; everything is queued on the engine's stream.
-        unsafe {
-            // The rank's total is the device's (equal to the host's `_weight` outside
-            // drop mode), so a captured window packs the replay's own.
-            launch::dp_pack_totals(&mut self.rt, totals, self.state, microbatches)?;
-            comm.allreduce(totals, totals, 4, true, stream)?;
-            if self.comp != 0 {
-                launch::dp_fold(&mut self.rt, scratch, self.acc, self.comp, self.n, self.grids.dp_fold)?;
-                comm.allreduce(scratch, scratch, self.n, false, stream)?;
-            } else {
-                comm.allreduce(self.acc, scratch, self.n, false, stream)?;
-            }
-            // Every collective was accepted: the global window replaces this rank's.
-            launch::dp_unpack_totals(&mut self.rt, totals, self.state, self.hyper.drop_nonfinite != 0)?;
-            if self.comp != 0 {
-                self.rt.memset(self.comp, 0, self.n * 4)?;
-            }
-        }
-        // A copy, not a swap: the accumulator's address is part of the API
-        // (gacc_accumulator_ptr is stable until gacc_destroy).
-        // SAFETY: both hold n f32 on this device; stream-ordered after the reduction.
-        unsafe { self.rt.copy_d2d(self.acc, scratch, self.n * 4)? };
-        Ok(())
-    }
-
-    fn device_window(&mut self) -> Result<(f64, u32)> {
-        let mut t = [0f64; 4];
-        if self.dp_totals == 0 {
-            return Ok((0.0, 0));
-        }
-        // SAFETY: dp_totals holds 4 doubles.
-        unsafe { self.rt.copy_d2h(t.as_mut_ptr() as *mut u8, self.dp_totals, 32)? };
-        Ok((t[0], t[1].min(f64::from(u32::MAX)) as u32))
+    fn device_group(&mut self) -> Option<&mut dyn DeviceGroup> {
+        Some(self)
     }
 
     fn loss_scale_ptr(&mut self) -> Result<*const f32> {
-        Ok((self.state + std::mem::offset_of!(DeviceState, loss_scale) as u64) as *const f32)
+        Ok(self.state_field(std::mem::offset_of!(DeviceState, loss_scale)) as *const f32)
     }
 
     fn export_state(&mut self) -> Result<StateSnapshot> {
-        let n = self.n;
-        let mut master = vec![0f32; n];
-        let mut acc = vec![0f32; n];
-        self.read_f32(self.master, &mut master)?;
-        self.read_f32(self.acc, &mut acc)?;
-        let mut state1 = Vec::new();
-        let mut state2 = Vec::new();
-        if self.state1 != 0 {
-            state1 = vec![0f32; n];
-            self.read_f32(self.state1, &mut state1)?;
-        }
-        if self.state2 != 0 {
-            state2 = vec![0f32; n];
-            self.read_f32(self.state2, &mut state2)?;
-        }
-        let mut comp = Vec::new();
-        if self.comp != 0 {
-            comp = vec![0f32; n];
-            self.read_f32(self.comp, &mut comp)?;
-        }
-        let st = self.read_state()?;
-        Ok(StateSnapshot {
-            master,
-            acc,
-            state1,
-            state2,
-            loss_scale: st.loss_scale,
-            growth_tracker: st.growth_tracker,
-            hysteresis_left: st.hysteresis_left,
-            applied_steps: st.step,
-            comp,
-            // Outside drop mode the device total only mirrors the engine's (which the
-            // snapshot holds): as on the CPU, the backend reports 0.
-            window_total: if self.drop_mode { st.window_total } else { 0.0 },
-            window_dropped: st.window_dropped,
-        })
+        self.export()
     }
 
     fn import_state(&mut self, s: &StateSnapshot) -> Result<()> {
-        let n = self.n;
-        let expect = |v: &Vec<f32>, present: bool| v.len() == if present { n } else { 0 };
-        if !(s.master.len() == n
-            && s.acc.len() == n
-            && expect(&s.state1, self.state1 != 0)
-            && expect(&s.state2, self.state2 != 0)
-            && expect(&s.comp, self.comp != 0))
-        {
-            return Err(Error::internal("state snapshot does not match this backend's buffers"));
-        }
-        let mut st = self.read_state()?;
-        st.loss_scale = s.loss_scale;
-        st.growth_tracker = s.growth_tracker;
-        st.hysteresis_left = s.hysteresis_left;
-        st.step = s.applied_steps;
-        if self.drop_mode {
-            st.window_total = s.window_total;
-        }
-        // Outside drop mode the device total stays (the engine mirrors its own after
-        // a restore: mirror_window_total).
-        st.window_dropped = s.window_dropped;
-        // SAFETY: every destination holds n f32 (state: one DeviceState).
-        unsafe {
-            self.rt.copy_h2d(self.master, s.master.as_ptr() as *const u8, n * 4)?;
-            self.rt.copy_h2d(self.acc, s.acc.as_ptr() as *const u8, n * 4)?;
-            if self.state1 != 0 {
-                self.rt.copy_h2d(self.state1, s.state1.as_ptr() as *const u8, n * 4)?;
-            }
-            if self.state2 != 0 {
-                self.rt.copy_h2d(self.state2, s.state2.as_ptr() as *const u8, n * 4)?;
-            }
-            if self.comp != 0 {
-                self.rt.copy_h2d(self.comp, s.comp.as_ptr() as *const u8, n * 4)?;
-            }
-            self.rt.copy_h2d(self.state, bytes_of(&st).as_ptr(), std::mem::size_of::<DeviceState>())?;
-        }
-        self.refresh_working_copy()?;
-        self.rt.synchronize()
+        self.import(s)
     }
 }

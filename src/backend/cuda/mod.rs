@@ -10,24 +10,29 @@
 //! - [`runtime`]: the small device-runtime trait the orchestration is written
 //!   against; [`shim`]: its host implementation (kernels compiled by g++).
 //! - [`launch`]: one launcher per kernel; [`backend`]: the orchestration;
-//!   [`state`]: host mirrors of the device structs; [`tensors`]: per-tensor
-//!   micro-batches (the multi-tensor table and its launchers).
+//!   [`buffers`]: the owning device buffers (one arena per backend);
+//!   [`collective`]: the device collective group (NCCL); [`snapshot`]: the state
+//!   to and from the host; [`state`]: host mirrors of the device structs;
+//!   [`tensors`]: per-tensor micro-batches (the multi-tensor table and its launchers).
 
 pub mod backend;
+pub mod buffers;
 pub mod cache;
+pub mod collective;
 pub mod driver;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
 pub mod runtime;
 pub mod shim;
+pub mod snapshot;
 pub mod state;
 pub mod tensors;
 
 pub use backend::CudaBackend;
 pub use driver::{probe, CudaRuntime};
 pub use runtime::Runtime;
-pub use shim::{ShimLibrary, ShimRuntime};
+pub use shim::{ShimLibrary, ShimRuntime, ShimStats};
 
 use crate::backend::{Backend, BackendInit};
 use crate::status::Result;

@@ -63,18 +63,23 @@ pub struct ShimRuntime {
     /// start -> (bytes, layout)
     allocations: BTreeMap<u64, (usize, AllocLayout)>,
     used: u64,
-    /// Every launch made, in order (name, grid, block): tests check the counts.
+    stats: ShimStats,
+    /// The shim's occupancy answer: blocks per multiprocessor by kernel name;
+    /// kernels not listed get [`SHIM_BLOCKS_PER_SM`].
+    occupancy: BTreeMap<String, u32>,
+}
+
+/// What a [`ShimRuntime`] did so far (tests check counts against these).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShimStats {
+    /// Every launch made, in order (name, grid, block).
     pub launches: Vec<(String, u32, u32)>,
-    /// Device-to-host copies made (tests check that a step makes none).
+    /// Device-to-host copies made.
     pub d2h_copies: usize,
+    /// Host-to-device copies made.
+    pub h2d_copies: usize,
     /// synchronize() calls made.
     pub syncs: usize,
-    /// The shim's occupancy answer: blocks per multiprocessor by kernel name (tests
-    /// set it); kernels not listed get [`SHIM_BLOCKS_PER_SM`].
-    pub occupancy: BTreeMap<String, u32>,
-    /// Host-to-device copies made (tests check that a repeated per-tensor call
-    /// with device gradients makes none).
-    pub h2d_copies: usize,
 }
 
 /// The shim's occupancy answer for kernels not in [`ShimRuntime::occupancy`].
@@ -92,12 +97,19 @@ impl ShimRuntime {
             memory_bytes,
             allocations: BTreeMap::new(),
             used: 0,
-            launches: Vec::new(),
-            d2h_copies: 0,
-            syncs: 0,
+            stats: ShimStats::default(),
             occupancy: BTreeMap::new(),
-            h2d_copies: 0,
         }
+    }
+
+    /// What this runtime did so far: launches, copies, synchronisations.
+    pub fn stats(&self) -> &ShimStats {
+        &self.stats
+    }
+
+    /// Sets the occupancy answer (blocks per multiprocessor) for kernel `kernel`.
+    pub fn set_occupancy(&mut self, kernel: &str, blocks_per_sm: u32) {
+        self.occupancy.insert(kernel.to_string(), blocks_per_sm);
     }
 }
 
@@ -149,12 +161,12 @@ impl Runtime for ShimRuntime {
         }
     }
     unsafe fn copy_h2d(&mut self, dst: DevPtr, src: *const u8, bytes: usize) -> Result<()> {
-        self.h2d_copies += 1;
+        self.stats.h2d_copies += 1;
         std::ptr::copy_nonoverlapping(src, dst as *mut u8, bytes);
         Ok(())
     }
     unsafe fn copy_d2h(&mut self, dst: *mut u8, src: DevPtr, bytes: usize) -> Result<()> {
-        self.d2h_copies += 1;
+        self.stats.d2h_copies += 1;
         std::ptr::copy_nonoverlapping(src as *const u8, dst, bytes);
         Ok(())
     }
@@ -167,7 +179,7 @@ impl Runtime for ShimRuntime {
         Ok(())
     }
     unsafe fn launch(&mut self, name: &str, grid: u32, block: u32, shared_bytes: u32, args: &[Arg<'_>]) -> Result<()> {
-        self.launches.push((name.to_string(), grid, block));
+        self.stats.launches.push((name.to_string(), grid, block));
         let cname = CString::new(name).map_err(|_| Error::internal("kernel name with NUL"))?;
         let mut err = vec![0u8; 512];
         let rc = with_kernel_params(args, |params| {
@@ -194,7 +206,7 @@ impl Runtime for ShimRuntime {
         Ok(memory.range(..=p).next_back().is_some_and(|(&start, &bytes)| p < start + bytes as u64))
     }
     fn synchronize(&mut self) -> Result<()> {
-        self.syncs += 1;
+        self.stats.syncs += 1;
         Ok(())
     }
     fn set_stream(&mut self, _stream: *mut c_void) -> Result<()> {

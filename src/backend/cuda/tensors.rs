@@ -13,6 +13,7 @@
 //! called device memory stays device memory (or becomes unmapped) until it is
 //! reused by the driver, and host allocations never land in the device range.
 
+use super::buffers::{ptr_or_null, DevBuf, DeviceBuffers};
 use super::launch::{vector_aligned, BLOCK};
 use super::runtime::{Arg, DevPtr, Runtime};
 use crate::backend::TensorGrad;
@@ -43,17 +44,11 @@ pub struct TableCache {
     key: Vec<(usize, Dtype, usize, usize)>,
     /// Which of them are host memory (staged).
     host: Vec<bool>,
-    /// The device table (capacity `capacity` entries; 0 until first used).
-    table: DevPtr,
+    /// The device table (capacity `capacity` entries; None until first used), owned
+    /// by the backend's [`DeviceBuffers`].
+    table: Option<DevBuf>,
     capacity: usize,
     n_chunks: u64,
-}
-
-impl TableCache {
-    /// The device table, to be freed with the backend.
-    pub fn device_table(&self) -> DevPtr {
-        self.table
-    }
 }
 
 fn dtype_code(d: Dtype) -> u32 {
@@ -75,14 +70,16 @@ pub struct Prepared {
 ///
 /// # Safety
 /// Every `grads[i]` points to `numel` readable elements of its dtype, host memory or
-/// device memory of this runtime's device; `acc` holds the layout's elements and
-/// `staging()` returns a buffer of 4 * (layout numel) bytes.
+/// device memory of this runtime's device; `acc` holds the layout's elements,
+/// `bufs` are the backend's allocations on `rt` and `staging()` returns a buffer of
+/// 4 * (layout numel) bytes.
 pub unsafe fn prepare<R: Runtime + ?Sized>(
     rt: &mut R,
+    bufs: &mut DeviceBuffers,
     cache: &mut TableCache,
     grads: &[TensorGrad],
     acc: DevPtr,
-    mut staging: impl FnMut(&mut R) -> Result<DevPtr>,
+    mut staging: impl FnMut(&mut R, &mut DeviceBuffers) -> Result<DevPtr>,
 ) -> Result<Prepared> {
     let n_tensors = u32::try_from(grads.len()).map_err(|_| Error::invalid_argument("too many tensors"))?;
     let key: Vec<(usize, Dtype, usize, usize)> =
@@ -98,7 +95,7 @@ pub unsafe fn prepare<R: Runtime + ?Sized>(
     // Host gradients: staged every call (their contents change), at 4 * offset.
     let mut stage_base = 0;
     if cache.host.iter().any(|&h| h) {
-        stage_base = staging(rt)?;
+        stage_base = staging(rt, bufs)?;
         for (g, _) in grads.iter().zip(&cache.host).filter(|(_, &h)| h) {
             let bytes = g.grad.numel * g.grad.dtype.size();
             rt.copy_h2d(stage_base + 4 * g.offset as u64, g.grad.ptr as *const u8, bytes)?;
@@ -122,20 +119,23 @@ pub unsafe fn prepare<R: Runtime + ?Sized>(
         }
         if !entries.is_empty() {
             if cache.capacity < entries.len() {
-                let table = rt.alloc(entries.len() * std::mem::size_of::<TensorEntry>())?;
-                if cache.table != 0 {
-                    rt.free(cache.table);
+                let table = bufs.alloc(rt, entries.len() * std::mem::size_of::<TensorEntry>())?;
+                if let Some(old) = cache.table.replace(table) {
+                    bufs.free(rt, old);
                 }
-                cache.table = table;
                 cache.capacity = entries.len();
             }
             // Stream-ordered after every kernel that read the previous table.
-            rt.copy_h2d(cache.table, entries.as_ptr() as *const u8, std::mem::size_of_val(entries.as_slice()))?;
+            rt.copy_h2d(
+                ptr_or_null(cache.table),
+                entries.as_ptr() as *const u8,
+                std::mem::size_of_val(entries.as_slice()),
+            )?;
         }
         cache.n_chunks = first_chunk;
         cache.key = key;
     }
-    Ok(Prepared { table: cache.table, n_tensors, n_chunks: cache.n_chunks })
+    Ok(Prepared { table: ptr_or_null(cache.table), n_tensors, n_chunks: cache.n_chunks })
 }
 
 /// Grid of a multi-tensor pass: one block per chunk, capped.
