@@ -54,21 +54,19 @@ GACC_INLINE bool gacc_book(gacc_state* state, unsigned seq, double weight) {
     return bad;
 }
 
+// acc[lo, hi) += mul * grad[lo, hi) (lo a multiple of 4), each of `stride` threads
+// taking every stride-th element (or float4) from `tid`: the whole grid for one flat
+// gradient (gacc_accumulate_*), one block for a chunk of a tensor (multi-tensor).
 template <typename Load>
-GACC_INLINE void gacc_accumulate_body(float* __restrict__ acc, float* __restrict__ comp, gacc_u64 n, float mul,
-                                      int vec, Load load, const void* grad, gacc_state* state, unsigned seq,
-                                      double weight) {
-    if (gacc_book(state, seq, weight)) {
-        return;
-    }
-    const gacc_u64 tid = gacc_thread_index();
-    const gacc_u64 stride = gacc_thread_count();
-    gacc_u64 scalar_start = 0;
+GACC_INLINE void gacc_accumulate_range(float* __restrict__ acc, float* __restrict__ comp, const void* grad,
+                                       gacc_u64 lo, gacc_u64 hi, float mul, unsigned vec, Load load,
+                                       gacc_u64 tid, gacc_u64 stride) {
+    gacc_u64 scalar_start = lo;
     if (vec) {
-        const gacc_u64 n4 = n / 4;
         float4* acc4 = reinterpret_cast<float4*>(acc);
         float4* comp4 = reinterpret_cast<float4*>(comp);
-        for (gacc_u64 i = tid; i < n4; i += stride) {
+        const gacc_u64 hi4 = hi / 4;
+        for (gacc_u64 i = lo / 4 + tid; i < hi4; i += stride) {
             float g[4];
             load.vec4(grad, i, g);
             float4 a = acc4[i];
@@ -87,9 +85,9 @@ GACC_INLINE void gacc_accumulate_body(float* __restrict__ acc, float* __restrict
             }
             acc4[i] = a;
         }
-        scalar_start = n4 * 4;
+        scalar_start = hi4 * 4 > lo ? hi4 * 4 : lo;
     }
-    for (gacc_u64 i = scalar_start + tid; i < n; i += stride) {
+    for (gacc_u64 i = scalar_start + tid; i < hi; i += stride) {
         if (comp) {
             float a = acc[i], c = comp[i];
             gacc_kahan_add(a, c, mul * load.one(grad, i));
@@ -99,6 +97,16 @@ GACC_INLINE void gacc_accumulate_body(float* __restrict__ acc, float* __restrict
             acc[i] = acc[i] + mul * load.one(grad, i);
         }
     }
+}
+
+template <typename Load>
+GACC_INLINE void gacc_accumulate_body(float* __restrict__ acc, float* __restrict__ comp, gacc_u64 n, float mul,
+                                      int vec, Load load, const void* grad, gacc_state* state, unsigned seq,
+                                      double weight) {
+    if (gacc_book(state, seq, weight)) {
+        return;
+    }
+    gacc_accumulate_range(acc, comp, grad, 0, n, mul, vec, load, gacc_thread_index(), gacc_thread_count());
 }
 
 struct gacc_load_f32 {
@@ -216,51 +224,6 @@ GACC_INLINE unsigned gacc_find_tensor(const gacc_tensor_entry* table, unsigned n
     return lo;
 }
 
-// acc[lo, hi) += mul * grad[lo, hi) (tensor-relative indices, lo a multiple of 4),
-// by this block's threads.
-template <typename Load>
-GACC_INLINE void gacc_accumulate_range(float* __restrict__ acc, float* __restrict__ comp, const void* grad,
-                                       gacc_u64 lo, gacc_u64 hi, float mul, unsigned vec, Load load) {
-    const gacc_u64 tid = threadIdx.x;
-    const gacc_u64 stride = blockDim.x;
-    gacc_u64 scalar_start = lo;
-    if (vec) {
-        float4* acc4 = reinterpret_cast<float4*>(acc);
-        float4* comp4 = reinterpret_cast<float4*>(comp);
-        const gacc_u64 hi4 = hi / 4;
-        for (gacc_u64 i = lo / 4 + tid; i < hi4; i += stride) {
-            float g[4];
-            load.vec4(grad, i, g);
-            float4 a = acc4[i];
-            if (comp) {
-                float4 c = comp4[i];
-                gacc_kahan_add(a.x, c.x, mul * g[0]);
-                gacc_kahan_add(a.y, c.y, mul * g[1]);
-                gacc_kahan_add(a.z, c.z, mul * g[2]);
-                gacc_kahan_add(a.w, c.w, mul * g[3]);
-                comp4[i] = c;
-            } else {
-                a.x = a.x + mul * g[0];
-                a.y = a.y + mul * g[1];
-                a.z = a.z + mul * g[2];
-                a.w = a.w + mul * g[3];
-            }
-            acc4[i] = a;
-        }
-        scalar_start = hi4 * 4 > lo ? hi4 * 4 : lo;
-    }
-    for (gacc_u64 i = scalar_start + tid; i < hi; i += stride) {
-        if (comp) {
-            float a = acc[i], c = comp[i];
-            gacc_kahan_add(a, c, mul * load.one(grad, i));
-            acc[i] = a;
-            comp[i] = c;
-        } else {
-            acc[i] = acc[i] + mul * load.one(grad, i);
-        }
-    }
-}
-
 // Calls f(entry, lo, hi) for every chunk this block takes.
 template <typename F>
 GACC_INLINE void gacc_for_each_chunk(const gacc_tensor_entry* table, unsigned n_tensors, gacc_u64 n_chunks, F f) {
@@ -289,11 +252,11 @@ gacc_accumulate_tensors(float* __restrict__ acc, float* __restrict__ comp, const
         float* c = comp ? comp + t.offset : nullptr;
         const void* g = reinterpret_cast<const void*>(t.grad);
         if (t.dtype == 0) {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f32());
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f32(), threadIdx.x, blockDim.x);
         } else if (t.dtype == 1) {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f16());
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f16(), threadIdx.x, blockDim.x);
         } else {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_bf16());
+            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_bf16(), threadIdx.x, blockDim.x);
         }
     });
 }
