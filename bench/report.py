@@ -344,6 +344,15 @@ def byte_model_lines(by, sizes, k):
              "is `gacc_microbatch_inplace` (the host's backward writes the accumulator; `python3 "
              "bench/compare.py --tensors`).")
     L.append("")
+    L.append("What these counts are not: they are the bytes the code asks for (STREAM's convention), "
+             "not measured memory traffic (this VM has no hardware counters). Write-allocate reads of "
+             "write-only streams (torch's fresh `sqrt(v)` temporaries, the fp16/bf16 copies) are not "
+             "counted, and at 1M parameters the buffers stay in the L3, so a `× floor` below 1 there means "
+             "cache, not fewer bytes. torch's counts come from reading the optimizer code of the installed "
+             "torch (each ATen op reads its inputs and writes its output once), not from a measurement. "
+             "The issue-14 minimum is a design figure: a build without those passes still moves today's "
+             "bytes, whatever the `min B` column says.")
+    L.append("")
     # Which of gacc's models this run shows: the first micro-batch against a later one.
     seen = []
     for n in sizes:
@@ -458,6 +467,14 @@ def summary_lines(info, stream, by, memory, sizes):
     return L
 
 
+def plot_label(row):
+    """A row's label, short enough for the plot's x axis."""
+    label = (ROW_LABEL[row].replace(" (first micro-batch of a window)", ", first").replace(" (later micro-batch)", "")
+             .replace(" (per micro-batch, all K)", "").replace("whole window: K micro-batches", "window: K mb"))
+    return (label.replace(" + ", "\n+ ").replace("accumulate ", "accumulate\n").replace("step ", "step\n", 1)
+            .replace("window: ", "window:\n"))
+
+
 def plot(path, stream, rows, sizes):
     import matplotlib
     matplotlib.use("Agg")
@@ -466,7 +483,7 @@ def plot(path, stream, rows, sizes):
     contenders = sorted({r["contender"] for r in rows if not r["row"].startswith("tiny_")}, key=contender_key)
     colors = {"gacc": "#d62728", "gacc (native)": "#ff9896", "gacc (rerun)": "#8c564b", "torch": "#1f77b4", "torch (foreach)": "#9467bd", "torch (fused)": "#aec7e8",
               "jax+optax (jit)": "#2ca02c", "jax+optax (MultiSteps)": "#98df8a", "numpy": "#7f7f7f"}
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(13, 4.2 * len(sizes)), squeeze=False)
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(16, 4.4 * len(sizes)), squeeze=False)
     for ax, n in zip(axes[:, 0], sizes):
         add_bw = stream["floor"].get(n, stream["add"]["median_gbs"])
         width = 0.8 / len(contenders)
@@ -482,10 +499,8 @@ def plot(path, stream, rows, sizes):
         ax.text(len(ROW_ORDER) - 0.5, add_bw, f" STREAM add {add_bw:.1f} GB/s (floor)", va="bottom", ha="right",
                 fontsize=9)
         ax.set_xticks(range(len(ROW_ORDER)))
-        ax.set_xticklabels([ROW_LABEL[r].replace(" (per micro-batch)", "").replace(" + ", "\n+ ")
-                            .replace("accumulate ", "accumulate\n").replace("step ", "step\n", 1)
-                            for r in ROW_ORDER], fontsize=9)
-        ax.set_ylabel("GB/s (useful bytes / time)")
+        ax.set_xticklabels([plot_label(r) for r in ROW_ORDER], fontsize=8)
+        ax.set_ylabel("GB/s (the row's B/param / time)")
         ax.set_title(f"{size_label(n)} parameters: higher is better")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(ncol=len(contenders), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 1.28))
