@@ -321,8 +321,10 @@ def byte_model_lines(by, sizes, k):
              "of adding to it (nothing to read: the window is empty), the sum of squares and the finite "
              "check come from the accumulation pass that last wrote it, so the step needs no separate "
              "norm pass, and the step no longer writes acc = 0. Compensated (Kahan) accumulation, an "
-             "accumulator the host writes in place (`gacc_accumulator_ptr`), data parallelism and the "
-             "per-tensor call keep today's bytes.")
+             "accumulator the host writes in place (from the first `gacc_accumulator_ptr` on), data "
+             "parallelism and the per-tensor call keep today's bytes, and the step keeps its norm pass "
+             "unless the window's last micro-batch was a full-buffer `gacc_microbatch` (not after an "
+             "in-place or per-tensor micro-batch, a state import or an all-reduce).")
     L.append("")
     L.append("| row | gacc today | gacc issue 14 minimum | today's passes | what the minimum drops |")
     L.append("|---|---|---|---|---|")
