@@ -14,7 +14,7 @@ mod support;
 use std::ffi::c_void;
 
 use gacc::backend::{GradInput, ParamBuffer};
-use gacc::engine::config::{default_raw_config, Config, DeviceRequest, Dtype};
+use gacc::engine::config::{Config, DeviceRequest, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::math;
 use gacc::engine::Engine;
@@ -88,7 +88,7 @@ fn deepspeed_issue_examples() {
     // DeepSpeed doubles after 4 clean steps (GradScaler's rule after 3). Window 1:
     // no growth on the first clean step after an overflow.
     let scales = |policy: u32, window: u32, pattern: &str| {
-        let mut raw = default_raw_config();
+        let mut raw = RawConfig::defaults();
         raw.device = GACC_DEVICE_CPU;
         raw.precision = GACC_PRECISION_FP16;
         raw.init_scale = 1024.0;
@@ -113,7 +113,7 @@ fn deepspeed_issue_examples() {
 
 #[test]
 fn max_loss_scale_caps_growth() {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = GACC_PRECISION_FP16;
     raw.init_scale = 1024.0;
@@ -129,7 +129,7 @@ fn max_loss_scale_caps_growth() {
 }
 
 fn drop_config(precision: u32, drop: bool) -> Config {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = precision;
     raw.lr = 0.01;
@@ -219,7 +219,7 @@ fn an_all_dropped_window_is_skipped_and_a_drop_backs_the_scale_off() {
 /// is the summation error alone. Data: a per-element mean plus noise of the same
 /// size, as gradients of one parameter across micro-batches look.
 fn window_error(k: usize, n: usize, compensated: bool) -> f64 {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.grad_reduction = GACC_GRADS_SUM;
     raw.compensated_accumulation = u32::from(compensated);
@@ -336,7 +336,7 @@ fn stochastic_rounding_is_unbiased() {
 }
 
 fn sr_engine(precision: u32, seed: u64) -> (Engine, Vec<u16>) {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = precision;
     raw.stochastic_rounding = 1;

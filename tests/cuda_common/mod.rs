@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use gacc::backend::{GradInput, ParamBuffer};
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{Config, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
@@ -153,7 +153,7 @@ pub fn option_cases() -> Vec<Case> {
 }
 
 pub fn config_for(case: &Case) -> Config {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.optimizer = case.optimizer;
     raw.lr = 0.01;
