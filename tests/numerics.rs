@@ -1,14 +1,12 @@
 //! The numerics options on the CPU backend, through the real engine: the loss-scale
 //! policies against DeepSpeed's own DynamicLossScaler and torch's GradScaler rule
-//! (tests/cuda_common/loss_scale.rs), dropping a
+//! (tests/support/cuda/loss_scale.rs), dropping a
 //! poisoned micro-batch, Kahan-compensated accumulation (error against an f64
 //! reference for K = 1 ... 4096), and stochastic rounding (unbiased, reproducible).
 //! tests/cuda_shim.rs runs the same bodies on the CUDA backend's kernels.
 
 #![allow(clippy::needless_range_loop)] // per-element reference code reads clearer indexed
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
 
 use std::ffi::c_void;
@@ -42,8 +40,8 @@ fn loss_scale_policies_match_deepspeed_and_gradscaler() {
     // 400 random configurations and overflow patterns (tests/python/
     // loss_scale_reference.py): DEEPSPEED against DeepSpeed's own DynamicLossScaler,
     // GRADSCALER against torch's _amp_update_scale_ rule, every step bit for bit.
-    let Some(refs) = common::loss_scale::references("numerics_policies", 400, 400) else { return };
-    let (ds, gs, steps) = common::loss_scale::replay(&cpu, &refs);
+    let Some(refs) = support::cuda::loss_scale::references("numerics_policies", 400, 400) else { return };
+    let (ds, gs, steps) = support::cuda::loss_scale::replay(&cpu, &refs);
     let version = &refs.deepspeed_version;
     println!("CPU: {ds} DeepSpeed {version} cases and {gs} GradScaler cases, {steps} steps: identical");
     assert!(ds >= 250 && gs >= 80 && steps > 20_000);
@@ -56,7 +54,7 @@ fn deepspeed_policy_in_drop_mode_and_across_checkpoints() {
     // dropped micro-batch moves DeepSpeed's scale as an overflow. Checkpoints: every
     // 7 steps the engine is saved and replaced by one created from the file, so the
     // policy and its counters must survive gacc_save / gacc_create_from_checkpoint.
-    let Some(refs) = common::loss_scale::references("numerics_drop_checkpoint", 120, 200) else { return };
+    let Some(refs) = support::cuda::loss_scale::references("numerics_drop_checkpoint", 120, 200) else { return };
     let dir = std::env::temp_dir().join(format!("gacc-ls-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("e.safetensors");

@@ -3,6 +3,7 @@
 //! the real window logic and every element of every buffer is compared.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod device;
 pub mod loss_scale;
 pub mod tensors;
@@ -32,9 +33,8 @@ pub trait Target {
     fn write_device(&self, ptr: *mut c_void, data: &[u8]);
 }
 
-/// The tests' one generator (tests/support): every crate that mounts this module mounts
-/// `mod support` too.
-pub use crate::support::Rng;
+/// The tests' one generator (tests/support).
+pub use super::Rng;
 
 /// One comparison scenario.
 #[derive(Clone, Debug)]
