@@ -207,7 +207,7 @@ pub struct Config {
 
 /// A configuration's fields before validation, named and typed as in the C struct
 /// `gacc_config` (without its `struct_size`, which only the ffi layer reads): codes
-/// from [`codes`], 0/1 flags. Checkpoints store these fields in their metadata.
+/// from `codes`, 0/1 flags. Checkpoints store these fields in their metadata.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RawConfig {
     pub device: i32,
