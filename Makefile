@@ -17,6 +17,8 @@
 #   make mpi-test      data parallelism over MPI, 2 and 3 ranks
 #   make fuzz          each cargo-fuzz target for FUZZ_SECONDS (default 30)
 #   make lint          cargo fmt --check, then cargo clippy --all-targets -D warnings
+#   make product-check the shipped library (cargo build --release) holds no test machinery
+#                      (the host shim of the test-support feature): nm of libgacc.a
 #   make install       PREFIX=/usr/local: library, headers, pkg-config, CMake package
 #   make gpu-bundle    build/gpu-bundle: what scripts/gpu-check.sh runs on a GPU machine
 #   make gpu-check-fake  the bundle built, then scripts/gpu-check.sh --fake (no GPU needed)
@@ -51,7 +53,7 @@ VALGRIND    ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --quiet
 
-TEST_TARGETS ?= rust-test lint header-check readme-check c-tests bindings-test package-test mpi-test tsan-shim
+TEST_TARGETS ?= rust-test product-check lint header-check readme-check c-tests bindings-test package-test mpi-test tsan-shim
 FUZZ_SECONDS ?= 30
 TEST_TARGETS += example-inplace
 
@@ -61,7 +63,7 @@ C_TEST_BINS  := $(addprefix $(BUILD)/c/,$(C_TEST_NAMES))
 C_SAN_BINS   := $(addprefix $(BUILD)/c-san/,$(C_TEST_NAMES))
 C_HELPERS    := tests/c/check.h tests/c/mlp.h tests/c/half.h
 
-.PHONY: FORCE all lib demo check example-inplace test mpi-test fuzz lint rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind tsan-shim clean
+.PHONY: FORCE all lib demo check example-inplace test mpi-test fuzz lint product-check rust-test c-tests c-tests-build c-san-build header-check readme-check sanitize valgrind tsan-shim clean
 
 all: lib
 
@@ -119,6 +121,17 @@ mpi-test:
 # Each cargo-fuzz target for FUZZ_SECONDS.
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The test-support feature (the host shim, the accessors tests inspect) is on only for
+# tests, benches and examples (Cargo.toml's self dev-dependency). libgacc.a keeps every
+# object (the .so's linker drops unreachable code, so it would pass either way): it
+# must name no shim type, and must name CudaRuntime, so that nm is known to see symbols.
+product-check: lib | $(BUILD)
+	nm -C $(LIBDIR)/libgacc.a 2>/dev/null >$(BUILD)/libgacc.syms
+	@grep -q 'CudaRuntime' $(BUILD)/libgacc.syms || { echo "product-check: nm shows no CudaRuntime in libgacc.a"; exit 1; }
+	@if grep -m3 -E 'ShimRuntime|ShimLibrary|ShimStats' $(BUILD)/libgacc.syms; then \
+	  echo "product-check: libgacc.a holds the host shim (test-support)"; exit 1; fi
+	@echo "product-check: libgacc.a holds no test-support code"
 
 # clippy on every target, warnings as errors.
 lint:

@@ -28,7 +28,7 @@ use std::time::Instant;
 use gacc::backend::cuda::runtime::Arg;
 use gacc::backend::cuda::{probe, CudaBackend, CudaRuntime, Runtime};
 use gacc::backend::{Backend, BackendInit, DeviceScope, GradInput, StepRequest};
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{Config, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
@@ -155,7 +155,7 @@ fn per_kernel(be: &mut Be, iters: usize, mut f: impl FnMut(&mut Be)) -> BTreeMap
 }
 
 fn backend(n: usize, optimizer: u32, momentum: f32) -> Be {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = 0;
     raw.precision = GACC_PRECISION_FP16;
     raw.max_grad_norm = 1.0;
@@ -309,7 +309,7 @@ fn tensor_rows(iters: usize) {
         for &t in &list("GACC_BENCH_TENSOR_COUNTS", "64,512") {
             let shape = model_shapes::transformer_sizes(n, t);
             let total: usize = shape.iter().sum();
-            let mut raw = default_raw_config();
+            let mut raw = RawConfig::defaults();
             raw.device = 0;
             let config = Config::validate(&raw).unwrap();
             let layout = Layout::new(shape.iter().map(|&k| (None, k, true)).collect()).unwrap();

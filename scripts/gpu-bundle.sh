@@ -65,7 +65,7 @@ cp build/c/test_* "$out/c/"
 rm -f "$out"/c/*.log
 cp build/demo "$out/c/demo"
 
-# The fake driver, built like tests/fake_driver.rs builds it (tests/cuda_common/mod.rs:
+# The fake driver, built like tests/fake_driver.rs builds it (tests/support/cuda/mod.rs:
 # build_host_library), for --fake runs.
 fake_src=kernels/shim/fake_cuda.cpp
 [ -f "$fake_src" ] || fake_src=$(git ls-files '*fake_cuda.cpp' | head -n 1)

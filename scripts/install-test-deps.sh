@@ -54,7 +54,7 @@ if [ ! -x build/pyenv/bin/python ] || ! build/pyenv/bin/python -c 'import tree_s
     fi
 fi
 
-# DeepSpeed's loss scaler, the reference of GACC_LOSS_SCALE_DEEPSPEED (tests/cuda_common/
+# DeepSpeed's loss scaler, the reference of GACC_LOSS_SCALE_DEEPSPEED (tests/support/cuda/
 # loss_scale.rs). The sdist, not the wheel: no torch, nothing built. DEEPSPEED_VERSION
 # pins another release.
 deepspeed_py=""

@@ -10,11 +10,14 @@
 //! - [`ffi`]: the only `extern "C"` code, one file per subject (lifecycle, window,
 //!   params, checkpoint, distributed, tensors): panic boundary, NULL and handle
 //!   checks, live-handle registry, thread-local last error, the C callback transport,
-//!   and the conversions of results to C types (`ffi::conv`). Still below the
-//!   boundary: engine::config validates the C struct `gacc_config` itself and
-//!   names the C constants, which the checkpoint metadata also stores.
-//! - [`engine`]: the window as a state machine, configuration validation, tensor
-//!   layout, and the scalar formulas of a step ([`engine::math`]).
+//!   and every conversion between the C types and the engine's (`ffi::conv`: the
+//!   C struct `gacc_config` into [`engine::config::RawConfig`], results back). No
+//!   module below ffi names a C type or a GACC_* constant.
+//! - [`engine`]: the window as a state machine. Its leaf modules, which the
+//!   backends and checkpoints use too and which use nothing but [`status`]:
+//!   [`engine::config`] (the typed configuration, its validation with the
+//!   field-named messages, the numeric codes), [`engine::layout`] (tensor layout)
+//!   and [`engine::math`] (the scalar formulas of a step).
 //! - [`backend`]: where the bytes live and move: [`backend::cpu`] (multithreaded,
 //!   vectorised) and [`backend::cuda`] (kernels compiled by NVRTC at run time,
 //!   the whole window on the device; see docs/cuda.md).

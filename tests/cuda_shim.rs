@@ -5,18 +5,15 @@
 //!
 //! Run: cargo test --test cuda_shim   (needs g++ with C++20: Debian's g++ 12 works)
 
-#[path = "cuda_common/capture.rs"]
-mod capture;
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
+use support::cuda;
 
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use common::{Case, Target};
+use cuda::{Case, Target};
 use gacc::backend::cuda::launch;
 use gacc::backend::cuda::runtime::Runtime;
 use gacc::backend::cuda::state::{DeviceState, Hyper};
@@ -38,7 +35,7 @@ fn shim() -> Arc<ShimLibrary> {
         let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gacc-shim");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("libgacc_shim_{}.so", std::process::id()));
-        common::build_host_library(&out, None, &[root.join("kernels/shim/shim_main.cpp")]);
+        cuda::build_host_library(&out, None, &[root.join("kernels/shim/shim_main.cpp")]);
         ShimLibrary::open(&out).unwrap()
     })
     .clone()
@@ -101,10 +98,10 @@ impl Target for ShimTarget {
 
 fn run_cases(filter: impl Fn(&Case) -> bool) {
     let target = ShimTarget::new();
-    let cases: Vec<Case> = common::cases().into_iter().filter(|c| filter(c)).collect();
+    let cases: Vec<Case> = cuda::cases().into_iter().filter(|c| filter(c)).collect();
     assert!(!cases.is_empty());
     for case in &cases {
-        common::run_case(&target, case);
+        cuda::run_case(&target, case);
     }
     println!("{} cases compared with the CPU backend", cases.len());
 }
@@ -132,9 +129,9 @@ fn shim_matches_cpu_with_numerics_options() {
     // the CPU is (no clipping), including acc, comp, the device window total, the
     // dropped count, the scaler state and the working copy.
     let target = ShimTarget::new();
-    let cases = common::option_cases();
+    let cases = cuda::option_cases();
     for case in &cases {
-        common::run_case(&target, case);
+        cuda::run_case(&target, case);
     }
     println!("{} option cases compared with the CPU backend", cases.len());
 }
@@ -142,13 +139,13 @@ fn shim_matches_cpu_with_numerics_options() {
 #[test]
 fn shim_loss_scale_policies_match_deepspeed_and_gradscaler() {
     // The kernels' scaler (kernels/scaler.cu through CudaBackend<ShimRuntime>) against
-    // DeepSpeed's own DynamicLossScaler and torch's rule (tests/cuda_common/loss_scale.rs).
+    // DeepSpeed's own DynamicLossScaler and torch's rule (tests/support/cuda/loss_scale.rs).
     // 32 configurations of up to 40 steps: a shim step starts an OS thread per CUDA
     // thread (tens of ms), so the hundreds of configurations run on the CPU backend
     // (tests/numerics.rs) and on a GPU (tests/gpu.rs); the rule is one kernel function.
-    let Some(refs) = common::loss_scale::references("shim_policies", 32, 40) else { return };
+    let Some(refs) = cuda::loss_scale::references("shim_policies", 32, 40) else { return };
     let make = |config: Config, layout: Layout, params: &[f32]| ShimTarget::new().engine(config, layout, params);
-    let (ds, gs, steps) = common::loss_scale::replay(&make, &refs);
+    let (ds, gs, steps) = cuda::loss_scale::replay(&make, &refs);
     let version = &refs.deepspeed_version;
     println!("shim: {ds} DeepSpeed {version} cases, {gs} GradScaler cases, {steps} steps: identical");
     assert!(ds >= 20 && gs >= 6);
@@ -156,12 +153,12 @@ fn shim_loss_scale_policies_match_deepspeed_and_gradscaler() {
 
 #[test]
 fn shim_is_deterministic_with_numerics_options() {
-    common::run_determinism_with_options(&ShimTarget::new());
+    cuda::run_determinism_with_options(&ShimTarget::new());
 }
 
 #[test]
 fn drop_mode_adds_one_launch_per_microbatch_and_none_per_step() {
-    let mut case = common::cases()[0].clone();
+    let mut case = cuda::cases()[0].clone();
     case.tensors = (0..20).map(|i| (3 + i % 7, i % 2 == 0)).collect();
     case.drop_nonfinite = true;
     case.compensated = true;
@@ -204,18 +201,18 @@ fn shim_grid_stride_loops_cover_buffers_larger_than_the_grid() {
     assert!(n > 2 * 4 * 256 * 8 && n % 4 != 0);
     let picks = [(0, false), (9, true), (14, false), (22, true)];
     for (index, device_grads) in picks {
-        let mut case = common::cases()[index].clone();
+        let mut case = cuda::cases()[index].clone();
         case.tensors = tensors.clone();
         case.name = format!("{} (n={n}, 1 SM)", case.name);
         case.device_grads = device_grads;
         case.windows = 3;
-        common::run_case(&target, &case);
+        cuda::run_case(&target, &case);
     }
 }
 
 #[test]
 fn shim_is_deterministic() {
-    common::run_determinism(&ShimTarget::new());
+    cuda::run_determinism(&ShimTarget::new());
 }
 
 #[test]
@@ -229,14 +226,14 @@ fn shared_struct_sizes_match_the_kernels() {
 #[test]
 fn shim_per_tensor_matches_cpu() {
     let target = ShimTarget::new();
-    for case in common::tensors::tensor_cases() {
-        common::tensors::run_tensor_case(&target, &case);
+    for case in cuda::tensors::tensor_cases() {
+        cuda::tensors::run_tensor_case(&target, &case);
     }
 }
 
 #[test]
 fn shim_inplace_matches_cpu() {
-    common::tensors::run_inplace(&ShimTarget::new());
+    cuda::tensors::run_inplace(&ShimTarget::new());
 }
 
 #[test]
@@ -244,11 +241,11 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
     // 300 tensors, device gradients: one launch (two in drop mode), and a repeated
     // call with the same pointers uploads nothing (the table is cached).
     for drop_mode in [false, true] {
-        let mut case = common::cases()[0].clone();
+        let mut case = cuda::cases()[0].clone();
         case.tensors = (0..300).map(|i| (1 + i % 9, i % 2 == 0)).collect();
         case.drop_nonfinite = drop_mode;
         let (mut be, _) = shim_backend(&case);
-        let layout = common::layout_for(&case);
+        let layout = cuda::layout_for(&case);
         let target = ShimTarget::new();
         let grads: Vec<gacc::backend::TensorGrad> = layout
             .tensors
@@ -296,8 +293,8 @@ fn per_tensor_call_is_one_launch_whatever_the_tensor_count() {
 }
 
 fn shim_backend(case: &Case) -> (CudaBackend<ShimRuntime>, usize) {
-    let config = common::config_for(case);
-    let layout = common::layout_for(case);
+    let config = cuda::config_for(case);
+    let layout = cuda::layout_for(case);
     let params = vec![0.5f32; layout.numel];
     let rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
     (CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap(), layout.numel)
@@ -306,7 +303,7 @@ fn shim_backend(case: &Case) -> (CudaBackend<ShimRuntime>, usize) {
 #[test]
 fn a_step_is_three_launches_with_no_transfer_or_sync() {
     // Many tensors with alternating decay flags: the launch count must not grow.
-    let mut case = common::cases()[0].clone();
+    let mut case = cuda::cases()[0].clone();
     case.tensors = (0..50).map(|i| (3 + i % 7, i % 2 == 0)).collect();
     let (mut be, n) = shim_backend(&case);
     let g = vec![1.0f32; n];
@@ -346,7 +343,7 @@ fn a_step_is_three_launches_with_no_transfer_or_sync() {
 
 #[test]
 fn host_and_device_gradients_are_told_apart() {
-    let case = common::cases()[0].clone();
+    let case = cuda::cases()[0].clone();
     let (mut be, n) = shim_backend(&case);
     let g = vec![2.0f32; n];
     let target = ShimTarget::new();
@@ -366,7 +363,7 @@ fn host_and_device_gradients_are_told_apart() {
 
 #[test]
 fn loss_scale_pointer_reads_the_device_state() {
-    let mut case = common::cases()[0].clone();
+    let mut case = cuda::cases()[0].clone();
     case.precision = gacc::ffi::types::GACC_PRECISION_FP16;
     let (mut be, _) = shim_backend(&case);
     let p = be.loss_scale_ptr().unwrap();
@@ -378,8 +375,8 @@ fn loss_scale_pointer_reads_the_device_state() {
 
 #[test]
 fn too_large_for_the_device_is_invalid_argument_naming_numel() {
-    let case = common::cases()[0].clone();
-    let config = common::config_for(&case);
+    let case = cuda::cases()[0].clone();
+    let config = cuda::config_for(&case);
     let layout = Layout::new(vec![(None, 1 << 28, true)]).unwrap();
     let rt = ShimRuntime::new(shim(), SM, 1 << 20);
     // The check happens before anything is allocated or read.
@@ -395,7 +392,7 @@ fn too_large_for_the_device_is_invalid_argument_naming_numel() {
 #[test]
 fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
     let case =
-        common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
+        cuda::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
     checkpoint_resume_case(case, "plain");
 }
 
@@ -403,7 +400,7 @@ fn checkpoint_resume_on_the_cuda_backend_is_exact_and_portable() {
 /// and dropped count, comp.<i> tensors, stochastic rounding).
 #[test]
 fn checkpoint_resume_with_numerics_options_is_exact_and_portable() {
-    let mut case = common::cases()
+    let mut case = cuda::cases()
         .into_iter()
         .find(|c| {
             !c.clip
@@ -421,8 +418,8 @@ fn checkpoint_resume_with_numerics_options_is_exact_and_portable() {
 fn checkpoint_resume_case(mut case: Case, tag: &str) {
     let target = ShimTarget::new();
     case.tensors = vec![(300, true), (7, false), (45, true)];
-    let config = common::config_for(&case);
-    let layout = common::layout_for(&case);
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
     let n = layout.numel;
     let init: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
     let grads: Vec<(Vec<f32>, f64)> = (0..24)
@@ -493,12 +490,12 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
     const K: usize = 3;
     const N: usize = 4;
     case.tensors = vec![(1030, true), (5, false), (262, true)];
-    let config = common::config_for(&case);
-    let layout = common::layout_for(&case);
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
     let n = layout.numel;
     let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
     let target = ShimTarget::new();
-    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
     let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), gacc::engine::config::Device::Cuda(0));
     let mut cpu = Engine::new(config, layout, &init).unwrap();
@@ -560,9 +557,9 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
         case.name
     );
     let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
-    common::compare_f32(&format!("{}: master weights", case.name), &sc.master, &sd.master, true, 0.0);
-    common::compare_f32(&format!("{}: optimizer state 1", case.name), &sc.state1, &sd.state1, true, 0.0);
-    common::compare_f32(&format!("{}: optimizer state 2", case.name), &sc.state2, &sd.state2, true, 0.0);
+    cuda::compare_f32(&format!("{}: master weights", case.name), &sc.master, &sd.master, true, 0.0);
+    cuda::compare_f32(&format!("{}: optimizer state 1", case.name), &sc.state1, &sd.state1, true, 0.0);
+    cuda::compare_f32(&format!("{}: optimizer state 2", case.name), &sc.state2, &sd.state2, true, 0.0);
     assert_eq!(
         (sd.loss_scale.to_bits(), sd.growth_tracker, sd.applied_steps),
         (sc.loss_scale.to_bits(), sc.growth_tracker, sc.applied_steps),
@@ -574,7 +571,7 @@ fn captured_window_replays_like_direct_windows(mut case: Case) {
 
 #[test]
 fn captured_window_replays_honour_lr_and_step_count() {
-    let case = common::cases()
+    let case = cuda::cases()
         .into_iter()
         .find(|c| {
             !c.clip
@@ -583,7 +580,7 @@ fn captured_window_replays_honour_lr_and_step_count() {
         })
         .unwrap();
     captured_window_replays_like_direct_windows(case);
-    let sgd = common::cases()
+    let sgd = cuda::cases()
         .into_iter()
         .find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_SGD && c.momentum != 0.0)
         .unwrap();
@@ -596,7 +593,7 @@ fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
     // the same buffer is finite again and must be kept (a flag frozen at capture, or
     // left over from replay 1, would drop it).
     let mut case =
-        common::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
+        cuda::cases().into_iter().find(|c| !c.clip && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW).unwrap();
     case.drop_nonfinite = true;
     case.compensated = true;
     captured_window_replays_like_direct_windows(case);
@@ -604,7 +601,7 @@ fn captured_window_replays_in_drop_mode_flag_only_their_own_microbatch() {
 
 /// A one-rank device collective over the shim (test double): the sum of one rank
 /// is a copy. Its drop is logged next to the runtime's.
-struct OneRankCollective(Arc<std::sync::Mutex<capture::Graph>>);
+struct OneRankCollective(Arc<std::sync::Mutex<cuda::capture::Graph>>);
 
 impl gacc::distributed::DeviceCollective for OneRankCollective {
     fn rank(&self) -> u32 {
@@ -641,11 +638,11 @@ impl Drop for OneRankCollective {
     }
 }
 
-fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<capture::Graph>>) {
-    let config = common::config_for(case);
-    let layout = common::layout_for(case);
+fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<cuda::capture::Graph>>) {
+    let config = cuda::config_for(case);
+    let layout = cuda::layout_for(case);
     let params = vec![0.25f32; layout.numel];
-    let (rt, graph) = capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
     (Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0)), graph)
 }
@@ -654,7 +651,7 @@ fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<capture::Graph>>)
 /// before the NCCL communicator.
 #[test]
 fn the_communicator_is_destroyed_before_the_backend() {
-    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    let (mut engine, graph) = logged_engine(&cuda::cases()[0]);
     engine.set_device_collective(Box::new(OneRankCollective(graph.clone()))).unwrap();
     let n = engine.numel();
     let g = vec![0.5f32; n];
@@ -672,7 +669,7 @@ fn the_communicator_is_destroyed_before_the_backend() {
 /// without naming that stream (CudaRuntime: cuCtxSynchronize).
 #[test]
 fn destroy_does_not_synchronise_the_callers_stream() {
-    let (mut engine, graph) = logged_engine(&common::cases()[0]);
+    let (mut engine, graph) = logged_engine(&cuda::cases()[0]);
     engine.set_stream(0x00CA_11E4 as *mut c_void).unwrap();
     let n = engine.numel();
     let g = vec![0.5f32; n];
@@ -687,8 +684,8 @@ fn destroy_does_not_synchronise_the_callers_stream() {
 }
 
 fn engine_with_memory(case: &Case, memory: u64) -> gacc::Result<Engine> {
-    let config = common::config_for(case);
-    let layout = common::layout_for(case);
+    let config = cuda::config_for(case);
+    let layout = cuda::layout_for(case);
     let params = vec![0.25f32; layout.numel];
     let rt = ShimRuntime::new(shim(), SM, memory);
     let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params })?;
@@ -699,9 +696,9 @@ fn engine_with_memory(case: &Case, memory: u64) -> gacc::Result<Engine> {
 /// gradients, so an engine that fit failed on its first host micro-batch.
 #[test]
 fn the_memory_check_at_create_includes_the_staging_buffer() {
-    let case = common::cases()[0].clone();
-    let config = common::config_for(&case);
-    let layout = common::layout_for(&case);
+    let case = cuda::cases()[0].clone();
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
     let n = layout.numel;
     let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
     let err = engine_with_memory(&case, need - 1).err().expect("one byte short must fail at create");
@@ -719,9 +716,9 @@ fn the_memory_check_at_create_includes_the_staging_buffer() {
 /// buffers allocated) before, and an engine too full for them is refused there.
 #[test]
 fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
-    let case = common::cases()[0].clone();
-    let config = common::config_for(&case);
-    let layout = common::layout_for(&case);
+    let case = cuda::cases()[0].clone();
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
     let n = layout.numel;
     let need = gacc::backend::cuda::backend::device_bytes(&config, n, layout.runs.len(), launch::norm_grid(n, SM));
     let mut engine = engine_with_memory(&case, need).unwrap();
@@ -742,12 +739,12 @@ fn a_device_too_full_for_the_nccl_buffers_is_refused_before_the_communicator() {
 /// times the multiprocessor count, and the launches use it.
 #[test]
 fn grids_follow_the_occupancy_answer_per_kernel() {
-    let mut case = common::cases()[0].clone();
+    let mut case = cuda::cases()[0].clone();
     assert_eq!(case.optimizer, gacc::ffi::types::GACC_OPTIMIZER_ADAMW);
     case.tensors = vec![(40_000, true), (3, false)];
     case.drop_nonfinite = true;
-    let config = common::config_for(&case);
-    let layout = common::layout_for(&case);
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
     let n = layout.numel;
     let mut rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
     rt.set_occupancy("gacc_update_adamw", 5);
@@ -782,9 +779,9 @@ fn grids_follow_the_occupancy_answer_per_kernel() {
 #[test]
 fn lr_changes_between_steps_match_the_cpu() {
     for optimizer in [gacc::ffi::types::GACC_OPTIMIZER_ADAMW, gacc::ffi::types::GACC_OPTIMIZER_SGD] {
-        let case = common::cases().into_iter().find(|c| !c.clip && c.optimizer == optimizer).unwrap();
-        let config = common::config_for(&case);
-        let layout = common::layout_for(&case);
+        let case = cuda::cases().into_iter().find(|c| !c.clip && c.optimizer == optimizer).unwrap();
+        let config = cuda::config_for(&case);
+        let layout = cuda::layout_for(&case);
         let n = layout.numel;
         let init: Vec<f32> = (0..n).map(|i| ((i * 31 % 89) as f32 - 44.0) / 64.0).collect();
         let target = ShimTarget::new();
@@ -805,7 +802,7 @@ fn lr_changes_between_steps_match_the_cpu() {
         let mut p_dut = vec![0f32; n];
         cpu.read_params(&mut p_cpu).unwrap();
         dut.read_params(&mut p_dut).unwrap();
-        common::compare_f32(&format!("{}: master after an lr schedule", case.name), &p_cpu, &p_dut, true, 0.0);
+        cuda::compare_f32(&format!("{}: master after an lr schedule", case.name), &p_cpu, &p_dut, true, 0.0);
         // A snapshot taken at lr 0.0075, restored into an engine now at lr 0.5.
         let snap = dut.snapshot().unwrap();
         let mut resumed = target.engine(config, layout, &init);
@@ -820,6 +817,6 @@ fn lr_changes_between_steps_match_the_cpu() {
         }
         cpu.read_params(&mut p_cpu).unwrap();
         resumed.read_params(&mut p_dut).unwrap();
-        common::compare_f32(&format!("{}: master after a restore", case.name), &p_cpu, &p_dut, true, 0.0);
+        cuda::compare_f32(&format!("{}: master after a restore", case.name), &p_cpu, &p_dut, true, 0.0);
     }
 }

@@ -13,7 +13,7 @@ use gacc::ffi::*;
 use gacc::gacc_status::*;
 
 mod support;
-use support::{last_error, Rng};
+use support::{last_error, split_tensors, Eng, Rng};
 
 /// A deterministic in-process all-reduce: every rank posts its buffer in its slot,
 /// then every rank sums the slots in rank order.
@@ -84,22 +84,6 @@ fn config(optimizer: u32, precision: u32) -> gacc_config {
     c
 }
 
-fn create(c: &gacc_config, init: &[f32]) -> usize {
-    let d = [
-        gacc_tensor_desc { name: std::ptr::null(), numel: 200, init: init.as_ptr(), no_weight_decay: 0 },
-        gacc_tensor_desc { name: std::ptr::null(), numel: N - 200, init: init[200..].as_ptr(), no_weight_decay: 1 },
-    ];
-    let mut e = std::ptr::null_mut();
-    assert_eq!(unsafe { gacc_create(c, d.as_ptr(), 2, &mut e) }, GACC_OK);
-    e as usize
-}
-
-fn params(e: usize) -> Vec<f32> {
-    let mut out = vec![0f32; N];
-    assert_eq!(unsafe { gacc_params_read(e as *const _, out.as_mut_ptr(), N) }, GACC_OK);
-    out
-}
-
 /// (gradient, weight) of micro-batch k of rank r in window w.
 fn micro(w: usize, r: usize, k: usize, poison: Option<(usize, usize)>) -> (Vec<f32>, f64) {
     let mut rng = Rng::new(0x1234_5678 ^ ((w as u64) << 40) ^ ((r as u64) << 20) ^ k as u64);
@@ -132,10 +116,10 @@ fn run_ranks(world: usize, k: usize, windows: usize, c: gacc_config, poison: Opt
             }
             std::thread::spawn(move || {
                 let ctx = Box::new(RankCtx { group, rank: r });
-                let e = create(&c, &init);
+                let e = Eng::new(&c, &split_tensors(&init, 200));
                 let st = unsafe {
                     gacc_set_allreduce(
-                        e as *mut _,
+                        e.h,
                         Some(allreduce),
                         &*ctx as *const RankCtx as *mut c_void,
                         r as i32,
@@ -147,18 +131,13 @@ fn run_ranks(world: usize, k: usize, windows: usize, c: gacc_config, poison: Opt
                 for w in 0..windows {
                     for kk in 0..k {
                         let (g, wt) = micro(w, r, kk, poison);
-                        assert_eq!(
-                            unsafe { gacc_microbatch(e as *mut _, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) },
-                            GACC_OK
-                        );
+                        assert_eq!(unsafe { gacc_microbatch(e.h, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) }, GACC_OK);
                     }
                     let mut info = gacc_step_info::default();
-                    assert_eq!(unsafe { gacc_step(e as *mut _, &mut info) }, GACC_OK);
+                    assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK);
                     infos.push(info);
                 }
-                let p = params(e);
-                gacc_destroy(e as *mut _);
-                (p, infos)
+                (e.params(), infos)
             })
         })
         .collect();
@@ -174,22 +153,20 @@ fn single_engine(
     poison: Option<(usize, usize)>,
 ) -> (Vec<f32>, Vec<gacc_step_info>) {
     let init: Vec<f32> = (0..N).map(|i| (i as f32 * 0.37).sin()).collect();
-    let e = create(&c, &init);
+    let e = Eng::new(&c, &split_tensors(&init, 200));
     let mut infos = Vec::new();
     for w in 0..windows {
         for r in 0..world {
             for kk in 0..k {
                 let (g, wt) = micro(w, r, kk, poison);
-                assert_eq!(unsafe { gacc_microbatch(e as *mut _, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) }, GACC_OK);
+                assert_eq!(unsafe { gacc_microbatch(e.h, g.as_ptr().cast(), GACC_DTYPE_F32, N, wt) }, GACC_OK);
             }
         }
         let mut info = gacc_step_info::default();
-        assert_eq!(unsafe { gacc_step(e as *mut _, &mut info) }, GACC_OK);
+        assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK);
         infos.push(info);
     }
-    let p = params(e);
-    gacc_destroy(e as *mut _);
-    (p, infos)
+    (e.params(), infos)
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -328,7 +305,8 @@ fn failed_collective_is_communication_error_and_window_survives() {
                 std::thread::spawn(move || {
                     let init: Vec<f32> = (0..N).map(|i| i as f32 * 0.01).collect();
                     let ctx = Box::new(RankCtx { group: group.clone(), rank: r });
-                    let e = create(&c, &init) as *mut gacc_engine;
+                    let eng = Eng::new(&c, &split_tensors(&init, 200));
+                    let e = eng.h;
                     let user = &*ctx as *const RankCtx as *mut c_void;
                     assert_eq!(
                         unsafe { gacc_set_allreduce(e, Some(allreduce), user, r as i32, world as i32) },
@@ -346,7 +324,7 @@ fn failed_collective_is_communication_error_and_window_survives() {
                         group.barrier.wait();
                         let st = unsafe { gacc_step(e, std::ptr::null_mut()) };
                         let msg = last_error();
-                        failures.push((st, msg, params(e as usize) == init));
+                        failures.push((st, msg, eng.params() == init));
                         group.barrier.wait();
                         if r == 0 {
                             group.fail_all.store(false, Ordering::SeqCst);
@@ -355,9 +333,7 @@ fn failed_collective_is_communication_error_and_window_survives() {
                     }
                     let mut info = gacc_step_info::default();
                     assert_eq!(unsafe { gacc_step(e, &mut info) }, GACC_OK);
-                    let p = params(e as usize);
-                    gacc_destroy(e);
-                    (failures, info, p)
+                    (failures, info, eng.params())
                 })
             })
             .collect();
@@ -383,12 +359,12 @@ fn failed_collective_is_communication_error_and_window_survives() {
 #[test]
 fn nccl_refusals_without_nccl() {
     let init: Vec<f32> = (0..N).map(|i| i as f32).collect();
-    let e = create(&config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP32), &init) as *mut gacc_engine;
+    let e = Eng::new(&config(GACC_OPTIMIZER_SGD, GACC_PRECISION_FP32), &split_tensors(&init, 200));
     let id = gacc_nccl_id { internal: [7; 128] };
-    assert_eq!(unsafe { gacc_set_nccl(e, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
+    assert_eq!(unsafe { gacc_set_nccl(e.h, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
     let msg = last_error();
     assert!(msg.contains("CUDA engine") && msg.contains("gacc_set_mpi") && msg.contains("gacc_set_allreduce"), "{msg}");
-    gacc_destroy(e);
+    drop(e);
     // SAFETY: only probes whether a real libnccl is installed here.
     let installed = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok();
     if std::env::var_os("GACC_NCCL_LIB").is_some() || installed {

@@ -7,14 +7,13 @@
 //! scripts/install-cuda-deps.sh) and g++; without NVRTC the tests say "skipped"
 //! (GACC_REQUIRE_NVRTC=1: fail).
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
+use support::cuda;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::device;
+use cuda::device;
 use gacc::backend::cuda::nvrtc;
 
 /// Builds and loads the fake driver once; false (with a "skipped" line) without NVRTC.
@@ -33,7 +32,7 @@ fn fake_driver(test: &str) -> bool {
         let out_dir = tmp.join("gacc-shim");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("libfakecuda_{}.so", std::process::id()));
-        common::build_fake_driver(&out);
+        cuda::build_fake_driver(&out);
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes: keep compiled kernels out of ~/.cache.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));
@@ -108,7 +107,7 @@ fn fake_driver_ordinals_and_auto() {
     }
 }
 
-// ---- issue 11 (bodies in tests/cuda_common/device.rs; GPU twins in tests/gpu.rs) ----
+// ---- issue 11 (bodies in tests/support/cuda/device.rs; GPU twins in tests/gpu.rs) ----
 
 #[test]
 fn fake_driver_orders_with_every_kind_of_caller_stream() {

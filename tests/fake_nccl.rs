@@ -9,9 +9,8 @@
 //! order cannot matter and R ranks with K micro-batches each are compared bit for
 //! bit with one engine fed all R*K micro-batches.
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
+use support::cuda;
 
 use std::ffi::c_void;
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ use gacc::backend::cuda::nvrtc;
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status::*;
-use support::last_error;
+use support::{last_error, split_tensors, Eng, Rng};
 
 struct Fakes {
     cuda: libloading::Library,
@@ -48,8 +47,8 @@ fn fakes(test: &str) -> Option<&'static Fakes> {
         let pid = std::process::id();
         let cuda = dir.join(format!("libfakecuda_nccl_{pid}.so"));
         let nccl = dir.join(format!("libfakenccl_{pid}.so"));
-        common::build_fake_driver(&cuda);
-        common::build_fake_nccl(&nccl);
+        cuda::build_fake_driver(&cuda);
+        cuda::build_fake_nccl(&nccl);
         // Every test of this binary waits here, so no other thread reads the
         // environment while it changes.
         std::env::set_var("GACC_CACHE_DIR", tmp.join("gacc-kernel-cache"));
@@ -113,21 +112,8 @@ fn config(optimizer: u32, device: i32) -> gacc_config {
     c
 }
 
-fn create(c: &gacc_config, init: &[f32]) -> usize {
-    let d = [
-        gacc_tensor_desc { name: std::ptr::null(), numel: 200, init: init.as_ptr(), no_weight_decay: 0 },
-        gacc_tensor_desc { name: std::ptr::null(), numel: N - 200, init: init[200..].as_ptr(), no_weight_decay: 1 },
-    ];
-    let mut e = std::ptr::null_mut();
-    let st = unsafe { gacc_create(c, d.as_ptr(), 2, &mut e) };
-    assert_eq!(st, GACC_OK, "{}", last_error());
-    e as usize
-}
-
-fn params(e: usize) -> Vec<u32> {
-    let mut out = vec![0f32; N];
-    assert_eq!(unsafe { gacc_params_read(e as *const _, out.as_mut_ptr(), N) }, GACC_OK);
-    out.iter().map(|x| x.to_bits()).collect()
+fn params(e: &Eng) -> Vec<u32> {
+    e.params().iter().map(|x| x.to_bits()).collect()
 }
 
 fn init_params() -> Vec<f32> {
@@ -137,24 +123,12 @@ fn init_params() -> Vec<f32> {
 /// (gradient, weight) of micro-batch k of rank r in window w: multiples of 1/64 in
 /// [-1, 1] and integer weights, so every sum gacc forms is exact.
 fn micro(w: usize, r: usize, k: usize, poison: Option<(usize, usize)>) -> (Vec<f32>, f64) {
-    let mut x = 0x1234_5678u64 ^ ((w as u64) << 40) ^ ((r as u64) << 20) ^ k as u64 | 1;
-    let mut g: Vec<f32> = (0..N)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 33) % 129) as f32 / 64.0 - 1.0
-        })
-        .collect();
+    let mut rng = Rng::new(0x1234_5678 ^ ((w as u64) << 40) ^ ((r as u64) << 20) ^ k as u64);
+    let mut g: Vec<f32> = (0..N).map(|_| rng.below(129) as f32 / 64.0 - 1.0).collect();
     if poison == Some((w, r)) && k == 0 {
         g[N / 2] = f32::INFINITY;
     }
     (g, (1 + (w + 3 * r + 5 * k) % 7) as f64)
-}
-
-fn microbatch(e: usize, g: &[f32], w: f64) {
-    let st = unsafe { gacc_microbatch(e as *mut _, g.as_ptr().cast(), GACC_DTYPE_F32, N, w) };
-    assert_eq!(st, GACC_OK, "{}", last_error());
 }
 
 struct Rank {
@@ -184,13 +158,13 @@ fn run_ranks(
                 if r != 0 {
                     init.iter_mut().for_each(|x| *x = 99.0); // rank 0's parameters must win
                 }
-                let e = create(&c, &init);
+                let e = Eng::new(&c, &split_tensors(&init, 200));
                 // The engine's stream is the caller's: NCCL must queue on it.
-                common::device::make_current();
+                cuda::device::make_current();
                 let mut stream: sys::CUstream = std::ptr::null_mut();
-                common::device::ok(unsafe { sys::cuStreamCreate(&mut stream, 1) }, "cuStreamCreate");
-                assert_eq!(unsafe { gacc_set_stream(e as *mut _, stream as *mut c_void) }, GACC_OK);
-                let st = unsafe { gacc_set_nccl(e as *mut _, &id, r as i32, world as i32) };
+                cuda::device::ok(unsafe { sys::cuStreamCreate(&mut stream, 1) }, "cuStreamCreate");
+                assert_eq!(unsafe { gacc_set_stream(e.h, stream as *mut c_void) }, GACC_OK);
+                let st = unsafe { gacc_set_nccl(e.h, &id, r as i32, world as i32) };
                 assert_eq!(st, GACC_OK, "{}", last_error());
                 let mut infos = Vec::new();
                 let mut transfers = (0, 0, 0);
@@ -198,35 +172,30 @@ fn run_ranks(
                 // accumulator is copied back, never swapped in).
                 use gacc::ffi::tensors::gacc_accumulator_ptr as accumulator_ptr;
                 let mut acc0 = std::ptr::null_mut();
-                assert_eq!(unsafe { accumulator_ptr(e as *mut _, 0, &mut acc0) }, GACC_OK);
+                assert_eq!(unsafe { accumulator_ptr(e.h, 0, &mut acc0) }, GACC_OK);
                 for w in 0..windows {
                     for kk in 0..k {
                         let (g, wt) = micro(w, r, kk, poison);
-                        microbatch(e, &g, wt);
+                        e.mb_f32(&g, wt);
                     }
                     if info {
                         let mut i = gacc_step_info::default();
-                        assert_eq!(unsafe { gacc_step(e as *mut _, &mut i) }, GACC_OK, "{}", last_error());
+                        assert_eq!(unsafe { gacc_step(e.h, &mut i) }, GACC_OK, "{}", last_error());
                         infos.push(i);
                     } else {
                         let before = (f.thread_count("sync"), f.thread_count("d2h"), f.thread_count("h2d"));
-                        assert_eq!(
-                            unsafe { gacc_step(e as *mut _, std::ptr::null_mut()) },
-                            GACC_OK,
-                            "{}",
-                            last_error()
-                        );
+                        assert_eq!(unsafe { gacc_step(e.h, std::ptr::null_mut()) }, GACC_OK, "{}", last_error());
                         transfers.0 += f.thread_count("sync") - before.0;
                         transfers.1 += f.thread_count("d2h") - before.1;
                         transfers.2 += f.thread_count("h2d") - before.2;
                     }
                     assert_eq!(f.last_stream(), stream as *mut c_void, "rank {r}: NCCL on the engine's stream");
                     let mut acc = std::ptr::null_mut();
-                    assert_eq!(unsafe { accumulator_ptr(e as *mut _, 0, &mut acc) }, GACC_OK);
+                    assert_eq!(unsafe { accumulator_ptr(e.h, 0, &mut acc) }, GACC_OK);
                     assert_eq!(acc, acc0, "rank {r}: the accumulator moved");
                 }
-                let p = params(e);
-                gacc_destroy(e as *mut _);
+                let p = params(&e);
+                drop(e);
                 unsafe { sys::cuStreamDestroy_v2(stream) };
                 Rank { params: p, infos, step_transfers: transfers }
             })
@@ -243,21 +212,21 @@ fn single_engine(
     c: gacc_config,
     poison: Option<(usize, usize)>,
 ) -> (Vec<u32>, Vec<gacc_step_info>) {
-    let e = create(&c, &init_params());
+    let e = Eng::new(&c, &split_tensors(&init_params(), 200));
     let mut infos = Vec::new();
     for w in 0..windows {
         for r in 0..world {
             for kk in 0..k {
                 let (g, wt) = micro(w, r, kk, poison);
-                microbatch(e, &g, wt);
+                e.mb_f32(&g, wt);
             }
         }
         let mut i = gacc_step_info::default();
-        assert_eq!(unsafe { gacc_step(e as *mut _, &mut i) }, GACC_OK, "{}", last_error());
+        assert_eq!(unsafe { gacc_step(e.h, &mut i) }, GACC_OK, "{}", last_error());
         infos.push(i);
     }
-    let p = params(e);
-    gacc_destroy(e as *mut _);
+    let p = params(&e);
+    drop(e);
     (p, infos)
 }
 
@@ -335,14 +304,14 @@ fn nccl_step_without_info_never_waits_or_copies() {
     assert_eq!(quiet[0].params, loud[0].params);
     assert_eq!(quiet[1].params, quiet[0].params);
     // The counters do count: a step with info reads the device back.
-    let e = create(&c, &init_params());
+    let e = Eng::new(&c, &split_tensors(&init_params(), 200));
     let (g, w) = micro(0, 0, 0, None);
-    microbatch(e, &g, w);
+    e.mb_f32(&g, w);
     let before = f.thread_count("d2h");
     let mut i = gacc_step_info::default();
-    assert_eq!(unsafe { gacc_step(e as *mut _, &mut i) }, GACC_OK);
+    assert_eq!(unsafe { gacc_step(e.h, &mut i) }, GACC_OK);
     assert!(f.thread_count("d2h") > before);
-    gacc_destroy(e as *mut _);
+    drop(e);
 }
 
 /// The fake NCCL fails the totals all-reduce (skip 0) or the accumulator one (skip 1)
@@ -364,25 +333,25 @@ fn nccl_failed_allreduce_is_communication_error_and_window_survives() {
                 .map(|r| {
                     let barrier = barrier.clone();
                     std::thread::spawn(move || {
-                        let e = create(&c, &init_params());
-                        assert_eq!(unsafe { gacc_set_nccl(e as *mut _, &id, r as i32, world as i32) }, GACC_OK);
-                        let before = params(e);
+                        let e = Eng::new(&c, &split_tensors(&init_params(), 200));
+                        assert_eq!(unsafe { gacc_set_nccl(e.h, &id, r as i32, world as i32) }, GACC_OK);
+                        let before = params(&e);
                         for kk in 0..2 {
                             let (g, wt) = micro(0, r, kk, None);
-                            microbatch(e, &g, wt);
+                            e.mb_f32(&g, wt);
                         }
                         barrier.wait();
                         f.fail_allreduce(skip, 1);
-                        let st = unsafe { gacc_step(e as *mut _, std::ptr::null_mut()) };
+                        let st = unsafe { gacc_step(e.h, std::ptr::null_mut()) };
                         let msg = last_error();
                         assert_eq!(st, GACC_ERR_COMMUNICATION, "rank {r}, skip {skip}: {msg}");
                         assert!(msg.contains("injected failure") && msg.contains("ncclAllReduce"), "{msg}");
-                        assert_eq!(params(e), before, "rank {r}: a failed collective changed the parameters");
+                        assert_eq!(params(&e), before, "rank {r}: a failed collective changed the parameters");
                         barrier.wait();
                         let mut i = gacc_step_info::default();
-                        assert_eq!(unsafe { gacc_step(e as *mut _, &mut i) }, GACC_OK, "{}", last_error());
-                        let p = params(e);
-                        gacc_destroy(e as *mut _);
+                        assert_eq!(unsafe { gacc_step(e.h, &mut i) }, GACC_OK, "{}", last_error());
+                        let p = params(&e);
+                        drop(e);
                         (i, p)
                     })
                 })
@@ -405,46 +374,46 @@ fn nccl_refusals_and_empty_global_window() {
     let mut id = gacc_nccl_id { internal: [0; 128] };
     assert_eq!(unsafe { gacc_nccl_unique_id(&mut id) }, GACC_OK);
     assert_eq!(unsafe { gacc_nccl_unique_id(std::ptr::null_mut()) }, GACC_ERR_NULL_POINTER);
-    let cpu = create(&config(GACC_OPTIMIZER_SGD, GACC_DEVICE_CPU), &init_params());
-    assert_eq!(unsafe { gacc_set_nccl(cpu as *mut _, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
+    let cpu = Eng::new(&config(GACC_OPTIMIZER_SGD, GACC_DEVICE_CPU), &split_tensors(&init_params(), 200));
+    assert_eq!(unsafe { gacc_set_nccl(cpu.h, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
     let msg = last_error();
     assert!(msg.contains("gacc_set_mpi") && msg.contains("gacc_set_allreduce"), "{msg}");
-    gacc_destroy(cpu as *mut _);
+    drop(cpu);
 
-    let e = create(&config(GACC_OPTIMIZER_SGD, 0), &init_params());
-    assert_eq!(unsafe { gacc_set_nccl(e as *mut _, &id, 1, 1) }, GACC_ERR_INVALID_ARGUMENT);
-    assert_eq!(unsafe { gacc_set_nccl(e as *mut _, std::ptr::null(), 0, 1) }, GACC_ERR_NULL_POINTER);
+    let e = Eng::new(&config(GACC_OPTIMIZER_SGD, 0), &split_tensors(&init_params(), 200));
+    assert_eq!(unsafe { gacc_set_nccl(e.h, &id, 1, 1) }, GACC_ERR_INVALID_ARGUMENT);
+    assert_eq!(unsafe { gacc_set_nccl(e.h, std::ptr::null(), 0, 1) }, GACC_ERR_NULL_POINTER);
     let (g, w) = micro(0, 0, 0, None);
-    microbatch(e, &g, w);
-    assert_eq!(unsafe { gacc_set_nccl(e as *mut _, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
-    assert_eq!(unsafe { gacc_zero(e as *mut _) }, GACC_OK);
-    let before = params(e);
-    assert_eq!(unsafe { gacc_set_nccl(e as *mut _, &id, 0, 1) }, GACC_OK, "{}", last_error());
-    assert_eq!(params(e), before, "world size 1: the broadcast keeps the parameters");
+    e.mb_f32(&g, w);
+    assert_eq!(unsafe { gacc_set_nccl(e.h, &id, 0, 1) }, GACC_ERR_INVALID_STATE);
+    assert_eq!(unsafe { gacc_zero(e.h) }, GACC_OK);
+    let before = params(&e);
+    assert_eq!(unsafe { gacc_set_nccl(e.h, &id, 0, 1) }, GACC_OK, "{}", last_error());
+    assert_eq!(params(&e), before, "world size 1: the broadcast keeps the parameters");
     // Weight 0 everywhere: skipped on the device, not an error; the scale stays.
     let mut scale = 0f32;
-    assert_eq!(unsafe { gacc_loss_scale(e as *mut _, &mut scale) }, GACC_OK);
-    microbatch(e, &g, 0.0);
+    assert_eq!(unsafe { gacc_loss_scale(e.h, &mut scale) }, GACC_OK);
+    e.mb_f32(&g, 0.0);
     let mut info = gacc_step_info::default();
-    assert_eq!(unsafe { gacc_step(e as *mut _, &mut info) }, GACC_OK, "{}", last_error());
+    assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK, "{}", last_error());
     assert_eq!((info.applied, info.microbatches, info.total_weight, info.step), (0, 1, 0.0, 0));
     assert_eq!(info.loss_scale, scale);
-    assert_eq!(params(e), before);
+    assert_eq!(params(&e), before);
     // Then an ordinary window applies.
-    microbatch(e, &g, w);
-    assert_eq!(unsafe { gacc_step(e as *mut _, &mut info) }, GACC_OK);
+    e.mb_f32(&g, w);
+    assert_eq!(unsafe { gacc_step(e.h, &mut info) }, GACC_OK);
     assert_eq!((info.applied, info.total_weight), (1, w));
     unsafe extern "C" fn never(_: *mut c_void, _: usize, _: u32, _: *mut c_void) -> i32 {
         1
     }
-    let st = unsafe { gacc_set_allreduce(e as *mut _, Some(never), std::ptr::null_mut(), 0, 1) };
+    let st = unsafe { gacc_set_allreduce(e.h, Some(never), std::ptr::null_mut(), 0, 1) };
     assert_eq!(st, GACC_ERR_INVALID_STATE);
-    gacc_destroy(e as *mut _);
+    drop(e);
 }
 
 #[test]
 fn nccl_world_size_one_body_on_the_fake_driver() {
     if fakes("nccl_world_size_one_body_on_the_fake_driver").is_some() {
-        common::device::nccl_world_size_one();
+        cuda::device::nccl_world_size_one();
     }
 }

@@ -4,7 +4,7 @@
 //! allocating. (tests/c/test_bad_input.c checks the same through the C ABI.)
 
 use gacc::backend::check_fits;
-use gacc::engine::config::{default_raw_config, Config};
+use gacc::engine::config::{Config, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::ffi::types::{GACC_DEVICE_AUTO, GACC_DEVICE_CPU};
 use gacc::gacc_status;
@@ -20,7 +20,7 @@ fn physical_memory() -> u64 {
 }
 
 fn config(device: i32) -> Config {
-    let mut raw = default_raw_config(); // AdamW, fp32: 16 bytes of state per parameter
+    let mut raw = RawConfig::defaults(); // AdamW, fp32: 16 bytes of state per parameter
     raw.device = device;
     Config::validate(&raw).unwrap()
 }

@@ -8,11 +8,10 @@
 //!
 //! On a GPU machine: eval "$(scripts/install-cuda-deps.sh)"; cargo test --test gpu
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
+use support::cuda;
 
-use common::device;
+use cuda::device;
 
 fn gpu_or_skip(test: &str) -> bool {
     match gacc::backend::cuda::probe(0) {

@@ -1,20 +1,18 @@
 //! The numerics options on the CPU backend, through the real engine: the loss-scale
 //! policies against DeepSpeed's own DynamicLossScaler and torch's GradScaler rule
-//! (tests/cuda_common/loss_scale.rs), dropping a
+//! (tests/support/cuda/loss_scale.rs), dropping a
 //! poisoned micro-batch, Kahan-compensated accumulation (error against an f64
 //! reference for K = 1 ... 4096), and stochastic rounding (unbiased, reproducible).
 //! tests/cuda_shim.rs runs the same bodies on the CUDA backend's kernels.
 
 #![allow(clippy::needless_range_loop)] // per-element reference code reads clearer indexed
 
-#[path = "cuda_common/mod.rs"]
-mod common;
 mod support;
 
 use std::ffi::c_void;
 
 use gacc::backend::{GradInput, ParamBuffer};
-use gacc::engine::config::{default_raw_config, Config, DeviceRequest, Dtype};
+use gacc::engine::config::{Config, DeviceRequest, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::math;
 use gacc::engine::Engine;
@@ -42,8 +40,8 @@ fn loss_scale_policies_match_deepspeed_and_gradscaler() {
     // 400 random configurations and overflow patterns (tests/python/
     // loss_scale_reference.py): DEEPSPEED against DeepSpeed's own DynamicLossScaler,
     // GRADSCALER against torch's _amp_update_scale_ rule, every step bit for bit.
-    let Some(refs) = common::loss_scale::references("numerics_policies", 400, 400) else { return };
-    let (ds, gs, steps) = common::loss_scale::replay(&cpu, &refs);
+    let Some(refs) = support::cuda::loss_scale::references("numerics_policies", 400, 400) else { return };
+    let (ds, gs, steps) = support::cuda::loss_scale::replay(&cpu, &refs);
     let version = &refs.deepspeed_version;
     println!("CPU: {ds} DeepSpeed {version} cases and {gs} GradScaler cases, {steps} steps: identical");
     assert!(ds >= 250 && gs >= 80 && steps > 20_000);
@@ -56,7 +54,7 @@ fn deepspeed_policy_in_drop_mode_and_across_checkpoints() {
     // dropped micro-batch moves DeepSpeed's scale as an overflow. Checkpoints: every
     // 7 steps the engine is saved and replaced by one created from the file, so the
     // policy and its counters must survive gacc_save / gacc_create_from_checkpoint.
-    let Some(refs) = common::loss_scale::references("numerics_drop_checkpoint", 120, 200) else { return };
+    let Some(refs) = support::cuda::loss_scale::references("numerics_drop_checkpoint", 120, 200) else { return };
     let dir = std::env::temp_dir().join(format!("gacc-ls-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("e.safetensors");
@@ -88,7 +86,7 @@ fn deepspeed_issue_examples() {
     // DeepSpeed doubles after 4 clean steps (GradScaler's rule after 3). Window 1:
     // no growth on the first clean step after an overflow.
     let scales = |policy: u32, window: u32, pattern: &str| {
-        let mut raw = default_raw_config();
+        let mut raw = RawConfig::defaults();
         raw.device = GACC_DEVICE_CPU;
         raw.precision = GACC_PRECISION_FP16;
         raw.init_scale = 1024.0;
@@ -113,7 +111,7 @@ fn deepspeed_issue_examples() {
 
 #[test]
 fn max_loss_scale_caps_growth() {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = GACC_PRECISION_FP16;
     raw.init_scale = 1024.0;
@@ -129,7 +127,7 @@ fn max_loss_scale_caps_growth() {
 }
 
 fn drop_config(precision: u32, drop: bool) -> Config {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = precision;
     raw.lr = 0.01;
@@ -219,7 +217,7 @@ fn an_all_dropped_window_is_skipped_and_a_drop_backs_the_scale_off() {
 /// is the summation error alone. Data: a per-element mean plus noise of the same
 /// size, as gradients of one parameter across micro-batches look.
 fn window_error(k: usize, n: usize, compensated: bool) -> f64 {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.grad_reduction = GACC_GRADS_SUM;
     raw.compensated_accumulation = u32::from(compensated);
@@ -336,7 +334,7 @@ fn stochastic_rounding_is_unbiased() {
 }
 
 fn sr_engine(precision: u32, seed: u64) -> (Engine, Vec<u16>) {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.precision = precision;
     raw.stochastic_rounding = 1;

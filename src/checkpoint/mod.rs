@@ -22,7 +22,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::backend::StateSnapshot;
-use crate::engine::config::{default_raw_config, Config, DeviceRequest, Optimizer};
+use crate::engine::config::{codes, Config, DeviceRequest, Optimizer, RawConfig};
 use crate::engine::layout::Layout;
 use crate::engine::{Engine, EngineSnapshot};
 use crate::status::Result;
@@ -30,8 +30,9 @@ use safetensors::{corrupt, io_error, TensorOut};
 
 /// Name of the format in the metadata.
 pub const FORMAT_NAME: &str = "gacc-checkpoint";
-/// Version of the format; a reader refuses versions it does not know.
-pub(crate) const FORMAT_VERSION: u32 = crate::ffi::types::GACC_CHECKPOINT_FORMAT_VERSION;
+/// Version of the format; a reader refuses versions it does not know. The C API
+/// publishes it as GACC_CHECKPOINT_FORMAT_VERSION (ffi::conv checks they agree).
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// The per-tensor buffers of a snapshot, with their checkpoint names.
 fn buffer_names(config: &Config) -> Vec<&'static str> {
@@ -69,6 +70,8 @@ fn metadata_crc(metadata: &BTreeMap<String, String>) -> String {
     format!("{:08x}", hasher.finalize())
 }
 
+/// The configuration as its raw fields ("config.<field>"), numeric codes from
+/// engine::config::codes: the values these files have always stored.
 fn config_metadata(config: &Config, meta: &mut BTreeMap<String, String>) {
     let raw = config.to_raw();
     let fields: [(&str, String); 24] = [
@@ -160,8 +163,8 @@ fn parse_or<T: std::str::FromStr>(meta: &BTreeMap<String, String>, key: &str, ou
 }
 
 fn config_from_metadata(meta: &BTreeMap<String, String>) -> Result<Config> {
-    let mut raw = default_raw_config();
-    raw.device = crate::ffi::types::GACC_DEVICE_CPU;
+    let mut raw = RawConfig::defaults();
+    raw.device = codes::DEVICE_CPU;
     raw.optimizer = parse(meta, "config.optimizer")?;
     raw.lr = parse(meta, "config.lr")?;
     raw.momentum = parse(meta, "config.momentum")?;

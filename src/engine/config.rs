@@ -1,10 +1,44 @@
-//! The validated, Rust-typed engine configuration.
+//! The validated, Rust-typed engine configuration: a leaf module (it uses only
+//! [`crate::status`]) that the engine, the backends and the checkpoints share.
 //!
-//! `Config::validate` turns the raw C struct into typed values, checking every rule of
-//! docs/c-api.md and naming the offending field in the error message.
+//! [`RawConfig`] holds a configuration's fields as the caller gave them (numeric codes,
+//! 0/1 flags): the C API's `gacc_config` is converted into it by the ffi layer
+//! (ffi::conv), and a checkpoint's metadata stores and reads it. `Config::validate`
+//! turns it into typed values, checking every rule of docs/c-api.md and naming the
+//! offending field in the error message.
 
-use crate::ffi::types::*;
 use crate::status::{Error, Result};
+
+/// The numeric codes of [`RawConfig`]'s fields. They are the C API's values
+/// (ffi::types names them GACC_*; ffi::conv checks at compile time that they agree)
+/// and the values checkpoint files store, so they never change. Crate-private so that
+/// cbindgen does not put them in the header (it exports every `pub const`).
+pub(crate) mod codes {
+    /// GACC_DEVICE_AUTO: CUDA device 0 when usable, otherwise the CPU.
+    pub(crate) const DEVICE_AUTO: i32 = -2;
+    /// GACC_DEVICE_CPU.
+    pub(crate) const DEVICE_CPU: i32 = -1;
+    /// GACC_OPTIMIZER_SGD.
+    pub(crate) const OPTIMIZER_SGD: u32 = 0;
+    /// GACC_OPTIMIZER_ADAMW.
+    pub(crate) const OPTIMIZER_ADAMW: u32 = 1;
+    /// GACC_PRECISION_FP32.
+    pub(crate) const PRECISION_FP32: u32 = 0;
+    /// GACC_PRECISION_FP16.
+    pub(crate) const PRECISION_FP16: u32 = 1;
+    /// GACC_PRECISION_BF16.
+    pub(crate) const PRECISION_BF16: u32 = 2;
+    /// GACC_GRADS_MEAN.
+    pub(crate) const GRADS_MEAN: u32 = 0;
+    /// GACC_GRADS_SUM.
+    pub(crate) const GRADS_SUM: u32 = 1;
+    /// GACC_LOSS_SCALE_GRADSCALER.
+    pub(crate) const LOSS_SCALE_GRADSCALER: u32 = 0;
+    /// GACC_LOSS_SCALE_DEEPSPEED.
+    pub(crate) const LOSS_SCALE_DEEPSPEED: u32 = 1;
+}
+
+use codes::*;
 
 /// Where an engine lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,11 +49,11 @@ pub enum DeviceRequest {
 }
 
 impl DeviceRequest {
-    /// Validates a raw C device value.
+    /// Validates a raw device value (codes::DEVICE_*, or a CUDA ordinal).
     pub fn from_raw(raw: i32) -> Result<DeviceRequest> {
         match raw {
-            GACC_DEVICE_AUTO => Ok(DeviceRequest::Auto),
-            GACC_DEVICE_CPU => Ok(DeviceRequest::Cpu),
+            DEVICE_AUTO => Ok(DeviceRequest::Auto),
+            DEVICE_CPU => Ok(DeviceRequest::Cpu),
             n if n >= 0 => Ok(DeviceRequest::Cuda(n as u32)),
             n => Err(Error::invalid_argument(format!(
                 "device: {n} is neither GACC_DEVICE_AUTO (-2), GACC_DEVICE_CPU (-1) nor a CUDA ordinal"
@@ -171,35 +205,69 @@ pub struct Config {
     pub numerics: Numerics,
 }
 
-/// The defaults of docs/c-api.md (PyTorch's AdamW and GradScaler defaults).
-pub fn default_raw_config() -> gacc_config {
-    gacc_config {
-        struct_size: std::mem::size_of::<gacc_config>() as u32,
-        device: GACC_DEVICE_AUTO,
-        optimizer: GACC_OPTIMIZER_ADAMW,
-        lr: 1e-3,
-        momentum: 0.0,
-        nesterov: 0,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        precision: GACC_PRECISION_FP32,
-        max_grad_norm: 0.0,
-        init_scale: 65536.0,
-        growth_factor: 2.0,
-        backoff_factor: 0.5,
-        growth_interval: 2000,
-        grad_reduction: GACC_GRADS_MEAN,
-        hysteresis: 1,
-        consecutive_hysteresis: 0,
-        min_loss_scale: 0.0,
-        max_loss_scale: 0.0,
-        drop_nonfinite_microbatches: 0,
-        compensated_accumulation: 0,
-        stochastic_rounding: 0,
-        seed: 0,
-        loss_scale_policy: GACC_LOSS_SCALE_GRADSCALER,
+/// A configuration's fields before validation, named and typed as in the C struct
+/// `gacc_config` (without its `struct_size`, which only the ffi layer reads): codes
+/// from `codes`, 0/1 flags. Checkpoints store these fields in their metadata.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawConfig {
+    pub device: i32,
+    pub optimizer: u32,
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: u32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub precision: u32,
+    pub max_grad_norm: f32,
+    pub init_scale: f32,
+    pub growth_factor: f32,
+    pub backoff_factor: f32,
+    pub growth_interval: u32,
+    pub grad_reduction: u32,
+    pub hysteresis: u32,
+    pub consecutive_hysteresis: u32,
+    pub min_loss_scale: f32,
+    pub max_loss_scale: f32,
+    pub drop_nonfinite_microbatches: u32,
+    pub compensated_accumulation: u32,
+    pub stochastic_rounding: u32,
+    pub seed: u64,
+    pub loss_scale_policy: u32,
+}
+
+impl RawConfig {
+    /// The defaults of docs/c-api.md (PyTorch's AdamW and GradScaler defaults): what
+    /// gacc_config_init writes. (Not `Default`: callers change fields after it.)
+    pub fn defaults() -> RawConfig {
+        RawConfig {
+            device: DEVICE_AUTO,
+            optimizer: OPTIMIZER_ADAMW,
+            lr: 1e-3,
+            momentum: 0.0,
+            nesterov: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            precision: PRECISION_FP32,
+            max_grad_norm: 0.0,
+            init_scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            grad_reduction: GRADS_MEAN,
+            hysteresis: 1,
+            consecutive_hysteresis: 0,
+            min_loss_scale: 0.0,
+            max_loss_scale: 0.0,
+            drop_nonfinite_microbatches: 0,
+            compensated_accumulation: 0,
+            stochastic_rounding: 0,
+            seed: 0,
+            loss_scale_policy: LOSS_SCALE_GRADSCALER,
+        }
     }
 }
 
@@ -236,7 +304,7 @@ pub fn validate_lr(lr: f32) -> Result<f32> {
 /// overflow) and no cap: growth_factor must be exactly 1 / backoff_factor (which makes
 /// it a power of two, so the f32 scale equals DeepSpeed's Python float) and
 /// max_loss_scale 0.
-fn check_deepspeed(raw: &gacc_config) -> Result<()> {
+fn check_deepspeed(raw: &RawConfig) -> Result<()> {
     if f64::from(raw.growth_factor) * f64::from(raw.backoff_factor) != 1.0 {
         return Err(Error::invalid_argument(format!(
             "backoff_factor ({}) must be exactly 1 / growth_factor ({}) with GACC_LOSS_SCALE_DEEPSPEED: \
@@ -254,8 +322,8 @@ fn check_deepspeed(raw: &gacc_config) -> Result<()> {
 }
 
 impl Config {
-    /// Checks every field of the raw C configuration.
-    pub fn validate(raw: &gacc_config) -> Result<Config> {
+    /// Checks every field of a raw configuration.
+    pub fn validate(raw: &RawConfig) -> Result<Config> {
         let device = DeviceRequest::from_raw(raw.device)?;
         let lr = validate_lr(raw.lr)?;
         let weight_decay = finite_nonneg(raw.weight_decay, "weight_decay")?;
@@ -271,14 +339,14 @@ impl Config {
             return Err(Error::invalid_argument(format!("eps must be finite and > 0 (got {})", raw.eps)));
         }
         let optimizer = match raw.optimizer {
-            GACC_OPTIMIZER_SGD => {
+            OPTIMIZER_SGD => {
                 if nesterov && momentum == 0.0 {
                     // torch.optim.SGD raises the same error.
                     return Err(Error::invalid_argument("nesterov: Nesterov momentum requires momentum > 0"));
                 }
                 Optimizer::Sgd { momentum, nesterov, weight_decay }
             }
-            GACC_OPTIMIZER_ADAMW => Optimizer::AdamW { beta1, beta2, eps: raw.eps, weight_decay },
+            OPTIMIZER_ADAMW => Optimizer::AdamW { beta1, beta2, eps: raw.eps, weight_decay },
             n => {
                 return Err(Error::invalid_argument(format!(
                     "optimizer: unknown value {n} (expected GACC_OPTIMIZER_SGD=0 or ADAMW=1)"
@@ -286,9 +354,9 @@ impl Config {
             }
         };
         let precision = match raw.precision {
-            GACC_PRECISION_FP32 => Precision::Fp32,
-            GACC_PRECISION_FP16 => Precision::Fp16,
-            GACC_PRECISION_BF16 => Precision::Bf16,
+            PRECISION_FP32 => Precision::Fp32,
+            PRECISION_FP16 => Precision::Fp16,
+            PRECISION_BF16 => Precision::Bf16,
             n => {
                 return Err(Error::invalid_argument(format!(
                     "precision: unknown value {n} (expected GACC_PRECISION_FP32=0, FP16=1 or BF16=2)"
@@ -321,8 +389,8 @@ impl Config {
             return Err(Error::invalid_argument("growth_interval must be >= 1 (got 0)"));
         }
         let reduction = match raw.grad_reduction {
-            GACC_GRADS_MEAN => Reduction::Mean,
-            GACC_GRADS_SUM => Reduction::Sum,
+            GRADS_MEAN => Reduction::Mean,
+            GRADS_SUM => Reduction::Sum,
             n => {
                 return Err(Error::invalid_argument(format!(
                     "grad_reduction: unknown value {n} (expected GACC_GRADS_MEAN=0 or GACC_GRADS_SUM=1)"
@@ -348,8 +416,8 @@ impl Config {
             )));
         }
         let policy = match raw.loss_scale_policy {
-            GACC_LOSS_SCALE_GRADSCALER => ScalePolicy::GradScaler,
-            GACC_LOSS_SCALE_DEEPSPEED => {
+            LOSS_SCALE_GRADSCALER => ScalePolicy::GradScaler,
+            LOSS_SCALE_DEEPSPEED => {
                 check_deepspeed(raw)?;
                 ScalePolicy::DeepSpeed
             }
@@ -396,25 +464,25 @@ impl Config {
 }
 
 impl Config {
-    /// The raw C struct this configuration validates from (round-trips through
+    /// The raw fields this configuration validates from (round-trips through
     /// `Config::validate`).
-    pub fn to_raw(&self) -> gacc_config {
-        let mut raw = default_raw_config();
+    pub fn to_raw(&self) -> RawConfig {
+        let mut raw = RawConfig::defaults();
         raw.device = match self.device {
-            DeviceRequest::Auto => GACC_DEVICE_AUTO,
-            DeviceRequest::Cpu => GACC_DEVICE_CPU,
+            DeviceRequest::Auto => DEVICE_AUTO,
+            DeviceRequest::Cpu => DEVICE_CPU,
             DeviceRequest::Cuda(n) => n as i32,
         };
         raw.lr = self.lr;
         match self.optimizer {
             Optimizer::Sgd { momentum, nesterov, weight_decay } => {
-                raw.optimizer = GACC_OPTIMIZER_SGD;
+                raw.optimizer = OPTIMIZER_SGD;
                 raw.momentum = momentum;
                 raw.nesterov = u32::from(nesterov);
                 raw.weight_decay = weight_decay;
             }
             Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
-                raw.optimizer = GACC_OPTIMIZER_ADAMW;
+                raw.optimizer = OPTIMIZER_ADAMW;
                 raw.beta1 = beta1;
                 raw.beta2 = beta2;
                 raw.eps = eps;
@@ -422,9 +490,9 @@ impl Config {
             }
         }
         raw.precision = match self.precision {
-            Precision::Fp32 => GACC_PRECISION_FP32,
-            Precision::Fp16 => GACC_PRECISION_FP16,
-            Precision::Bf16 => GACC_PRECISION_BF16,
+            Precision::Fp32 => PRECISION_FP32,
+            Precision::Fp16 => PRECISION_FP16,
+            Precision::Bf16 => PRECISION_BF16,
         };
         raw.max_grad_norm = self.max_grad_norm.unwrap_or(0.0);
         raw.init_scale = self.scaler.init_scale;
@@ -432,8 +500,8 @@ impl Config {
         raw.backoff_factor = self.scaler.backoff_factor;
         raw.growth_interval = self.scaler.growth_interval;
         raw.grad_reduction = match self.reduction {
-            Reduction::Mean => GACC_GRADS_MEAN,
-            Reduction::Sum => GACC_GRADS_SUM,
+            Reduction::Mean => GRADS_MEAN,
+            Reduction::Sum => GRADS_SUM,
         };
         raw.hysteresis = self.scaler.hysteresis;
         raw.consecutive_hysteresis = u32::from(self.scaler.consecutive_hysteresis);
@@ -444,8 +512,8 @@ impl Config {
         raw.stochastic_rounding = u32::from(self.numerics.stochastic_rounding);
         raw.seed = self.numerics.seed;
         raw.loss_scale_policy = match self.scaler.policy {
-            ScalePolicy::GradScaler => GACC_LOSS_SCALE_GRADSCALER,
-            ScalePolicy::DeepSpeed => GACC_LOSS_SCALE_DEEPSPEED,
+            ScalePolicy::GradScaler => LOSS_SCALE_GRADSCALER,
+            ScalePolicy::DeepSpeed => LOSS_SCALE_DEEPSPEED,
         };
         raw
     }
@@ -455,14 +523,14 @@ impl Config {
 mod tests {
     #[test]
     fn to_raw_round_trips() {
-        let mut raw = default_raw_config();
-        raw.optimizer = GACC_OPTIMIZER_SGD;
+        let mut raw = RawConfig::defaults();
+        raw.optimizer = OPTIMIZER_SGD;
         raw.momentum = 0.9;
         raw.nesterov = 1;
-        raw.precision = GACC_PRECISION_FP16;
+        raw.precision = PRECISION_FP16;
         raw.max_grad_norm = 1.5;
-        raw.grad_reduction = GACC_GRADS_SUM;
-        raw.device = GACC_DEVICE_CPU;
+        raw.grad_reduction = GRADS_SUM;
+        raw.device = DEVICE_CPU;
         raw.hysteresis = 3;
         raw.consecutive_hysteresis = 1;
         raw.min_loss_scale = 1.0;
@@ -474,7 +542,7 @@ mod tests {
         let cfg = Config::validate(&raw).unwrap();
         assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
         raw.max_loss_scale = 0.0;
-        raw.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+        raw.loss_scale_policy = LOSS_SCALE_DEEPSPEED;
         let cfg = Config::validate(&raw).unwrap();
         assert_eq!(cfg.scaler.policy, ScalePolicy::DeepSpeed);
         assert_eq!(Config::validate(&cfg.to_raw()).unwrap(), cfg);
@@ -484,7 +552,7 @@ mod tests {
 
     #[test]
     fn defaults_validate_to_pytorch_defaults() {
-        let cfg = Config::validate(&default_raw_config()).unwrap();
+        let cfg = Config::validate(&RawConfig::defaults()).unwrap();
         assert_eq!(cfg.optimizer, Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 });
         assert_eq!(cfg.lr, 1e-3);
         assert_eq!(cfg.max_grad_norm, None);
@@ -500,14 +568,14 @@ mod tests {
         assert_eq!(cfg.numerics, Numerics::default());
         assert_eq!(cfg.scaler.policy, ScalePolicy::GradScaler);
         // A zero-filled numerics block is the same as the defaults.
-        let mut zeroed = default_raw_config();
+        let mut zeroed = RawConfig::defaults();
         zeroed.hysteresis = 0;
         assert_eq!(Config::validate(&zeroed).unwrap(), cfg);
     }
 
     #[test]
     fn each_bad_field_is_named() {
-        type Mutation = Box<dyn Fn(&mut gacc_config)>;
+        type Mutation = Box<dyn Fn(&mut RawConfig)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("lr", Box::new(|c| c.lr = f32::NAN)),
             ("lr", Box::new(|c| c.lr = -1.0)),
@@ -541,14 +609,14 @@ mod tests {
             (
                 "backoff_factor",
                 Box::new(|c| {
-                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.loss_scale_policy = LOSS_SCALE_DEEPSPEED;
                     c.backoff_factor = 0.25;
                 }),
             ),
             (
                 "backoff_factor",
                 Box::new(|c| {
-                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.loss_scale_policy = LOSS_SCALE_DEEPSPEED;
                     c.growth_factor = 1.5;
                     c.backoff_factor = 1.0 / 1.5;
                 }),
@@ -556,13 +624,13 @@ mod tests {
             (
                 "max_loss_scale",
                 Box::new(|c| {
-                    c.loss_scale_policy = GACC_LOSS_SCALE_DEEPSPEED;
+                    c.loss_scale_policy = LOSS_SCALE_DEEPSPEED;
                     c.max_loss_scale = 1e9;
                 }),
             ),
         ];
         for (field, mutate) in cases {
-            let mut raw = default_raw_config();
+            let mut raw = RawConfig::defaults();
             mutate(&mut raw);
             let err = Config::validate(&raw).unwrap_err();
             assert_eq!(err.status, crate::gacc_status::GACC_ERR_INVALID_ARGUMENT);

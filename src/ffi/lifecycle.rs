@@ -8,7 +8,7 @@ use std::os::raw::c_char;
 use super::boundary::{guard, guard_void, require, require_aligned, write_out};
 use super::types::*;
 use super::{conv, registry, sized};
-use crate::engine::config::{default_raw_config, Config};
+use crate::engine::config::Config;
 use crate::engine::layout::Layout;
 use crate::engine::Engine;
 use crate::status::{gacc_status, Error};
@@ -73,7 +73,7 @@ pub unsafe extern "C" fn gacc_config_init(cfg: *mut gacc_config) {
     guard_void("gacc_config_init", || {
         require(cfg, "cfg")?;
         // SAFETY: non-null; the caller provides a writable gacc_config.
-        unsafe { cfg.write(default_raw_config()) };
+        unsafe { cfg.write(conv::default_config()) };
         Ok(())
     })
 }
@@ -89,7 +89,7 @@ pub unsafe extern "C" fn gacc_config_init_sized(cfg: *mut gacc_config, size: usi
     guard("gacc_config_init_sized", || {
         require(cfg, "cfg")?;
         let n = sized::check_size(size, "size")?;
-        let mut defaults = default_raw_config();
+        let mut defaults = conv::default_config();
         defaults.struct_size = n as u32;
         // SAFETY: non-null; the caller provides `size` writable bytes (checked to be
         // at most this library's struct, so the copy stays within both).
@@ -163,7 +163,7 @@ pub unsafe extern "C" fn gacc_create(
                 require_aligned(cfg, std::mem::align_of::<gacc_config>(), "cfg")?;
                 // SAFETY: non-null and aligned; the caller provides struct_size bytes.
                 let raw = sized::read_config(cfg)?;
-                let config = Config::validate(&raw)?;
+                let config = Config::validate(&conv::config_from_c(&raw))?;
                 let (layout, params) = read_tensors(&config, tensors, n_tensors)?;
                 registry::insert(Engine::new(config, layout, &params)?)
             })

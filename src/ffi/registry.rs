@@ -80,7 +80,8 @@ pub fn remove(handle: *const gacc_engine) -> Option<SharedEngine> {
     registry().live.remove(&(handle as usize))
 }
 
-/// Number of live engines (tests).
+/// Number of live engines (tests; `test-support` builds only).
+#[cfg(feature = "test-support")]
 pub fn live_count() -> usize {
     registry().live.len()
 }

@@ -9,8 +9,8 @@
 
 use std::mem::{offset_of, size_of};
 
+use super::conv::default_config;
 use super::types::gacc_config;
-use crate::engine::config::default_raw_config;
 use crate::status::{Error, Result};
 
 /// Size of the first ABI-2 gacc_config (struct_size ... seed): 104 bytes.
@@ -49,7 +49,7 @@ pub unsafe fn read_config(cfg: *const gacc_config) -> Result<gacc_config> {
     // through a raw pointer so no reference to a possibly shorter struct is made.
     let size = unsafe { std::ptr::addr_of!((*cfg).struct_size).read() } as usize;
     let n = check_size(size, "cfg->struct_size")?;
-    let mut raw = default_raw_config();
+    let mut raw = default_config();
     // SAFETY: n <= size_of::<gacc_config>() and the caller provides n bytes.
     unsafe { std::ptr::copy_nonoverlapping(cfg as *const u8, &mut raw as *mut gacc_config as *mut u8, n) };
     raw.struct_size = size_of::<gacc_config>() as u32;
@@ -69,14 +69,14 @@ mod tests {
 
     #[test]
     fn a_short_struct_gets_the_later_fields_defaults() {
-        let mut full = default_raw_config();
+        let mut full = default_config();
         full.loss_scale_policy = 1;
         full.lr = 0.5;
         full.struct_size = CONFIG_SIZE_V2_0 as u32;
         // SAFETY: a whole struct, of which only the first 104 bytes are read.
         let raw = unsafe { read_config(&full) }.unwrap();
         assert_eq!(raw.lr, 0.5);
-        assert_eq!(raw.loss_scale_policy, default_raw_config().loss_scale_policy);
+        assert_eq!(raw.loss_scale_policy, default_config().loss_scale_policy);
         for bad in [0u32, 4, 103, size_of::<gacc_config>() as u32 + 8] {
             full.struct_size = bad;
             // SAFETY: as above.

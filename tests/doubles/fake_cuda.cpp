@@ -1,6 +1,6 @@
 // fake_cuda.cpp: a stand-in for libcuda.so, at least as strict as a real driver, whose
 // "device" is the host shim (kernels/shim/shim_main.cpp). A test double: built only by
-// the tests (tests/cuda_common: build_fake_driver), never part of the product library.
+// the tests (tests/support/cuda: build_fake_driver), never part of the product library.
 //
 // What it enforces (docs/cuda.md lists it with what it cannot model):
 // - Asynchrony. Work queued on a stream never runs inside the call that queued it. It

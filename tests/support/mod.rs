@@ -16,6 +16,9 @@
 // Index loops mirror the per-element formulas; `!(d <= tol)` is deliberate (NaN fails).
 #![allow(clippy::needless_range_loop, clippy::type_complexity, clippy::neg_cmp_op_on_partial_ord)]
 
+// The CUDA test bodies (the host shim, the fake driver and a real GPU run them).
+pub mod cuda;
+
 use std::ffi::CStr;
 use std::os::raw::c_void;
 
@@ -229,6 +232,16 @@ pub struct TensorSpec {
     pub no_wd: bool,
 }
 
+/// `init` as two tensors: the first `split` values with weight decay, the rest
+/// without (the layout of the data-parallel tests).
+pub fn split_tensors(init: &[f32], split: usize) -> Vec<TensorSpec> {
+    vec![
+        TensorSpec { init: init[..split].to_vec(), no_wd: false },
+        TensorSpec { init: init[split..].to_vec(), no_wd: true },
+    ]
+}
+
+/// An engine made through the C API, destroyed when dropped.
 pub struct Eng {
     pub h: *mut gacc_engine,
     pub n: usize,

@@ -254,17 +254,22 @@ impl<R: Runtime> CudaBackend<R> {
         Ok(backend)
     }
 
-    /// The runtime (tests inspect the shim's launch log).
+    /// The runtime (tests inspect the shim's launch log; `test-support` builds only).
+    #[cfg(feature = "test-support")]
     pub fn runtime(&self) -> &R {
         &self.rt
     }
 
-    /// The runtime, mutably (benchmarks time and synchronise through it).
+    /// The runtime, mutably (benchmarks time and synchronise through it;
+    /// `test-support` builds only).
+    #[cfg(feature = "test-support")]
     pub fn runtime_mut(&mut self) -> &mut R {
         &mut self.rt
     }
 
-    /// The grid of every kernel.
+    /// The grid of every kernel (tests check the launches against it; `test-support`
+    /// builds only).
+    #[cfg(feature = "test-support")]
     pub fn grids(&self) -> launch::Grids {
         self.grids
     }

@@ -8,7 +8,9 @@
 //!   cubin for the device's architecture; [`cache`]: in-memory and on-disk cache.
 //! - [`kernels`]: kernels/*.cu embedded in the library.
 //! - [`runtime`]: the small device-runtime trait the orchestration is written
-//!   against; [`shim`]: its host implementation (kernels compiled by g++).
+//!   against; `shim`: its host implementation (kernels compiled by g++), built only
+//!   with the `test-support` feature (the tests' self dev-dependency), never into
+//!   the shipped library.
 //! - [`launch`]: one launcher per kernel; [`backend`]: the orchestration;
 //!   [`buffers`]: the owning device buffers (one arena per backend);
 //!   [`collective`]: the device collective group (NCCL); [`snapshot`]: the state
@@ -24,6 +26,7 @@ pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
 pub mod runtime;
+#[cfg(feature = "test-support")]
 pub mod shim;
 pub mod snapshot;
 pub mod state;
@@ -32,6 +35,7 @@ pub mod tensors;
 pub use backend::CudaBackend;
 pub use driver::{probe, CudaRuntime};
 pub use runtime::Runtime;
+#[cfg(feature = "test-support")]
 pub use shim::{ShimLibrary, ShimRuntime, ShimStats};
 
 use crate::backend::{Backend, BackendInit};

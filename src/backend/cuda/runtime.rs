@@ -1,7 +1,7 @@
 //! The device runtime the CUDA backend's orchestration is written against.
 //!
 //! Two implementations: [`super::driver::CudaRuntime`] (the CUDA driver through
-//! cudarc) and [`super::shim::ShimRuntime`] (the same kernels compiled for the host,
+//! cudarc) and `shim::ShimRuntime` (the same kernels compiled for the host,
 //! see kernels/shim/). Everything above this trait (buffer sizes, launch order, grid
 //! and block sizes, argument lists) is shared, so the host-shim tests exercise the
 //! backend's real orchestration.

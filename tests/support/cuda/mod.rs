@@ -3,6 +3,7 @@
 //! the real window logic and every element of every buffer is compared.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod device;
 pub mod loss_scale;
 pub mod tensors;
@@ -11,7 +12,7 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use gacc::backend::{GradInput, ParamBuffer};
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{Config, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
@@ -32,9 +33,8 @@ pub trait Target {
     fn write_device(&self, ptr: *mut c_void, data: &[u8]);
 }
 
-/// The tests' one generator (tests/support): every crate that mounts this module mounts
-/// `mod support` too.
-pub use crate::support::Rng;
+/// The tests' one generator (tests/support).
+pub use super::Rng;
 
 /// One comparison scenario.
 #[derive(Clone, Debug)]
@@ -153,7 +153,7 @@ pub fn option_cases() -> Vec<Case> {
 }
 
 pub fn config_for(case: &Case) -> Config {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.optimizer = case.optimizer;
     raw.lr = 0.01;

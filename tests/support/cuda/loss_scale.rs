@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use gacc::backend::GradInput;
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{Config, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
@@ -24,7 +24,7 @@ use serde_json::Value;
 
 /// One reference case: a configuration, an overflow pattern and the scales.
 pub struct RefCase {
-    pub raw: gacc_config,
+    pub raw: RawConfig,
     pub overflow: Vec<bool>,
     pub scale: Vec<f64>,
 }
@@ -78,7 +78,7 @@ pub fn references(test: &str, n: usize, max_steps: usize) -> Option<References> 
         .unwrap()
         .iter()
         .map(|c| {
-            let mut raw = default_raw_config();
+            let mut raw = RawConfig::defaults();
             raw.device = GACC_DEVICE_CPU;
             raw.optimizer = GACC_OPTIMIZER_SGD;
             raw.lr = 0.0;

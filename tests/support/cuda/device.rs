@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 
 use super::Target;
+use crate::support::last_error;
 use cudarc::driver::sys;
 use gacc::engine::config::{Config, DeviceRequest};
 use gacc::engine::layout::Layout;
@@ -107,7 +108,7 @@ pub fn matches_cpu_with_numerics_options() {
 }
 
 /// Both loss-scale policies against DeepSpeed's own scaler and torch's rule
-/// (tests/cuda_common/loss_scale.rs), through the real CUDA runtime.
+/// (tests/support/cuda/loss_scale.rs), through the real CUDA runtime.
 pub fn loss_scale_policies(test: &str, n: usize, max_steps: usize) {
     let Some(refs) = super::loss_scale::references(test, n, max_steps) else { return };
     let target = GpuTarget { live: RefCell::new(Vec::new()) };
@@ -233,11 +234,6 @@ pub fn nccl_world_size_one() {
 /// CU_STREAM_LEGACY and CU_STREAM_PER_THREAD, as cuda.h defines them.
 pub const STREAM_LEGACY: sys::CUstream = 0x1 as sys::CUstream;
 pub const STREAM_PER_THREAD: sys::CUstream = 0x2 as sys::CUstream;
-
-fn last_error() -> String {
-    // SAFETY: gacc_last_error returns a NUL-terminated per-thread string.
-    unsafe { std::ffi::CStr::from_ptr(gacc_last_error()).to_string_lossy().into_owned() }
-}
 
 fn current_ctx() -> sys::CUcontext {
     let mut c: sys::CUcontext = std::ptr::null_mut();
@@ -507,6 +503,60 @@ pub fn foreign_gradient_pointers_are_refused() {
     .expect("foreign pointer test thread");
 }
 
+/// What the capture tests share: their own thread (device 0's primary context
+/// current), a non-blocking stream set on the engine under capture, and
+/// thread-local capture mode (other tests' threads may allocate meanwhile).
+fn on_capture_thread(body: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        make_current();
+        body()
+    })
+    .join()
+    .expect("capture test thread");
+}
+
+/// A new non-blocking stream, set as `e`'s stream.
+unsafe fn capture_stream(e: *mut gacc_engine) -> sys::CUstream {
+    let mut stream: sys::CUstream = std::ptr::null_mut();
+    ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
+    assert_eq!(gacc_set_stream(e, stream as *mut c_void), gacc_status::GACC_OK);
+    stream
+}
+
+unsafe fn begin_capture(stream: sys::CUstream) {
+    ok(
+        sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        "begin capture",
+    );
+}
+
+/// Ends the capture (`what` says why it must still be valid) and instantiates it.
+unsafe fn end_capture(stream: sys::CUstream, what: &str) -> (sys::CUgraph, sys::CUgraphExec) {
+    let mut graph: sys::CUgraph = std::ptr::null_mut();
+    ok(sys::cuStreamEndCapture(stream, &mut graph), what);
+    let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+    ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+    (graph, exec)
+}
+
+/// Frees what a capture test made: the graph, the engines, device buffers, the stream.
+unsafe fn end_capture_test(
+    (graph, exec): (sys::CUgraph, sys::CUgraphExec),
+    engines: &[*mut gacc_engine],
+    buffers: &[u64],
+    stream: sys::CUstream,
+) {
+    ok(sys::cuGraphExecDestroy(exec), "exec destroy");
+    ok(sys::cuGraphDestroy(graph), "graph destroy");
+    for &e in engines {
+        gacc_destroy(e);
+    }
+    for &b in buffers {
+        sys::cuMemFree_v2(b);
+    }
+    sys::cuStreamDestroy_v2(stream);
+}
+
 /// Issue 11, CUDA graphs with a fixed learning rate: K gacc_microbatch calls with
 /// device gradients and gacc_step without info, captured on the caller's stream and
 /// replayed N times (the caller refilling the gradient buffers before each replay),
@@ -514,33 +564,24 @@ pub fn foreign_gradient_pointers_are_refused() {
 pub fn captured_window_matches_direct_calls() {
     let (n, k_mb, replays) = (2053usize, 3usize, 4usize);
     let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin()).collect();
-    std::thread::spawn(move || {
-        make_current();
+    on_capture_thread(move || {
         let direct = small_engine(0, &init);
         let captured = small_engine(0, &init);
         unsafe {
-            let mut stream: sys::CUstream = std::ptr::null_mut();
-            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
-            assert_eq!(gacc_set_stream(captured, stream as *mut c_void), gacc_status::GACC_OK);
+            let stream = capture_stream(captured);
             let mut grads = vec![0u64; k_mb];
             for g in grads.iter_mut() {
                 ok(sys::cuMemAlloc_v2(g, 4 * n), "alloc");
             }
             let weights = [1.0f64, 2.5, 0.5];
-            // Capture once (thread-local mode: other tests' threads may allocate).
-            ok(
-                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-                "begin capture",
-            );
+            // Capture once.
+            begin_capture(stream);
             for (k, g) in grads.iter().enumerate() {
                 let st = gacc_microbatch(captured, *g as *const c_void, GACC_DTYPE_F32, n, weights[k]);
                 assert_eq!(st, gacc_status::GACC_OK, "captured microbatch: {}", last_error());
             }
             assert_eq!(gacc_step(captured, std::ptr::null_mut()), gacc_status::GACC_OK, "{}", last_error());
-            let mut graph: sys::CUgraph = std::ptr::null_mut();
-            ok(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
-            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
-            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+            let graph = end_capture(stream, "end capture");
             let mut sources = Vec::new();
             for r in 0..replays {
                 for (k, g) in grads.iter().enumerate() {
@@ -551,7 +592,7 @@ pub fn captured_window_matches_direct_calls() {
                     sources.push(v);
                 }
                 assert_eq!(gacc_step(direct, std::ptr::null_mut()), gacc_status::GACC_OK);
-                ok(sys::cuGraphLaunch(exec, stream), "graph launch");
+                ok(sys::cuGraphLaunch(graph.1, stream), "graph launch");
             }
             ok(sys::cuStreamSynchronize(stream), "sync");
             assert_eq!(params_of(captured, n), params_of(direct, n), "replayed windows differ from direct calls");
@@ -559,18 +600,9 @@ pub fn captured_window_matches_direct_calls() {
             gacc_loss_scale(direct, &mut a);
             gacc_loss_scale(captured, &mut b);
             assert_eq!(a.to_bits(), b.to_bits(), "loss scale");
-            ok(sys::cuGraphExecDestroy(exec), "exec destroy");
-            ok(sys::cuGraphDestroy(graph), "graph destroy");
-            gacc_destroy(captured);
-            gacc_destroy(direct);
-            for g in grads {
-                sys::cuMemFree_v2(g);
-            }
-            sys::cuStreamDestroy_v2(stream);
+            end_capture_test(graph, &[captured, direct], &grads, stream);
         }
-    })
-    .join()
-    .expect("capture test thread");
+    });
 }
 
 /// Issue 11 item 4 (needs the device-resident learning rate and step count, branch
@@ -579,35 +611,26 @@ pub fn captured_window_matches_direct_calls() {
 pub fn captured_window_honours_lr_and_step_count() {
     let (n, replays) = (1024usize, 3usize);
     let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-    std::thread::spawn(move || {
-        make_current();
+    on_capture_thread(move || {
         let direct = small_engine(0, &init);
         let captured = small_engine(0, &init);
         unsafe {
-            let mut stream: sys::CUstream = std::ptr::null_mut();
-            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
-            assert_eq!(gacc_set_stream(captured, stream as *mut c_void), gacc_status::GACC_OK);
+            let stream = capture_stream(captured);
             let mut grad = 0u64;
             ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
             let g = grad_values(n, 3, 3);
             ok(sys::cuMemcpyHtoDAsync_v2(grad, g.as_ptr().cast(), 4 * n, stream), "fill");
-            ok(
-                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-                "begin capture",
-            );
+            begin_capture(stream);
             assert_eq!(gacc_microbatch(captured, grad as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
             assert_eq!(gacc_step(captured, std::ptr::null_mut()), gacc_status::GACC_OK);
-            let mut graph: sys::CUgraph = std::ptr::null_mut();
-            ok(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
-            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
-            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+            let graph = end_capture(stream, "end capture");
             for r in 0..replays {
                 let lr = 0.01 / (1 + r) as f32;
                 assert_eq!(gacc_set_lr(direct, lr), gacc_status::GACC_OK);
                 assert_eq!(gacc_set_lr(captured, lr), gacc_status::GACC_OK);
                 assert_eq!(gacc_microbatch(direct, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
                 assert_eq!(gacc_step(direct, std::ptr::null_mut()), gacc_status::GACC_OK);
-                ok(sys::cuGraphLaunch(exec, stream), "graph launch");
+                ok(sys::cuGraphLaunch(graph.1, stream), "graph launch");
             }
             ok(sys::cuStreamSynchronize(stream), "sync");
             assert_eq!(params_of(captured, n), params_of(direct, n), "gacc_set_lr between replays not honoured");
@@ -620,16 +643,9 @@ pub fn captured_window_honours_lr_and_step_count() {
             assert_eq!(gacc_step(captured, &mut b), gacc_status::GACC_OK, "{}", last_error());
             assert_eq!(a.step, replays as u64 + 1);
             assert_eq!(a, b, "step info after the replays");
-            sys::cuGraphExecDestroy(exec);
-            sys::cuGraphDestroy(graph);
-            gacc_destroy(captured);
-            gacc_destroy(direct);
-            sys::cuMemFree_v2(grad);
-            sys::cuStreamDestroy_v2(stream);
+            end_capture_test(graph, &[captured, direct], &[grad], stream);
         }
-    })
-    .join()
-    .expect("capture test thread");
+    });
 }
 
 /// Calls that cannot be captured (a host gradient, gacc_step with info, reading the
@@ -639,19 +655,13 @@ pub fn captured_window_honours_lr_and_step_count() {
 pub fn capture_refuses_what_it_cannot_record() {
     let n = 515usize;
     let init = vec![0.5f32; n];
-    std::thread::spawn(move || {
-        make_current();
+    on_capture_thread(move || {
         let cpu = small_engine(GACC_DEVICE_CPU, &init);
         let e = small_engine(0, &init);
         unsafe {
-            let mut stream: sys::CUstream = std::ptr::null_mut();
-            ok(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate");
-            assert_eq!(gacc_set_stream(e, stream as *mut c_void), gacc_status::GACC_OK);
+            let stream = capture_stream(e);
             let g = grad_values(n, 2, 2);
-            ok(
-                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-                "begin capture",
-            );
+            begin_capture(stream);
             let refused = |st: gacc_status, what: &str| {
                 assert_eq!(st, gacc_status::GACC_ERR_INVALID_STATE, "{what} during capture: {}", last_error());
                 assert!(last_error().contains("captur"), "{what}: the message says why: {}", last_error());
@@ -668,17 +678,12 @@ pub fn capture_refuses_what_it_cannot_record() {
             let mut dev = 0u64;
             ok(sys::cuMemAlloc_v2(&mut dev, 4 * n), "alloc");
             ok(sys::cuMemcpyHtoDAsync_v2(dev, g.as_ptr().cast(), 4 * n, stream), "fill");
-            ok(
-                sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-                "begin capture",
-            );
+            begin_capture(stream);
             assert_eq!(gacc_microbatch(e, dev as *const c_void, GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
             let mut info = gacc_step_info::default();
             refused(gacc_step(e, &mut info), "gacc_step with info");
-            ok(sys::cuStreamEndCapture(stream, &mut graph), "the capture is still valid");
-            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
-            ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
-            ok(sys::cuGraphLaunch(exec, stream), "replay the captured micro-batch");
+            let graph = end_capture(stream, "the capture is still valid");
+            ok(sys::cuGraphLaunch(graph.1, stream), "replay the captured micro-batch");
             // The window holds that one micro-batch: step it with info, like the CPU.
             assert_eq!(gacc_microbatch(cpu, g.as_ptr().cast(), GACC_DTYPE_F32, n, 1.0), gacc_status::GACC_OK);
             let (mut a, mut b) = (gacc_step_info::default(), gacc_step_info::default());
@@ -686,19 +691,12 @@ pub fn capture_refuses_what_it_cannot_record() {
             assert_eq!(gacc_step(e, &mut b), gacc_status::GACC_OK, "{}", last_error());
             assert_eq!((a.applied, a.microbatches, a.step), (b.applied, b.microbatches, b.step));
             assert_eq!(params_of(e, n), params_of(cpu, n));
-            sys::cuGraphExecDestroy(exec);
-            sys::cuGraphDestroy(graph);
-            gacc_destroy(e);
-            gacc_destroy(cpu);
-            sys::cuMemFree_v2(dev);
-            sys::cuStreamDestroy_v2(stream);
+            end_capture_test(graph, &[e, cpu], &[dev], stream);
         }
-    })
-    .join()
-    .expect("capture test thread");
+    });
 }
 
-/// Per-tensor micro-batches and in-place accumulation (tests/cuda_common/tensors.rs)
+/// Per-tensor micro-batches and in-place accumulation (tests/support/cuda/tensors.rs)
 /// against the CPU backend, and the same through the C API: gacc_accumulator_ptr
 /// returns device memory on the engine's device, tensor t at the tensor's offset.
 pub fn per_tensor_and_inplace_match_cpu() {

@@ -8,7 +8,7 @@ use std::ffi::c_void;
 
 use super::{compare_f32, to_bytes, Rng, Target};
 use gacc::backend::GradInput;
-use gacc::engine::config::{default_raw_config, Config, Dtype};
+use gacc::engine::config::{Config, Dtype, RawConfig};
 use gacc::engine::layout::Layout;
 use gacc::engine::Engine;
 use gacc::ffi::types::*;
@@ -49,7 +49,7 @@ pub fn tensor_cases() -> Vec<TensorCase> {
 }
 
 fn config(c: &TensorCase) -> Config {
-    let mut raw = default_raw_config();
+    let mut raw = RawConfig::defaults();
     raw.device = GACC_DEVICE_CPU;
     raw.optimizer = c.optimizer;
     raw.lr = 0.01;
