@@ -8,16 +8,11 @@
 //! bodies as the flat pass (accumulate.rs), so every element gets exactly the
 //! arithmetic `gacc_microbatch` gives it: bit-identical results.
 
-use half::f16;
 use rayon::prelude::*;
 
-use super::accumulate::{
-    add_bf16, add_f16, add_f32, add_kahan, f16c_available, nonfinite_bf16, nonfinite_f16, nonfinite_f32,
-};
-use super::convert::bf16_bits_to_f32;
-use super::parallel::{SharedMut, WorkItem, CHUNK, PARALLEL_THRESHOLD};
+use super::parallel::{for_each_item, SharedMut, WorkItem, CHUNK, PARALLEL_THRESHOLD};
+use super::slices::{self, Grad, Mode};
 use crate::backend::TensorGrad;
-use crate::engine::config::Dtype;
 
 /// The listed tensors as one virtual concatenation.
 pub struct Plan<'a> {
@@ -100,18 +95,18 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// acc[offset + i] += mul * grad[i] for every listed tensor; Kahan-compensated
-    /// into `comp` when it is not empty.
+    /// acc[offset + i] += mul * grad[i] for every listed tensor (= 0 + mul * grad[i]
+    /// with Mode::Write); Kahan-compensated into `comp` when it is not empty (never
+    /// with Mode::Write: a compensated accumulator is zeroed eagerly).
     ///
     /// # Safety
     /// Every listed pointer must point to `numel` readable, aligned elements; every
     /// tensor range lies inside acc (and comp, when not empty) and the ranges are
     /// disjoint.
-    pub unsafe fn accumulate(&self, acc: &mut [f32], comp: &mut [f32], mul: f32) {
+    pub unsafe fn accumulate(&self, acc: &mut [f32], comp: &mut [f32], mul: f32, mode: Mode) {
         let base = SharedMut(acc.as_mut_ptr());
         let cbase = SharedMut(comp.as_mut_ptr());
         let kahan = !comp.is_empty();
-        let fast = f16c_available();
         self.for_each(|a, b| {
             self.segments(a, b, |t, lo, hi| {
                 let range = WorkItem { start: t.offset + lo, end: t.offset + hi, decay: false };
@@ -119,50 +114,60 @@ impl<'a> Plan<'a> {
                 // items are disjoint pieces of them; the gradient is the caller's.
                 unsafe {
                     let acc = base.slice(&range);
+                    let g = segment(t, lo, hi);
                     if kahan {
-                        segment_kahan(t, lo, hi, acc, cbase.slice(&range), mul);
+                        slices::kahan(acc, cbase.slice(&range), g, mul);
                     } else {
-                        segment_add(t, lo, hi, acc, mul, fast);
+                        slices::accumulate(acc, g, mul, mode);
                     }
                 }
             });
         });
     }
+
+    /// acc = 0 outside the listed tensors (the window was logically zero and those
+    /// tensors get no gradient from this micro-batch). Listed tensors are in layout
+    /// order (the engine lists them by index).
+    pub fn zero_unlisted(&self, acc: &mut [f32]) {
+        let mut gaps = Vec::new();
+        let mut at = 0;
+        for t in self.grads {
+            push_chunks(&mut gaps, at, t.offset);
+            at = t.offset + t.grad.numel;
+        }
+        push_chunks(&mut gaps, at, acc.len());
+        let base = SharedMut(acc.as_mut_ptr());
+        let zeroed = gaps.iter().map(|g| g.end - g.start).sum();
+        for_each_item(&gaps, zeroed, |gap| {
+            // SAFETY: the gaps are disjoint and inside acc.
+            unsafe { base.slice(gap) }.fill(0.0);
+        });
+    }
 }
 
-/// Elements [lo, hi) of a tensor's gradient as a slice of `T`.
-unsafe fn part<'g, T>(t: &TensorGrad, lo: usize, hi: usize) -> &'g [T] {
-    std::slice::from_raw_parts((t.grad.ptr as *const T).add(lo), hi - lo)
+/// Appends [start, end) cut into work items of at most CHUNK elements.
+fn push_chunks(items: &mut Vec<WorkItem>, mut start: usize, end: usize) {
+    while start < end {
+        let stop = (start + CHUNK).min(end);
+        items.push(WorkItem { start, end: stop, decay: false });
+        start = stop;
+    }
+}
+
+/// Elements [lo, hi) of a tensor's gradient.
+unsafe fn segment<'g>(t: &TensorGrad, lo: usize, hi: usize) -> Grad<'g> {
+    Grad::from_raw(t.grad.ptr, t.grad.dtype, t.grad.numel).range(lo, hi)
 }
 
 unsafe fn segment_nonfinite(t: &TensorGrad, lo: usize, hi: usize) -> bool {
-    match t.grad.dtype {
-        Dtype::F32 => nonfinite_f32(part(t, lo, hi)),
-        Dtype::F16 => nonfinite_f16(part(t, lo, hi)),
-        Dtype::BF16 => nonfinite_bf16(part(t, lo, hi)),
-    }
-}
-
-unsafe fn segment_add(t: &TensorGrad, lo: usize, hi: usize, acc: &mut [f32], mul: f32, fast: bool) {
-    match t.grad.dtype {
-        Dtype::F32 => add_f32(acc, part(t, lo, hi), mul),
-        Dtype::F16 => add_f16(acc, part(t, lo, hi), mul, fast),
-        Dtype::BF16 => add_bf16(acc, part(t, lo, hi), mul),
-    }
-}
-
-unsafe fn segment_kahan(t: &TensorGrad, lo: usize, hi: usize, acc: &mut [f32], comp: &mut [f32], mul: f32) {
-    match t.grad.dtype {
-        Dtype::F32 => add_kahan(acc, comp, part::<f32>(t, lo, hi), mul, |g| g),
-        Dtype::F16 => add_kahan(acc, comp, part::<f16>(t, lo, hi), mul, f16::to_f32),
-        Dtype::BF16 => add_kahan(acc, comp, part::<u16>(t, lo, hi), mul, bf16_bits_to_f32),
-    }
+    slices::nonfinite(segment(t, lo, hi))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::GradInput;
+    use crate::engine::config::Dtype;
 
     fn grad(data: &[f32], offset: usize, index: usize) -> TensorGrad {
         let grad = GradInput { ptr: data.as_ptr().cast(), dtype: Dtype::F32, numel: data.len() };
@@ -181,7 +186,7 @@ mod tests {
             offset += b.len() + 3;
         }
         let mut acc = vec![0f32; offset];
-        unsafe { Plan::new(&grads).accumulate(&mut acc, &mut [], 1.0) };
+        unsafe { Plan::new(&grads).accumulate(&mut acc, &mut [], 1.0, Mode::Add) };
         let mut want = vec![0f32; offset];
         for g in &grads {
             want[g.offset..g.offset + g.grad.numel].fill(1.0);
