@@ -194,7 +194,7 @@ fn nonfinite_body(g: Grad<'_>) -> bool {
 
 /// Independent f64 accumulators of a sum of squares, so that the sum vectorises
 /// while its order stays fixed: element i of a chunk always goes to lane i % LANES.
-pub const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// lanes[i % LANES] += f64(a[i] * factor)^2 for every element, in order. A chunk's
 /// sum of squares is this over the chunk (in one call or in pieces whose lengths are
