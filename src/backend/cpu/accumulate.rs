@@ -22,7 +22,7 @@ pub struct Norms<'a> {
 
 /// Elements of a sub-block of the fused pass: a multiple of LANES, small enough that
 /// what was just written is still in L1 when it is squared.
-const SUB: usize = 1024;
+pub(super) const SUB: usize = 1024;
 
 /// acc = acc + mul * g (or 0 + mul * g, Mode::Write), with the norm partials when
 /// `norms` is given.

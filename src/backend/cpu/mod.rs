@@ -249,23 +249,20 @@ impl Backend for CpuBackend {
     }
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
-        let plan = tensors::Plan::new(grads);
+        let pass = tensors::PerTensor::new(grads);
+        let total = self.acc.len();
         // SAFETY: the caller guarantees numel readable, aligned elements per tensor,
-        // at disjoint ranges inside the layout.
-        if !self.admit(|_| plan.any_nonfinite(), weight) {
+        // at disjoint ranges inside the layout, listed in layout order.
+        if !self.admit(|items| pass.any_nonfinite(items, total), weight) {
             return Ok(());
         }
-        let mode = if self.acc_stale {
-            // Tensors without a gradient must read 0 from now on; listed ones are
-            // written over.
-            plan.zero_unlisted(&mut self.acc);
-            Mode::Write
-        } else {
-            Mode::Add
-        };
-        plan.accumulate(&mut self.acc, &mut self.comp, mul, mode);
+        // Logically zero: listed tensors are written over, the others zeroed.
+        let mode = if self.acc_stale { Mode::Write } else { Mode::Add };
+        let factor = self.fuses_norms().then(|| self.predicted_factor());
+        let norms = factor.map(|factor| accumulate::Norms { factor, partials: &mut self.norms.partials });
+        pass.accumulate(&self.items, &mut self.acc, &mut self.comp, mul, mode, norms);
         self.acc_stale = false;
-        self.norms.invalidate();
+        self.norms.factor = factor.map(f32::to_bits);
         Ok(())
     }
 
