@@ -10,8 +10,9 @@ Options: --sizes 1M,16M,64M  --repeats 7  --k 4  --peers numpy,jax,jax-multistep
     python3 bench/compare.py --tensors [--tensor-sizes 16M,64M] [--tensor-counts 64,512]
 
 runs only the per-tensor comparison (gacc_microbatch_tensors, copy + gacc_microbatch,
-gacc_microbatch on the same bytes, in place; against PyTorch's p.grad.add_ per
-parameter and torch._foreach_add_ when torch is installed, skipped otherwise) on
+gacc_microbatch on the same bytes, in place; against PyTorch's own accumulation when
+torch is installed, skipped otherwise: the first backward's buffers assigned to p.grad,
+then p.grad.add_ per parameter and torch._foreach_add_ for later micro-batches) on
 transformer-like tensors (bench/model_shapes.rs), prints the table and writes the
 raw rows to build/bench-tensors.jsonl (not to docs/: take the figures on a quiet
 machine).
@@ -20,7 +21,10 @@ What it does, in one process tree on one machine:
 1. builds libgacc (cargo build --release) and bench/gacc_bench.c against include/gacc.h;
 2. STREAM copy/add/triad (2 OpenMP threads, 3 x 256 MiB arrays): the bandwidth floor;
 3. per size: gacc through the C ABI, then each peer alone in its own subprocess
-   (bench/peers.py), all doing the same window: K micro-batches accumulated, one step;
+   (bench/peers.py), all doing the same window: K micro-batches accumulated (the first
+   of each window timed as its own row), one step; and the whole window timed at once
+   (gacc and torch). Every row carries its bytes per parameter (what it moves; gacc:
+   today's passes) and issue 14's minimum (bench/report.py's byte model);
 4. per-call overhead on a 1k-parameter model (gacc from C, the peers from Python);
 5. peak RSS of each contender at each size (its own process, VmHWM);
 6. writes the raw JSON lines (docs/benchmarks.jsonl), then bench/report.py turns them

@@ -16,12 +16,23 @@
 //!   v, acc (16)                                                         = 36 B/elem
 //! - step AdamW + clipping: the same two passes (the coefficient is a scalar) = 36
 //! - step AdamW + FP16 scaling: 36 + 2 (fp16 working copy written)       = 38 B/elem
+//! - whole window, K = 4 f32 micro-batches + AdamW + clip + bf16 working copy:
+//!   12 K + 38 = 86 B/elem (timed together)
 //! - STREAM copy a = b: 8 B/elem; STREAM add a = b + c: 12 B/elem (f32).
 //! - Extra baseline, in-place add a += b: 12 B/elem. STREAM's kernels write a
 //!   third array, so each written line is also read first (write-allocate): add
 //!   really moves 16 B/elem, copy 12. gacc's passes update their buffers in place
 //!   (no write-allocate), like a += b; only the fp16/bf16 working copy is a
 //!   write-only stream.
+//!
+//! The `B/elem` column is what today's passes move; `min B/elem` is the minimum of issue
+//! 14's design for the same work: the first micro-batch of a window writes acc instead of
+//! adding (8 B/elem f32, 6 f16/bf16: the "first of window" rows, timed after gacc_zero),
+//! the step needs no norm pass after a full-buffer micro-batch (-4) and writes no acc = 0
+//! (-4), the window 8 + 12 (K - 1) + 30 = 74; compensated accumulation keeps today's
+//! bytes, and so do the per-tensor rows (the host took gacc_accumulator_ptr). The GB/s and
+//! ratio columns use today's bytes (what this build moves until issue 14 lands); the
+//! last column is the median at the minimum's bytes, against STREAM add.
 //!
 //! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
 //! (32K-element chunks, sequential below 256K elements).
@@ -86,6 +97,22 @@ fn time(repeats: usize, mut f: impl FnMut()) -> Timing {
     let start = Instant::now();
     let mut t: Vec<f64> = Vec::new();
     while t.len() < repeats || (start.elapsed().as_secs_f64() < 0.25 && t.len() < 500) {
+        let s = Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Timing { median: t[t.len() / 2], min: t[0], max: t[t.len() - 1] }
+}
+
+/// Like `time`, with `setup` run before every call of `f` and not timed.
+fn time_after(repeats: usize, mut setup: impl FnMut(), mut f: impl FnMut()) -> Timing {
+    setup();
+    f();
+    let start = Instant::now();
+    let mut t: Vec<f64> = Vec::new();
+    while t.len() < repeats || (start.elapsed().as_secs_f64() < 0.25 && t.len() < 500) {
+        setup();
         let s = Instant::now();
         f();
         t.push(s.elapsed().as_secs_f64());
@@ -179,7 +206,10 @@ fn base_config(optimizer: u32) -> gacc_config {
 struct Row {
     kernel: String,
     size: usize,
+    /// Bytes per element of today's passes.
     bytes: usize,
+    /// Bytes per element of issue 14's design for the same work.
+    bytes_min: usize,
     t: Timing,
     /// STREAM add GB/s: median, best.
     stream_add: f64,
@@ -223,14 +253,16 @@ fn main() {
         };
         let add_gbs = (12 * n) as f64 / add.median / 1e9;
         let add_best = (12 * n) as f64 / add.min / 1e9;
-        let row = |kernel: &str, bytes: usize, t: Timing| Row {
+        let row_min = |kernel: &str, bytes: usize, bytes_min: usize, t: Timing| Row {
             kernel: kernel.into(),
             size: n,
             bytes,
+            bytes_min,
             t,
             stream_add: add_gbs,
             stream_add_best: add_best,
         };
+        let row = |kernel: &str, bytes: usize, t: Timing| row_min(kernel, bytes, bytes, t);
         rows.push(row("STREAM copy a=b", 8, copy));
         rows.push(row("STREAM add a=b+c", 12, add));
         rows.push(row("in-place add a+=b", 12, inplace));
@@ -246,6 +278,10 @@ fn main() {
                 ("accumulate f16 grad", g16.as_ptr() as *const c_void, GACC_DTYPE_F16, 10),
                 ("accumulate bf16 grad", gb16.as_ptr() as *const c_void, GACC_DTYPE_BF16, 10),
             ] {
+                // The first micro-batch of a window (after gacc_zero, not timed), then
+                // later ones (the window keeps filling).
+                let first = time_after(repeats, || check(unsafe { gacc_zero(e.0) }), || e.mb(ptr, dtype, 1.0));
+                rows.push(row_min(&format!("{name}, first of window"), bytes, bytes - 4, first));
                 let t = time(repeats, || e.mb(ptr, dtype, 1.0));
                 rows.push(row(name, bytes, t));
             }
@@ -281,6 +317,8 @@ fn main() {
             ("step AdamW + clip", clip, 36),
             ("step AdamW + FP16 scaling", fp16, 38),
         ] {
+            // Issue 14: no norm pass after the full-buffer micro-batch, no acc = 0.
+            let bytes_min = bytes - 8;
             let e = Engine::new(&cfg, n);
             // The scale is a power of two and the gradient is small: no overflow, so
             // every timed step is applied.
@@ -305,18 +343,42 @@ fn main() {
             assert_eq!(info.applied, 1, "{name}: a timed step was skipped");
             samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let t = Timing { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] };
-            rows.push(row(name, bytes, t));
+            rows.push(row_min(name, bytes, bytes_min, t));
+        }
+
+        // The whole window: K f32 micro-batches + AdamW + clip + bf16 working copy.
+        {
+            const K: usize = 4;
+            let mut cfg = clip;
+            cfg.precision = GACC_PRECISION_BF16;
+            let e = Engine::new(&cfg, n);
+            let t = time(repeats, || {
+                for _ in 0..K {
+                    e.mb(g32.as_ptr() as *const c_void, GACC_DTYPE_F32, 1.0);
+                }
+                e.step();
+            });
+            rows.push(row_min(
+                "window: 4 micro-batches + AdamW + clip + bf16 copy",
+                12 * K + 38,
+                8 + 12 * (K - 1) + 30,
+                t,
+            ));
         }
     }
 
-    println!("| kernel | params | B/elem | median ms | GB/s median [min..max] | STREAM add GB/s median | ratio to add (median) | ratio to add (best/best) |");
-    println!("|---|---:|---:|---:|---|---:|---:|---:|");
+    println!(
+        "| kernel | params | B/elem | min B/elem (issue 14) | median ms | GB/s median [min..max] | STREAM add GB/s median | \
+         ratio to add (median) | ratio to add (best/best) | ratio to add at min B/elem (median) |"
+    );
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} | {:.2} |",
             r.kernel,
             size_name(r.size),
             r.bytes,
+            r.bytes_min,
             r.t.median * 1e3,
             r.gbs(r.t.median),
             r.gbs(r.t.max),
@@ -324,6 +386,7 @@ fn main() {
             r.stream_add,
             r.gbs(r.t.median) / r.stream_add,
             r.gbs(r.t.min) / r.stream_add_best,
+            (r.bytes_min * r.size) as f64 / r.t.median / 1e9 / r.stream_add,
         );
     }
 

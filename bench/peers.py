@@ -14,8 +14,20 @@ bench/gacc_bench.c runs through the C ABI:
   momentum 0.9 (lr 1e-2) or AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8, wd 1e-2),
   then acc = 0. The FP16 row has fp16 gradients scaled by S = 65536, a finite check,
   a loss-scale update, and rewrites an fp16 copy of the parameters.
+- window (torch only): K micro-batches + AdamW + clip + a bf16 copy of the weights,
+  timed together, as PyTorch's own pipeline runs it (below).
 
 Each contender is written the way its users write it, as efficiently as they would.
+PyTorch follows autograd: `zero_grad()` sets `.grad` to None (its default), the first
+backward of a window hands its gradient buffer to `.grad` (AccumulateGrad steals it:
+no copy), later ones add into it. The benchmark makes that buffer (the backward's own
+output) before the timer starts, as no contender's backward is timed.
+
+Every row carries two byte counts per parameter (bench/report.py prints them):
+`bytes_per_param`, what this contender's row moves (for torch counted from the ATen
+ops it runs, `bytes_source: "ops"`; for jax and numpy the work's count with gacc's
+passes of today, `bytes_source: "work"`, as XLA's fusion and numpy's temporaries are
+not counted), and `bytes_min`, the minimum of gacc's issue-14 design for the same work.
 """
 import argparse
 import json
@@ -34,13 +46,37 @@ LR_SGD, MOMENTUM = 1e-2, 0.9
 LR, B1, B2, EPS, WD = 1e-3, 0.9, 0.999, 1e-8, 1e-2
 
 STEP_ROWS = [
-    # row, optimizer, clip, fp16, bytes per parameter (gacc's fused byte model)
-    ("step_sgd_momentum", "sgd", False, False, 28),
-    ("step_adamw", "adamw", False, False, 36),
-    ("step_adamw_clip", "adamw", True, False, 36),
-    ("step_adamw_clip_fp16", "adamw", True, True, 38),
+    # row, optimizer, clip, fp16, bytes per parameter: gacc's passes today, issue 14's minimum
+    ("step_sgd_momentum", "sgd", False, False, 28, 20),
+    ("step_adamw", "adamw", False, False, 36, 28),
+    ("step_adamw_clip", "adamw", True, False, 36, 28),
+    ("step_adamw_clip_fp16", "adamw", True, True, 38, 30),
 ]
-ACC_ROWS = [("accumulate_f32", "f32", 12), ("accumulate_f16", "f16", 10), ("accumulate_bf16", "bf16", 10)]
+# row, dtype key, bytes today (every micro-batch), issue 14's minimum for the first one
+ACC_ROWS = [("accumulate_f32", "f32", 12, 8), ("accumulate_f16", "f16", 10, 6), ("accumulate_bf16", "bf16", 10, 6)]
+
+
+def torch_step_bytes(variant, optimizer, clip, fp16):
+    """Bytes per parameter of torch's step as this file drives it, from its ATen ops
+    (torch/optim/{adam,sgd}.py, nn/utils/clip_grad.py; each read and write once):
+    the mean (_foreach_mul_, or GradScaler's unscale for FP16) 8; clip_grad_norm_:
+    _foreach_norm 4 + _foreach_mul_ 8; fused AdamW reads p, g, m, v and writes p, m, v
+    28; foreach AdamW: mul_(p) 8, lerp_(m, g) 12, mul_(v) 8, addcmul_(v, g, g) 12,
+    sqrt(v) 8, div_ 8, add_(eps) 8, addcdiv_(p, m, denom) 16 = 80; fused SGD reads p,
+    g, buf and writes p, buf 20; foreach SGD: mul_(buf) 8, add_(buf, g) 12, add_(p, buf)
+    12 = 32; the fp16 copy of the weights 6; zero_grad(set_to_none=True) 0."""
+    if optimizer == "sgd":
+        opt = 20 if variant == "fused" else 32
+    else:
+        opt = 28 if variant == "fused" else 80
+    return 8 + (12 if clip else 0) + opt + (6 if fp16 else 0)
+
+
+def torch_window_bytes(variant, k):
+    """torch's window (AdamW + clip + bf16 copy): the first backward's buffer becomes
+    .grad (0), K - 1 adds (12 each), clip 12, AdamW (28 fused, 80 foreach), bf16 copy 6;
+    no mean pass (a torch user scales the loss instead)."""
+    return 12 * (k - 1) + 12 + (28 if variant == "fused" else 80) + 6
 
 
 def proc_kb(key):
@@ -55,8 +91,12 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
-def row(name, contender, n, bpp, samples, note=""):
+def row(name, contender, n, bpp, samples, note="", bytes_min=None, source="work"):
+    """bpp: the bytes this row moves per parameter; bytes_min: issue 14's minimum for
+    the same work (default: bpp); source: "ops" when bpp is counted from the
+    contender's own ops, "work" when it is the work's count (gacc's passes today)."""
     emit({"kind": "row", "row": name, "contender": contender, "n": n, "bytes_per_param": bpp,
+          "bytes_min": bpp if bytes_min is None else bytes_min, "bytes_source": source,
           "samples_s": samples, "note": note})
 
 
@@ -94,6 +134,9 @@ class Torch:
         self.torch = torch
         self.variant = variant  # "foreach" or "fused"
         self.name = f"torch ({variant})"
+        # zero_grad(set_to_none=False) instead of torch's default: the tiny per-call rows
+        # keep one .grad tensor (no buffer made per window inside their timed loops).
+        self.keep_grad = False
 
     def version(self):
         t = self.torch
@@ -113,7 +156,8 @@ class Torch:
     def setup(self, n, optimizer, clip, fp16):
         t = self.torch
         self.p = t.nn.Parameter(t.zeros(n))
-        self.p.grad = t.zeros(n)
+        self.p.grad = t.zeros(n) if self.keep_grad else None
+        self.fresh = None
         self.params = [self.p]
         kw = {"foreach": True} if self.variant == "foreach" else {"fused": True}
         if optimizer == "sgd":
@@ -129,10 +173,37 @@ class Torch:
             self.found_inf = t.zeros((1,), dtype=t.float32)
             self.p16 = t.zeros(n, dtype=t.float16)
 
+    def prepare_first(self, g):
+        """The first backward's output of a window (made before the timer): W * g in
+        fp32, the parameter's dtype, as autograd casts a gradient to it."""
+        if self.p.grad is None:
+            self.fresh = g.to(self.torch.float32, copy=True).mul_(W)
+
     def accumulate(self, g):
-        # What backward does to .grad under accumulation, with the mean weighting.
-        self.p.grad.add_(g, alpha=W)
+        # What backward does to .grad under accumulation, with the mean weighting: the
+        # first micro-batch's buffer becomes .grad (AccumulateGrad steals it), later
+        # ones are added in place.
+        if self.p.grad is None:
+            fresh, self.fresh = self.fresh, None
+            self.p.grad = fresh if fresh is not None else g.to(self.torch.float32, copy=True).mul_(W)
+        else:
+            self.p.grad.add_(g, alpha=W)
         self.total += W
+
+    def window(self, grads):
+        """One window of torch's own pipeline, AdamW + clip + bf16 copy (setup with
+        adamw, clip): .grad is None, the first backward's buffer (made before the timer
+        by the caller: grads[0] here is already that buffer) becomes .grad, later ones
+        add, then clip_grad_norm_, the optimizer step, the bf16 copy, zero_grad."""
+        t = self.torch
+        self.p.grad = grads[0]
+        for g in grads[1:]:
+            self.p.grad.add_(g)
+        t.nn.utils.clip_grad_norm_(self.params, MAX_NORM, foreach=True)
+        self.opt.step()
+        with t.no_grad():
+            self.p_bf16.copy_(self.p)
+        self.opt.zero_grad(set_to_none=True)
 
     def step(self):
         t = self.torch
@@ -154,7 +225,8 @@ class Torch:
                 self.p16.copy_(self.p)  # the fp16 model weights
         else:
             self.opt.step()
-        self.opt.zero_grad(set_to_none=False)
+        # torch's default (set_to_none=True): the next backward assigns .grad.
+        self.opt.zero_grad(set_to_none=not self.keep_grad)
         self.total = 0.0
 
 
@@ -396,7 +468,7 @@ def make_peer(name, k):
 def mode_run(peer, n, k, repeats):
     grads = peer.convert(make_grads(n, k, halves=not isinstance(peer, JaxMultiSteps)))
     if isinstance(peer, JaxMultiSteps):
-        for name, optimizer, clip, fp16, bpp in STEP_ROWS:
+        for name, optimizer, clip, fp16, bpp, bmin in STEP_ROWS:
             if fp16:
                 continue
             peer.setup(n, optimizer, clip, fp16)
@@ -408,22 +480,32 @@ def mode_run(peer, n, k, repeats):
                         (step_s if j == k - 1 else acc_s).append(dt)
             if name == "step_adamw_clip":
                 row("accumulate_f32", peer.name, n, 12, acc_s, "MultiSteps non-final calls (AdamW+clip)")
-            row(name, peer.name, n, bpp, step_s, "the K-th MultiSteps call: also folds in its micro-batch")
+            row(name, peer.name, n, bpp, step_s, "the K-th MultiSteps call: also folds in its micro-batch", bmin)
         return
     # Accumulate rows (torch foreach and fused accumulate the same way: run once).
-    if not (isinstance(peer, Torch) and peer.variant == "fused"):
+    # The first micro-batch of each window is its own row (issue 14: gacc writes instead
+    # of adding there; torch assigns the backward's buffer to .grad: 0 bytes).
+    is_torch = isinstance(peer, Torch)
+    if not (is_torch and peer.variant == "fused"):
         peer.setup(n, "adamw", False, False)
-        for name, key, bpp in ACC_ROWS:
-            samples = []
+        for name, key, bpp, first_min in ACC_ROWS:
+            samples, first = [], []
             for r in range(-1, repeats):
                 for j in range(k):
+                    if is_torch and j == 0:
+                        peer.prepare_first(grads[key][j])
                     dt = timed(lambda: peer.accumulate(grads[key][j]))
                     if r >= 0:
-                        samples.append(dt)
+                        (first if j == 0 else samples).append(dt)
                 peer.step()
-            cname = "torch" if isinstance(peer, Torch) else peer.name
-            row(name, cname, n, bpp, samples)
-    for name, optimizer, clip, fp16, bpp in STEP_ROWS:
+            cname = "torch" if is_torch else peer.name
+            src = "ops" if is_torch else "work"
+            row(name + "_first", cname, n, 0 if is_torch else bpp, first,
+                "first micro-batch: .grad = the backward's buffer" if is_torch else "first micro-batch", first_min,
+                src)
+            if samples:
+                row(name, cname, n, bpp, samples, "", bpp, src)
+    for name, optimizer, clip, fp16, bpp, bmin in STEP_ROWS:
         try:
             peer.setup(n, optimizer, clip, fp16)
         except (RuntimeError, ValueError, TypeError) as e:
@@ -433,11 +515,28 @@ def mode_run(peer, n, k, repeats):
         samples = []
         for r in range(-1, repeats):
             for j in range(k):
+                if is_torch and j == 0:
+                    peer.prepare_first(grads[key][j])
                 peer.accumulate(grads[key][j])
             dt = timed(peer.step)
             if r >= 0:
                 samples.append(dt)
-        row(name, peer.name, n, bpp, samples)
+        if is_torch:
+            row(name, peer.name, n, torch_step_bytes(peer.variant, optimizer, clip, fp16), samples, "", bmin, "ops")
+        else:
+            row(name, peer.name, n, bpp, samples, "", bmin)
+    if is_torch:
+        # The whole window, AdamW + clip + bf16 copy (bench/gacc_bench.c's window row).
+        peer.setup(n, "adamw", True, False)
+        peer.p_bf16 = peer.torch.zeros(n, dtype=peer.torch.bfloat16)
+        samples = []
+        for r in range(-1, repeats):
+            window = [grads["f32"][0].clone()] + grads["f32"][1:k]  # the first backward's own buffer
+            dt = timed(lambda: peer.window(window))
+            if r >= 0:
+                samples.append(dt)
+        row("window_adamw_clip_bf16", peer.name, n, torch_window_bytes(peer.variant, k), samples,
+            "K micro-batches + step", 8 + 12 * (k - 1) + 30, "ops")
 
 
 def mode_mem(peer, n, k):
@@ -461,6 +560,8 @@ def mode_tiny(peer, n, iters, repeats):
     """Per-call cost on a tiny model: blocks of `iters` calls, like gacc_bench tiny."""
     grads = peer.convert(make_grads(n, 1, halves=False))
     g = grads["f32"][0]
+    if isinstance(peer, Torch):
+        peer.keep_grad = True
     peer.setup(n, "adamw", True, False)
     mb, st = [], []
     if isinstance(peer, JaxMultiSteps):
@@ -496,8 +597,12 @@ def transformer_sizes(n, t):
 
 def mode_tensors(peer, n, t, repeats):
     """PyTorch's own accumulation of per-tensor gradients across micro-batches, on the
-    tensors of bench/gacc_bench.c tensors: p.grad.add_(g, alpha=W) per parameter (what
-    backward does to .grad), and one torch._foreach_add_ over all of them."""
+    tensors of bench/gacc_bench.c tensors, with the ops autograd's AccumulateGrad runs:
+    the first backward of a window hands each gradient buffer to p.grad (pgrad_assign:
+    no data moves; the buffers, the backward's own output, are made before the timer),
+    later ones add in place, p.grad.add_(g) per parameter (pgrad_add), and the same as
+    one torch._foreach_add_ over all of them (foreach_add). No weight: a torch user
+    scales the loss; gacc's rows multiply by W in the same pass, for the same bytes."""
     if not isinstance(peer, Torch):
         return
     torch = peer.torch
@@ -505,17 +610,31 @@ def mode_tensors(peer, n, t, repeats):
     total = sum(sizes)
     rng = np.random.default_rng(0)
     params = [torch.nn.Parameter(torch.zeros(k)) for k in sizes]
-    for p in params:
-        p.grad = torch.zeros_like(p)
     grads = [torch.from_numpy((rng.random(k, dtype=np.float32) * 2 - 1) * GRAD_SCALE) for k in sizes]
+    note = f"{len(sizes)} tensors"
+
+    samples = []
+    for r in range(-1, repeats):
+        for p in params:
+            p.grad = None  # zero_grad(set_to_none=True)
+        fresh = [g.clone() for g in grads]  # the first backward's output, not timed
+
+        def assign():
+            for p, f in zip(params, fresh):
+                p.grad = f
+        dt = timed(assign)
+        if r >= 0:
+            samples.append(dt)
+    row(f"pgrad_assign_{len(sizes)}", "torch", total, 0, samples, note, 0, "ops")
+
     accs = [p.grad for p in params]
 
     def pgrad_add():
         for p, g in zip(params, grads):
-            p.grad.add_(g, alpha=W)
+            p.grad.add_(g)
 
     def foreach_add():
-        torch._foreach_add_(accs, grads, alpha=W)
+        torch._foreach_add_(accs, grads)
 
     for name, fn in (("pgrad_add", pgrad_add), ("foreach_add", foreach_add)):
         samples = []
@@ -523,7 +642,7 @@ def mode_tensors(peer, n, t, repeats):
             dt = timed(fn)
             if r >= 0:
                 samples.append(dt)
-        row(f"{name}_{len(sizes)}", "torch", total, 12, samples, f"{len(sizes)} tensors")
+        row(f"{name}_{len(sizes)}", "torch", total, 12, samples, note, 12, "ops")
 
 
 def main():

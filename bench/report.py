@@ -28,17 +28,67 @@ PEER_LABEL = {
     "numpy": "numpy",
 }
 PEER_KEY = {v: k for k, v in PEER_LABEL.items()}
-ROW_ORDER = ["accumulate_f32", "accumulate_f16", "accumulate_bf16", "step_sgd_momentum", "step_adamw",
-             "step_adamw_clip", "step_adamw_clip_fp16"]
+ROW_ORDER = ["accumulate_f32_first", "accumulate_f32", "accumulate_f16_first", "accumulate_f16",
+             "accumulate_bf16_first", "accumulate_bf16", "step_sgd_momentum", "step_adamw", "step_adamw_clip",
+             "step_adamw_clip_fp16", "window_adamw_clip_bf16"]
 ROW_LABEL = {
-    "accumulate_f32": "accumulate f32 grad (per micro-batch)",
-    "accumulate_f16": "accumulate f16 grad (per micro-batch)",
-    "accumulate_bf16": "accumulate bf16 grad (per micro-batch)",
+    "accumulate_f32_first": "accumulate f32 grad (first micro-batch of a window)",
+    "accumulate_f32": "accumulate f32 grad (later micro-batch)",
+    "accumulate_f16_first": "accumulate f16 grad (first micro-batch of a window)",
+    "accumulate_f16": "accumulate f16 grad (later micro-batch)",
+    "accumulate_bf16_first": "accumulate bf16 grad (first micro-batch of a window)",
+    "accumulate_bf16": "accumulate bf16 grad (later micro-batch)",
     "step_sgd_momentum": "step SGD momentum",
     "step_adamw": "step AdamW",
     "step_adamw_clip": "step AdamW + clip",
     "step_adamw_clip_fp16": "step AdamW + clip + FP16 scaling",
+    "window_adamw_clip_bf16": "whole window: K micro-batches + AdamW + clip + bf16 copy",
 }
+MODEL_LABEL = dict(ROW_LABEL)  # the byte model table's labels (old_run_rows relabels ROW_LABEL)
+# gacc's byte model per parameter (each read and each write counted once), per row:
+# (today's passes, issue 14's minimum, what today's passes move, what the minimum drops).
+# The accumulate rows without "_first" are the later micro-batches of a window
+# (bench/gacc_bench.c times the first one of each window as its own row; runs from
+# before that split timed all K together: old_run_rows relabels them). The window row's
+# counts depend on K: the benchmark writes them.
+BYTE_MODEL = {
+    "accumulate_f32_first": (12, 8, "read g 4, read + write acc 8",
+                             "the window is empty: write acc = 0 + W·g, no read (-4)"),
+    "accumulate_f32": (12, 12, "read g 4, read + write acc 8", "—"),
+    "accumulate_f16_first": (10, 6, "read g 2, read + write acc 8", "write acc, no read (-4)"),
+    "accumulate_f16": (10, 10, "read g 2, read + write acc 8", "—"),
+    "accumulate_bf16_first": (10, 6, "read g 2, read + write acc 8", "write acc, no read (-4)"),
+    "accumulate_bf16": (10, 10, "read g 2, read + write acc 8", "—"),
+    "step_sgd_momentum": (28, 20, "norm / finite pass reads acc 4; update reads acc, p, buf 12, writes p, buf, "
+                          "acc = 0 12", "no norm pass (-4), no acc = 0 (-4)"),
+    "step_adamw": (36, 28, "norm pass 4; update reads acc, p, m, v 16, writes p, m, v, acc = 0 16",
+                   "no norm pass (-4), no acc = 0 (-4)"),
+    "step_adamw_clip": (36, 28, "as AdamW (the clip coefficient is a scalar)", "as AdamW"),
+    "step_adamw_clip_fp16": (38, 30, "as AdamW, + 2 for the fp16 working copy", "as AdamW"),
+}
+
+
+def old_run_rows(rows, k):
+    """A run from before the first/later split: its accumulate rows hold all K
+    micro-batches of each window, so their minimum is the mean (first + (K-1) later) / K
+    and their label says so. Changes ROW_LABEL for this report."""
+    if any(r["row"].endswith("_first") for r in rows):
+        return
+    for key in ("accumulate_f32", "accumulate_f16", "accumulate_bf16"):
+        ROW_LABEL[key] = ROW_LABEL[key].replace("(later micro-batch)", "(per micro-batch, all K)")
+        for r in rows:
+            if r["row"] == key and r.get("bytes_min") is None:
+                r["bytes_min"] = (BYTE_MODEL[key + "_first"][1] + (k - 1) * BYTE_MODEL[key][1]) / k
+
+
+def row_bytes(r):
+    """(bytes this row moves, issue 14's minimum, source) of a benchmark row; rows of a
+    run from before the byte model had both (bytes_per_param: the work's count)."""
+    own = r["bytes_per_param"]
+    bmin = r.get("bytes_min")
+    if bmin is None:
+        bmin = BYTE_MODEL.get(r["row"], (own, own))[1]
+    return own, bmin, r.get("bytes_source", "ops" if r["contender"].startswith("gacc") else "work")
 CONTENDER_ORDER = ["gacc", "gacc (native)", "gacc (rerun)", "torch", "torch (foreach)", "torch (fused)", "jax+optax (jit)",
                    "jax+optax (MultiSteps)", "numpy"]
 
@@ -164,33 +214,15 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
              "up to the in-place column. At 1M parameters the buffers fit in the 32 MiB L3 and the "
              "DRAM floor does not bind at all.")
     L.append("")
-    L.append("## Byte model (per parameter, what every contender must move at least once)")
-    L.append("")
-    L.append("| row | bytes | breakdown |")
-    L.append("|---|---|---|")
-    L.append("| accumulate f32 | 12 | read g 4, read + write acc 8 |")
-    L.append("| accumulate f16 / bf16 | 10 | read g 2, read + write acc 8 |")
-    L.append("| step SGD momentum | 28 | norm / finite pass reads acc 4; update reads acc, p, buf 12, "
-             "writes p, buf, acc = 0 12 |")
-    L.append("| step AdamW (with or without clip) | 36 | norm pass 4; update reads acc, p, m, v 16, "
-             "writes p, m, v, acc = 0 16 |")
-    L.append("| step AdamW + clip + FP16 | 38 | as AdamW, + 2 for the fp16 working copy |")
-    L.append("")
-    L.append("GB/s in the tables is this byte count over the measured time, for every contender (the "
-             "useful bytes, not what a contender actually moved: a peer that makes more passes shows "
-             "a lower GB/s). `× floor` = median time / floor time (1.00 is the bandwidth limit). "
-             "`peer ÷ gacc` = the peer's median / gacc's median: above 1, gacc is faster. `other work` = CPUs "
-             "that other processes kept busy while that contender's process ran (the machine's busy "
-             "CPU-seconds minus the process's own, over its wall time; the machine has 2): above ~0.25 the "
-             "row shared the cores with other work and is slower and noisier than it should be.")
-    L.append("")
+    L.extend(byte_model_lines(by, sizes, k))
     L.append("## Results")
     for n in sizes:
         L.append("")
         L.append(f"### {size_label(n)} parameters ({n:,}; {n * 4 / 2**20:.0f} MiB per fp32 buffer)")
         L.append("")
-        L.append("| row | contender | median | min–max | GB/s | × floor | peer ÷ gacc | other round | other work |")
-        L.append("|---|---|---|---|---|---|---|---|---|")
+        L.append("| row | contender | median | min–max | B/param | GB/s | × floor | min B | × min floor | "
+                 "peer ÷ gacc | other round | other work |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for row in ROW_ORDER:
             entries = sorted(by.get((n, row), []), key=lambda r: contender_key(r["contender"]))
             if not entries:
@@ -198,17 +230,26 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
             g = next((e for e in entries if e["contender"] == "gacc"), None)
             for e in entries:
                 m = e["median"]
-                floor = n * e["bytes_per_param"] / (stream["floor"].get(n, add_bw) * 1e9)
+                own, bmin, src = row_bytes(e)
+                bw = stream["floor"].get(n, add_bw) * 1e9
                 ratio = "—" if e is g or g is None else f"{m / g['median']:.2f}"
                 name = f"**{e['contender']}**" if e is g else e["contender"]
                 note = f" ¹" if e.get("note") and "MultiSteps" in e["contender"] else ""
+                mark = " ²" if src == "work" and not e["contender"].startswith("gacc") else ""
+                floor = f"{m / (n * own / bw):.2f}" if own else "—"
+                min_floor = f"{m / (n * bmin / bw):.2f}" if bmin else "—"
+                gbs = f"{e['gbs']:.1f}" if own else "—"
                 L.append(f"| {ROW_LABEL[row]} | {name}{note} | {fmt_t(m)} | {fmt_range(e['samples_s'])} | "
-                         f"{e['gbs']:.1f} | {m / floor:.2f} | {ratio} | "
+                         f"{own:g}{mark} | {gbs} | {floor} | {bmin:g} | {min_floor} | {ratio} | "
                          f"{', '.join(fmt_t(x) for x in e.get('other_rounds', [])) or '—'} | {fmt_load(e)} |")
     L.append("")
     L.append("¹ optax.MultiSteps has no separate accumulate call: its accumulate row is the median of "
              "the K−1 non-final `update` calls, its step row is the K-th call, which also folds in "
              "that micro-batch (and its accumulate calls also add a zero update to the parameters).")
+    L.append("")
+    L.append("² not counted from this contender's own passes: the work's bytes with gacc's passes of "
+             "today (XLA fuses JAX's passes; numpy makes temporaries), so its × floor is a lower bound "
+             "of what it moves.")
     tiny = [r for r in rows if r["row"].startswith("tiny_")]
     if tiny:
         L.append("")
@@ -268,6 +309,86 @@ def write_report(out_dir, info, stream, rows, memory, errors, versions, sizes, k
     return L
 
 
+def byte_model_lines(by, sizes, k):
+    """The byte model: gacc's bytes per row today and with issue 14, the peers' own, and
+    which of gacc's two models this run's measurement is nearer."""
+    window_today, window_min = 12 * k + 38, 8 + 12 * (k - 1) + 30
+    L = ["## Byte model (bytes per parameter, each read and each write counted once)", ""]
+    L.append("Every row carries two counts. `B/param` is what that row moves: for gacc, its passes of "
+             "today (bench/gacc_bench.c; the build measured here); for PyTorch, counted from the ATen ops "
+             "it runs (bench/peers.py `torch_step_bytes`); for JAX and numpy, marked ², the work's count "
+             "with gacc's passes of today. `min B` is the minimum of issue 14's design: the first "
+             "micro-batch of a window writes the accumulator instead "
+             "of adding to it (nothing to read: the window is empty), the sum of squares and the finite "
+             "check come from the accumulation pass that last wrote it, so the step needs no separate "
+             "norm pass, and the step no longer writes acc = 0. Compensated (Kahan) accumulation, an "
+             "accumulator the host writes in place (from the first `gacc_accumulator_ptr` on), data "
+             "parallelism and the per-tensor call keep today's bytes, and the step keeps its norm pass "
+             "unless the window's last micro-batch was a full-buffer `gacc_microbatch` (not after an "
+             "in-place or per-tensor micro-batch, a state import or an all-reduce).")
+    L.append("")
+    L.append("| row | gacc today | gacc issue 14 minimum | today's passes | what the minimum drops |")
+    L.append("|---|---|---|---|---|")
+    for row, (today, bmin, what, drop) in BYTE_MODEL.items():
+        L.append(f"| {MODEL_LABEL[row]} | {today} | {bmin} | {what} | {drop} |")
+    L.append(f"| {ROW_LABEL['window_adamw_clip_bf16']} | 12·K + 38 = {window_today} | "
+             f"8 + 12·(K−1) + 30 = {window_min} | K micro-batches 12 each; norm pass 4, update 28, "
+             f"acc = 0 4, bf16 copy 2 | first micro-batch −4, norm pass −4, acc = 0 −4 |")
+    L.append("")
+    L.append("PyTorch's own counts (torch as it runs here, K = " + str(k) + "): `zero_grad()` sets `.grad` "
+             "to None (its default), the first backward's gradient buffer becomes `.grad` (AccumulateGrad "
+             "takes it: 0 B; the buffer is the backward's own output, made before the timer, as no "
+             "contender's backward is timed), later micro-batches `add_` 12 (10 from f16/bf16). A step "
+             "row: the mean `_foreach_mul_` 8 (GradScaler's unscale for FP16), `clip_grad_norm_` 12 "
+             "(norm 4, multiply 8), fused AdamW 28 (reads p, g, m, v, writes p, m, v) or foreach AdamW 80 "
+             "(8 separate passes), fused SGD 20 or foreach 32, fp16 copy 6. The whole window (no mean "
+             f"pass: a torch user scales the loss): 0 + 12·(K−1) + 12 + 28 + 6 = {12 * (k - 1) + 46} "
+             f"fused, {12 * (k - 1) + 98} foreach. gacc's counterpart of torch's 0-byte first micro-batch "
+             "is `gacc_microbatch_inplace` (the host's backward writes the accumulator; `python3 "
+             "bench/compare.py --tensors`).")
+    L.append("")
+    L.append("What these counts are not: they are the bytes the code asks for (STREAM's convention), "
+             "not measured memory traffic (this VM has no hardware counters). Write-allocate reads of "
+             "write-only streams (torch's fresh `sqrt(v)` temporaries, the fp16/bf16 copies) are not "
+             "counted, and at 1M parameters the buffers stay in the L3, so a `× floor` below 1 there means "
+             "cache, not fewer bytes. torch's counts come from reading the optimizer code of the installed "
+             "torch (each ATen op reads its inputs and writes its output once), not from a measurement. "
+             "The issue-14 minimum is a design figure: a build without those passes still moves today's "
+             "bytes, whatever the `min B` column says.")
+    L.append("")
+    # Which of gacc's models this run shows: the first micro-batch against a later one.
+    seen = []
+    for n in sizes:
+        first = next((e for e in by.get((n, "accumulate_f32_first"), []) if e["contender"] == "gacc"), None)
+        later = next((e for e in by.get((n, "accumulate_f32"), []) if e["contender"] == "gacc"), None)
+        if first and later:
+            seen.append((n, first["median"] / later["median"]))
+    if seen:
+        parts = []
+        for n, x in seen:
+            near = "issue 14's" if abs(x - 8 / 12) < abs(x - 1.0) else "today's"
+            parts.append(f"{size_label(n)}: {x:.2f} (nearer {near})")
+        L.append("Which model this run's gacc shows, from its own medians: time of the first f32 micro-batch "
+                 "of a window over a later one, "
+                 + "; ".join(parts)
+                 + " (today's passes: 1.00; issue 14's: 8/12 = 0.67; at 1M everything is in cache and the "
+                 "ratio says little). `× floor` uses the row's own `B/param`; once gacc moves the minimum, "
+                 "`× min floor` is its floor.")
+    else:
+        L.append("`× floor` uses the row's own `B/param`; once gacc moves the minimum, `× min floor` is its "
+                 "floor (this run has no first-micro-batch rows to tell which model gacc's build shows).")
+    L.append("")
+    L.append("GB/s in the tables is the row's own `B/param` over the measured time. `× floor` = median "
+             "time / floor time (the row's own bytes at the floor bandwidth; 1.00 is the bandwidth limit); "
+             "`× min floor` the same with `min B`. `peer ÷ gacc` = the peer's median / gacc's median: "
+             "above 1, gacc is faster. `other work` = CPUs that other processes kept busy while that "
+             "contender's process ran (the machine's busy CPU-seconds minus the process's own, over its "
+             "wall time; the machine has 2): above ~0.25 the row shared the cores with other work and is "
+             "slower and noisier than it should be.")
+    L.append("")
+    return L
+
+
 def targets_lines(stream, by, sizes):
     """The issue's targets, checked against this run's medians."""
     add_bw = stream["add"]["median_gbs"]
@@ -297,8 +418,10 @@ def targets_lines(stream, by, sizes):
                 continue
             for e in entries:
                 if not e["contender"].startswith("gacc") and e["median"] < g["median"]:
+                    why = " (torch moves no data there: `.grad` takes the backward's buffer)" if \
+                        row_bytes(e)[0] == 0 else ""
                     lost.append(f"{size_label(n)} {ROW_LABEL[row]}: {e['contender']} {fmt_t(e['median'])} "
-                                f"vs gacc {fmt_t(g['median'])} ({g['median'] / e['median']:.2f}× slower)")
+                                f"vs gacc {fmt_t(g['median'])} ({g['median'] / e['median']:.2f}× slower){why}")
     L.append("")
     if lost:
         L.append(f"**gacc faster than every peer on every row: missed on {len(lost)} of the row × peer pairs:**")
@@ -317,31 +440,43 @@ def summary_lines(info, stream, by, memory, sizes):
              f"{stream['floor'].get(big, add_bw):.1f} GB/s around these rows), at {size_label(big)} parameters, median of the run of "
              f"{info['date_utc']} (full table: docs/benchmarks.md):")
     L.append("")
-    L.append("| row | gacc | GB/s | × floor | fastest peer | gacc speed-up over it |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("| row | gacc | B/param | GB/s | × floor | min B | × min floor | fastest peer | gacc speed-up over it |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for row in ROW_ORDER:
         entries = by.get((big, row), [])
         g = next((e for e in entries if e["contender"] == "gacc"), None)
         peers = [e for e in entries if not e["contender"].startswith("gacc")]
         if not g:
             continue
-        floor = big * g["bytes_per_param"] / (stream["floor"].get(big, add_bw) * 1e9)
+        own, bmin, _ = row_bytes(g)
+        bw = stream["floor"].get(big, add_bw) * 1e9
+        floor = big * own / bw
         if peers:
             best = min(peers, key=lambda e: e["median"])
             fp = f"{best['contender']} ({fmt_t(best['median'])})"
             sp = f"{best['median'] / g['median']:.2f}×"
         else:
             fp, sp = "—", "—"
-        L.append(f"| {ROW_LABEL[row]} | {fmt_t(g['median'])} | {g['gbs']:.1f} | {g['median'] / floor:.2f} | "
-                 f"{fp} | {sp} |")
+        L.append(f"| {ROW_LABEL[row]} | {fmt_t(g['median'])} | {own:g} | {g['gbs']:.1f} | {g['median'] / floor:.2f} | "
+                 f"{bmin:g} | {g['median'] / (big * bmin / bw):.2f} | {fp} | {sp} |")
     L.append("")
-    L.append("`× floor`: time over the time the row's bytes take at STREAM-add bandwidth (1.00 = at the "
-             "memory-bandwidth limit). The peers are PyTorch (`p.grad.add_`, `clip_grad_norm_`, AdamW "
+    L.append("`× floor`: time over the time the row's bytes (`B/param`, gacc's passes of today) take at "
+             "STREAM-add bandwidth (1.00 = at the memory-bandwidth limit); `× min floor` the same for issue "
+             "14's minimum (`min B`; docs/benchmarks.md, byte model). The peers are PyTorch "
+             "(`p.grad.add_`, `clip_grad_norm_`, AdamW "
              "foreach and fused, GradScaler's ops), JAX + optax (jit with donated buffers, and "
              "`optax.MultiSteps`) and numpy, each in its own process on the same machine in the same run. "
              "Reproduce with `bash bench/install-peers.sh && python3 bench/compare.py` (writes "
              "docs/benchmarks.md, .png and .jsonl).")
     return L
+
+
+def plot_label(row):
+    """A row's label, short enough for the plot's x axis."""
+    label = (ROW_LABEL[row].replace(" (first micro-batch of a window)", ", first").replace(" (later micro-batch)", "")
+             .replace(" (per micro-batch, all K)", "").replace("whole window: K micro-batches", "window: K mb"))
+    return (label.replace(" + ", "\n+ ").replace("accumulate ", "accumulate\n").replace("step ", "step\n", 1)
+            .replace("window: ", "window:\n"))
 
 
 def plot(path, stream, rows, sizes):
@@ -352,7 +487,7 @@ def plot(path, stream, rows, sizes):
     contenders = sorted({r["contender"] for r in rows if not r["row"].startswith("tiny_")}, key=contender_key)
     colors = {"gacc": "#d62728", "gacc (native)": "#ff9896", "gacc (rerun)": "#8c564b", "torch": "#1f77b4", "torch (foreach)": "#9467bd", "torch (fused)": "#aec7e8",
               "jax+optax (jit)": "#2ca02c", "jax+optax (MultiSteps)": "#98df8a", "numpy": "#7f7f7f"}
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(13, 4.2 * len(sizes)), squeeze=False)
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(16, 4.4 * len(sizes)), squeeze=False)
     for ax, n in zip(axes[:, 0], sizes):
         add_bw = stream["floor"].get(n, stream["add"]["median_gbs"])
         width = 0.8 / len(contenders)
@@ -368,10 +503,8 @@ def plot(path, stream, rows, sizes):
         ax.text(len(ROW_ORDER) - 0.5, add_bw, f" STREAM add {add_bw:.1f} GB/s (floor)", va="bottom", ha="right",
                 fontsize=9)
         ax.set_xticks(range(len(ROW_ORDER)))
-        ax.set_xticklabels([ROW_LABEL[r].replace(" (per micro-batch)", "").replace(" + ", "\n+ ")
-                            .replace("accumulate ", "accumulate\n").replace("step ", "step\n", 1)
-                            for r in ROW_ORDER], fontsize=9)
-        ax.set_ylabel("GB/s (useful bytes / time)")
+        ax.set_xticklabels([plot_label(r) for r in ROW_ORDER], fontsize=8)
+        ax.set_ylabel("GB/s (the row's B/param / time)")
         ax.set_title(f"{size_label(n)} parameters: higher is better")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(ncol=len(contenders), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 1.28))
@@ -385,8 +518,9 @@ TENSOR_ROWS = [
     ("microbatch", "gacc", "(ref) gacc_microbatch, same bytes"),
     ("inplace_add", "gacc", "(c) host acc += W*g in place + gacc_microbatch_inplace"),
     ("inplace_call", "gacc", "(c) gacc_microbatch_inplace alone"),
-    ("pgrad_add", "torch", "torch: p.grad.add_(g, alpha=W) per parameter"),
-    ("foreach_add", "torch", "torch: torch._foreach_add_(grads, gs, alpha=W)"),
+    ("pgrad_assign", "torch", "torch: first micro-batch, p.grad = the backward's buffer (AccumulateGrad)"),
+    ("pgrad_add", "torch", "torch: later micro-batches, p.grad.add_(g) per parameter"),
+    ("foreach_add", "torch", "torch: later micro-batches, torch._foreach_add_(grads, gs)"),
 ]
 
 
@@ -431,6 +565,7 @@ def report(out_dir, info, run, raw):
         rs.sort(key=lambda r: r["median"])
         rs[0]["other_rounds"] = [r["median"] for r in rs[1:]]
         rows.append(rs[0])
+    old_run_rows(rows, run["k"])
     md = write_report(out_dir, info, stream, rows, memory, run["errors"], run["versions"], run["sizes"],
                       run["k"], run["repeats"], run["elapsed_s"], run.get("rounds", 1), run.get("note"))
     with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
@@ -463,7 +598,7 @@ def tensors_table(rows, have_torch):
     by = {(r["row"], r["size"], r["tensors"]): r for r in rows}
     sizes = sorted({r["size"] for r in rows})
     counts = sorted({r["tensors"] for r in rows})
-    L = ["| params | tensors | row | median | GB/s | vs (ref) |", "|---|---:|---|---:|---:|---:|"]
+    L = ["| params | tensors | row | median | B/param | GB/s | vs (ref) |", "|---|---:|---|---:|---:|---:|---:|"]
     for n in sizes:
         for t in counts:
             ref = by.get((f"microbatch_{t}", n, t))
@@ -472,12 +607,13 @@ def tensors_table(rows, have_torch):
                 r = by.get((f"{key}_{t}", n, t))
                 if r is None:
                     if who == "torch" and not have_torch:
-                        L.append(f"| {size_label(n)} | {t} | {label} | skipped: torch not installed | | |")
+                        L.append(f"| {size_label(n)} | {t} | {label} | skipped: torch not installed | | | |")
                     continue
                 m = med(r["samples_s"])
                 gbs = r["n"] * r["bytes_per_param"] / m / 1e9 if r["bytes_per_param"] and m > 0 else 0.0
                 ratio = f"{m / ref_t:.2f}" if ref_t else ""
-                L.append(f"| {size_label(n)} ({r['n']}) | {t} | {label} | {fmt_t(m)} | {gbs:.1f} | {ratio} |")
+                L.append(f"| {size_label(n)} ({r['n']}) | {t} | {label} | {fmt_t(m)} | {r['bytes_per_param']:g} | "
+                         f"{gbs:.1f} | {ratio} |")
     return L
 
 
@@ -491,7 +627,7 @@ def main():
     if a.tensors:
         with open(a.tensors) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        have_torch = any(r["row"].startswith(("pgrad_add", "foreach_add")) for r in rows)
+        have_torch = any(r["row"].startswith(("pgrad_assign", "pgrad_add", "foreach_add")) for r in rows)
         print("\n".join(tensors_table(rows, have_torch)))
         return
     info, run, raw = load(os.path.join(a.out, "benchmarks.jsonl"))
