@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,12 +44,23 @@ static void check(gacc_status s, const char *what) {
     }
 }
 
+/* Buffers of 4 MiB and more are 2 MiB-aligned and advised for transparent huge pages,
+ * as numpy does for its arrays of that size (the torch and numpy peers get their
+ * gradients from numpy arrays, and gacc asks the same for its own buffers), so every
+ * peer's inputs sit on the same kind of pages. */
 static void *xmalloc(size_t bytes) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+    const size_t huge = (size_t)4 << 20;
+    size_t align = bytes >= huge ? ((size_t)2 << 20) : 64;
+    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0) {
         fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
         exit(1);
     }
+#ifdef MADV_HUGEPAGE
+    if (bytes >= huge) {
+        madvise(p, bytes / 4096 * 4096, MADV_HUGEPAGE);
+    }
+#endif
     return p;
 }
 
