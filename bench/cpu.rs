@@ -63,6 +63,13 @@ mod model_shapes;
 const CHUNK: usize = 32 * 1024;
 const PARALLEL_THRESHOLD: usize = 256 * 1024;
 
+/// The same values in a buffer allocated the way gacc allocates its own (huge-page
+/// advice from 8 MiB, src/alloc.rs), so STREAM, the host's gradients and gacc's state
+/// all sit on the same kind of pages.
+fn pages<T: Clone + Default>(v: Vec<T>) -> Vec<T> {
+    gacc::alloc::try_copy(&v, "benchmark buffer").expect("benchmark buffer")
+}
+
 fn parse_size(s: &str) -> usize {
     let s = s.trim();
     let (num, mul) = match s.chars().last() {
@@ -234,9 +241,9 @@ fn main() {
     for &n in &sizes {
         // STREAM baseline, same pool, same chunking, same size.
         let (copy, add, inplace) = {
-            let mut a = vec![0f32; n];
-            let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
-            let c: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let mut a = pages(vec![0f32; n]);
+            let b: Vec<f32> = pages((0..n).map(|i| i as f32).collect());
+            let c: Vec<f32> = pages((0..n).map(|i| (i % 7) as f32).collect());
             let copy = time(repeats, || {
                 stream_copy(&mut a, &b);
                 black_box(&a);
@@ -270,9 +277,9 @@ fn main() {
         // Accumulate, per gradient dtype.
         {
             let e = Engine::new(&base_config(GACC_OPTIMIZER_SGD), n);
-            let g32: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 1e-3).collect();
-            let g16: Vec<half::f16> = g32.iter().map(|&x| half::f16::from_f32(x)).collect();
-            let gb16: Vec<half::bf16> = g32.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let g32: Vec<f32> = pages((0..n).map(|i| (i % 13) as f32 * 1e-3).collect());
+            let g16: Vec<half::f16> = pages(g32.iter().map(|&x| half::f16::from_f32(x)).collect());
+            let gb16: Vec<half::bf16> = pages(g32.iter().map(|&x| half::bf16::from_f32(x)).collect());
             for (name, ptr, dtype, bytes) in [
                 ("accumulate f32 grad", g32.as_ptr() as *const c_void, GACC_DTYPE_F32, 12),
                 ("accumulate f16 grad", g16.as_ptr() as *const c_void, GACC_DTYPE_F16, 10),
@@ -324,7 +331,7 @@ fn main() {
             // every timed step is applied.
             let mut s = 0f32;
             check(unsafe { gacc_loss_scale(e.0, &mut s) });
-            let g: Vec<f32> = g32.iter().map(|&x| x * s).collect();
+            let g: Vec<f32> = pages(g32.iter().map(|&x| x * s).collect());
             let mut samples = Vec::with_capacity(repeats);
             let start = Instant::now();
             let mut r = 0;
@@ -462,8 +469,22 @@ fn tensor_rows(repeats: usize) {
         for &t in &counts {
             let shape = model_shapes::transformer_sizes(n, t);
             let total: usize = shape.iter().sum();
-            let grads: Vec<Vec<f32>> =
-                shape.iter().map(|&k| (0..k).map(|i| ((i % 13) as f32 - 6.0) * 1e-3).collect()).collect();
+            // One buffer per tensor, each starting on its own 4 KiB page, carved from one
+            // arena allocated like the concatenated buffer below (huge-page advice), so
+            // (a) and (ref) read the same kind of pages and differ only in gacc's code
+            // and the tensors' layout.
+            let page = 1024; // f32s per 4 KiB
+            let mut arena = pages(vec![0f32; shape.iter().map(|&k| k.div_ceil(page) * page).sum()]);
+            let mut grads: Vec<&[f32]> = Vec::with_capacity(shape.len());
+            let mut rest: &mut [f32] = &mut arena;
+            for &k in &shape {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(k.div_ceil(page) * page);
+                for (i, x) in head[..k].iter_mut().enumerate() {
+                    *x = ((i % 13) as f32 - 6.0) * 1e-3;
+                }
+                grads.push(&head[..k]);
+                rest = tail;
+            }
             let entries: Vec<gacc::ffi::tensors::gacc_grad> = grads
                 .iter()
                 .map(|g| gacc::ffi::tensors::gacc_grad {
@@ -476,7 +497,7 @@ fn tensor_rows(repeats: usize) {
             let per_tensor = time(repeats, || {
                 check(unsafe { gacc::ffi::tensors::gacc_microbatch_tensors(h, entries.as_ptr(), entries.len(), 1.0) })
             });
-            let mut flat = vec![0f32; total];
+            let mut flat = pages(vec![0f32; total]);
             let copy_then = time(repeats, || {
                 // The host's copy into one buffer, in parallel over the tensors.
                 let mut rest: &mut [f32] = &mut flat;
@@ -493,12 +514,12 @@ fn tensor_rows(repeats: usize) {
                 check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) })
             });
             let host_add = time(repeats, || {
-                let targets: Vec<(SharedAcc, &Vec<f32>)> = accs.iter().map(|&p| SharedAcc(p)).zip(&grads).collect();
+                let targets: Vec<(SharedAcc, &&[f32])> = accs.iter().map(|&p| SharedAcc(p)).zip(&grads).collect();
                 targets.into_par_iter().for_each(|(acc, g)| {
                     // SAFETY: the accumulator of this tensor holds g.len() floats; the
                     // engine is not called while the host writes.
                     let a = unsafe { std::slice::from_raw_parts_mut(acc.0, g.len()) };
-                    for (a, &x) in a.iter_mut().zip(g) {
+                    for (a, &x) in a.iter_mut().zip(g.iter()) {
                         *a += x;
                     }
                 });

@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,12 +44,23 @@ static void check(gacc_status s, const char *what) {
     }
 }
 
+/* Buffers of 4 MiB and more are 2 MiB-aligned and advised for transparent huge pages,
+ * as numpy does for its arrays of that size (the torch and numpy peers get their
+ * gradients from numpy arrays, and gacc asks the same for its own buffers), so every
+ * peer's inputs sit on the same kind of pages. */
 static void *xmalloc(size_t bytes) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+    const size_t huge = (size_t)4 << 20;
+    size_t align = bytes >= huge ? ((size_t)2 << 20) : 64;
+    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0) {
         fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
         exit(1);
     }
+#ifdef MADV_HUGEPAGE
+    if (bytes >= huge) {
+        madvise(p, bytes / 4096 * 4096, MADV_HUGEPAGE);
+    }
+#endif
     return p;
 }
 
@@ -87,10 +99,12 @@ static uint16_t f32_to_bf16(float x) {
 
 static const char *LABEL = "gacc"; /* --label: the contender name printed */
 
-/* bytes_per_param: what the row moves with today's passes (each read and each write once);
- * bytes_min: the minimum of the issue-14 design for the same work (first micro-batch of a
- * window writes the accumulator, the norm partials come from the accumulation pass, the
- * step no longer zeroes acc). bench/report.py labels both. */
+/* bytes_per_param: what the row moves (each read and each write once); bytes_min: the
+ * minimum of the issue-14 design for the same work (first micro-batch of a window writes
+ * the accumulator, the norm partials come from the accumulation pass, the step no longer
+ * zeroes acc). Since issue 14 landed, gacc's rows move the minimum, so both are the same
+ * for gacc; the tables' "before issue 14" column (bench/report.py BYTE_MODEL) keeps the old
+ * passes' counts. */
 static void print_samples(const char *row, const char *contender, size_t n, double bytes_per_param, double bytes_min,
                           const double *s, size_t count, const char *note) {
     printf("{\"kind\":\"row\",\"row\":\"%s\",\"contender\":\"%s\",\"n\":%zu,\"bytes_per_param\":%g,"
@@ -169,7 +183,7 @@ typedef struct {
     uint32_t optimizer;
     uint32_t precision;
     float max_norm;
-    double bytes_per_param; /* today: norm pass 4 + update (acc = 0 written: 4) */
+    double bytes_per_param; /* before issue 14: norm pass 4 + update (acc = 0 written: 4) */
     double bytes_min;       /* issue 14: no norm pass after a full-buffer micro-batch, no acc = 0 (-8) */
 } step_row;
 
@@ -286,7 +300,7 @@ static int cmd_run(size_t n, int k, int repeats) {
             }
             check(gacc_step(e, NULL), "gacc_step");
         }
-        print_samples(ACC[a].first_row, NULL, n, ACC[a].bytes, ACC[a].first_min, first, count_first,
+        print_samples(ACC[a].first_row, NULL, n, ACC[a].first_min, ACC[a].first_min, first, count_first,
                       "first micro-batch of each window");
         if (count) print_samples(ACC[a].row, NULL, n, ACC[a].bytes, ACC[a].bytes, samples, count, "");
     }
@@ -310,7 +324,7 @@ static int cmd_run(size_t n, int k, int repeats) {
             }
             if (r >= 0) samples[count++] = t1 - t0;
         }
-        print_samples(row->row, NULL, n, row->bytes_per_param, row->bytes_min, samples, count, "");
+        print_samples(row->row, NULL, n, row->bytes_min, row->bytes_min, samples, count, "");
         gacc_destroy(e);
     }
 
@@ -331,7 +345,7 @@ static int cmd_run(size_t n, int k, int repeats) {
         }
         if (r >= 0) samples[count++] = t1 - t0;
     }
-    print_samples("window_adamw_clip_bf16", NULL, n, 12.0 * k + 38, 8 + 12.0 * (k - 1) + 30, samples, count,
+    print_samples("window_adamw_clip_bf16", NULL, n, 8 + 12.0 * (k - 1) + 30, 8 + 12.0 * (k - 1) + 30, samples, count,
                   "K micro-batches + step");
     gacc_destroy(e);
     return 0;

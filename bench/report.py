@@ -314,20 +314,22 @@ def byte_model_lines(by, sizes, k):
     which of gacc's two models this run's measurement is nearer."""
     window_today, window_min = 12 * k + 38, 8 + 12 * (k - 1) + 30
     L = ["## Byte model (bytes per parameter, each read and each write counted once)", ""]
-    L.append("Every row carries two counts. `B/param` is what that row moves: for gacc, its passes of "
-             "today (bench/gacc_bench.c; the build measured here); for PyTorch, counted from the ATen ops "
-             "it runs (bench/peers.py `torch_step_bytes`); for JAX and numpy, marked ², the work's count "
-             "with gacc's passes of today. `min B` is the minimum of issue 14's design: the first "
+    L.append("Every row carries two counts. `B/param` is what that row moves: for gacc, the passes of "
+             "the build measured here (bench/gacc_bench.c; since issue 14 landed they are the minimum, so "
+             "gacc's `B/param` = `min B`; runs from before show the old passes); for PyTorch, counted from "
+             "the ATen ops it runs (bench/peers.py `torch_step_bytes`); for JAX and numpy, marked ², the "
+             "work's count with gacc's passes from before issue 14. `min B` is the minimum of issue 14's "
+             "design: the first "
              "micro-batch of a window writes the accumulator instead "
              "of adding to it (nothing to read: the window is empty), the sum of squares and the finite "
              "check come from the accumulation pass that last wrote it, so the step needs no separate "
              "norm pass, and the step no longer writes acc = 0. Compensated (Kahan) accumulation, an "
-             "accumulator the host writes in place (from the first `gacc_accumulator_ptr` on), data "
-             "parallelism and the per-tensor call keep today's bytes, and the step keeps its norm pass "
-             "unless the window's last micro-batch was a full-buffer `gacc_microbatch` (not after an "
-             "in-place or per-tensor micro-batch, a state import or an all-reduce).")
+             "accumulator the host writes in place (from the first `gacc_accumulator_ptr` on) and data "
+             "parallelism keep the old passes, and the step keeps its norm pass unless the window's last "
+             "micro-batch was a full-buffer `gacc_microbatch` or `gacc_microbatch_tensors` (not after an "
+             "in-place micro-batch, a state import or an all-reduce): docs/cpu-performance.md.")
     L.append("")
-    L.append("| row | gacc today | gacc issue 14 minimum | today's passes | what the minimum drops |")
+    L.append("| row | gacc before issue 14 | gacc issue 14 minimum | the old passes | what the minimum drops |")
     L.append("|---|---|---|---|---|")
     for row, (today, bmin, what, drop) in BYTE_MODEL.items():
         L.append(f"| {MODEL_LABEL[row]} | {today} | {bmin} | {what} | {drop} |")
@@ -353,8 +355,8 @@ def byte_model_lines(by, sizes, k):
              "counted, and at 1M parameters the buffers stay in the L3, so a `× floor` below 1 there means "
              "cache, not fewer bytes. torch's counts come from reading the optimizer code of the installed "
              "torch (each ATen op reads its inputs and writes its output once), not from a measurement. "
-             "The issue-14 minimum is a design figure: a build without those passes still moves today's "
-             "bytes, whatever the `min B` column says.")
+             "The issue-14 minimum is what gacc's CPU backend now asks for; a run of an older build "
+             "(docs/benchmarks.jsonl from before 2026-12-02) moved the old counts.")
     L.append("")
     # Which of gacc's models this run shows: the first micro-batch against a later one.
     seen = []
@@ -366,12 +368,12 @@ def byte_model_lines(by, sizes, k):
     if seen:
         parts = []
         for n, x in seen:
-            near = "issue 14's" if abs(x - 8 / 12) < abs(x - 1.0) else "today's"
+            near = "issue 14's" if abs(x - 8 / 12) < abs(x - 1.0) else "the old passes'"
             parts.append(f"{size_label(n)}: {x:.2f} (nearer {near})")
         L.append("Which model this run's gacc shows, from its own medians: time of the first f32 micro-batch "
                  "of a window over a later one, "
                  + "; ".join(parts)
-                 + " (today's passes: 1.00; issue 14's: 8/12 = 0.67; at 1M everything is in cache and the "
+                 + " (the old passes: 1.00; issue 14's: 8/12 = 0.67; at 1M everything is in cache and the "
                  "ratio says little). `× floor` uses the row's own `B/param`; once gacc moves the minimum, "
                  "`× min floor` is its floor.")
     else:
@@ -460,7 +462,7 @@ def summary_lines(info, stream, by, memory, sizes):
         L.append(f"| {ROW_LABEL[row]} | {fmt_t(g['median'])} | {own:g} | {g['gbs']:.1f} | {g['median'] / floor:.2f} | "
                  f"{bmin:g} | {g['median'] / (big * bmin / bw):.2f} | {fp} | {sp} |")
     L.append("")
-    L.append("`× floor`: time over the time the row's bytes (`B/param`, gacc's passes of today) take at "
+    L.append("`× floor`: time over the time the row's bytes (`B/param`: what the row moves) take at "
              "STREAM-add bandwidth (1.00 = at the memory-bandwidth limit); `× min floor` the same for issue "
              "14's minimum (`min B`; docs/benchmarks.md, byte model). The peers are PyTorch "
              "(`p.grad.add_`, `clip_grad_norm_`, AdamW "

@@ -176,11 +176,16 @@ pub trait Backend: Send {
         Ok(())
     }
 
-    /// acc = 0 (and the compensation, and the drop-mode window total and count).
+    /// Empties the window: the accumulator (and the compensation, and the drop-mode
+    /// window total and count) reads as zero from now on. A backend may leave the
+    /// memory as it is and have the next micro-batch write instead of add, as long
+    /// as everything that reads the accumulator (export, all-reduce, the host through
+    /// [`Backend::accumulator_ptr`]) sees zeros.
     fn zero_window(&mut self) -> Result<()>;
 
-    /// Unscale, check, clip, update, rescale, rewrite the working copy and zero the
-    /// accumulator; need not wait for the device.
+    /// Unscale, check, clip, update, rescale, rewrite the working copy and leave the
+    /// accumulator reading as zero (see [`Backend::zero_window`]); need not wait for
+    /// the device.
     fn step(&mut self, request: &StepRequest) -> Result<()>;
 
     /// The report of the last step (waits for the device).

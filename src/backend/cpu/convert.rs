@@ -78,23 +78,6 @@ pub(crate) mod f16c {
             dst[j] = f16::from_f32(src[j]);
         }
     }
-
-    /// acc[i] += mul * f32(grad[i]), the same operation order as the portable loop.
-    #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn accumulate(acc: &mut [f32], grad: &[f16], mul: f32) {
-        let n = acc.len().min(grad.len());
-        let m = _mm256_set1_ps(mul);
-        let mut i = 0;
-        while i + 8 <= n {
-            let g = _mm256_cvtph_ps(_mm_loadu_si128(grad.as_ptr().add(i) as *const __m128i));
-            let pa = acc.as_mut_ptr().add(i);
-            _mm256_storeu_ps(pa, _mm256_add_ps(_mm256_loadu_ps(pa), _mm256_mul_ps(m, g)));
-            i += 8;
-        }
-        for j in i..n {
-            acc[j] += mul * grad[j].to_f32();
-        }
-    }
 }
 
 /// Converts an f16 slice (<= CONVERT_BLOCK long) into `dst`'s prefix.
@@ -144,21 +127,6 @@ mod f16c_tests {
         }
         let mut state = 0x9E37_79B9u32;
         for n in [1usize, 7, 8, 9, 31, 1000, 4099] {
-            // Every kind of f16: normals, subnormals, zeros, inf; NaN checked apart.
-            let grad: Vec<f16> = (0..n).map(|_| f16::from_bits(xorshift(&mut state) as u16)).collect();
-            let acc0: Vec<f32> = (0..n).map(|_| (xorshift(&mut state) % 2001) as f32 * 0.37 - 300.0).collect();
-            for mul in [1.0f32, 0.3, 7.5] {
-                let mut fast = acc0.clone();
-                unsafe { f16c::accumulate(&mut fast, &grad, mul) };
-                for i in 0..n {
-                    let want = acc0[i] + mul * grad[i].to_f32();
-                    if want.is_nan() {
-                        assert!(fast[i].is_nan());
-                    } else {
-                        assert_eq!(fast[i].to_bits(), want.to_bits(), "n {n} i {i} g {:?}", grad[i]);
-                    }
-                }
-            }
             let src: Vec<f32> = (0..n).map(|_| f32::from_bits(xorshift(&mut state))).collect();
             let mut fast = vec![f16::ZERO; n];
             unsafe { f16c::f32_to_f16(&src, &mut fast) };

@@ -1,13 +1,27 @@
 //! The CPU backend: host buffers, all cores, loops the compiler vectorises.
 //!
 //! Memory traffic per parameter (fp32 master, AdamW, fp16 working copy):
-//! - accumulate: read grad (2-4 B) + read/write acc (8 B): one pass;
-//! - step: norm pass reads acc (4 B); the fused pass reads acc, p, m, v and writes p,
-//!   m, v, the working copy and acc = 0 (16 B read + 18 B written).
+//! - accumulate: read grad (2-4 B) + read/write acc (8 B): one pass; the first
+//!   micro-batch of a window only writes acc (4 B), and every full-buffer pass also
+//!   computes the step's norm partials on the side (no extra traffic);
+//! - step: the fused pass reads acc, p, m, v and writes p, m, v and the working copy
+//!   (16 B read + 14 B written); a separate norm pass (reads acc, 4 B) only when the
+//!   partials are not valid (see below).
+//!
+//! The accumulator is not zeroed between windows: after a step or zero_grad it is
+//! *logically zero* (`acc_stale`) and the next micro-batch writes instead of adding.
+//! Zeros are made real wherever something else reads acc (a checkpoint, an
+//! all-reduce, the per-tensor path's tensors without a gradient, the host through
+//! gacc_accumulator_ptr). Eager zeroing, as every step did before, stays where it is
+//! needed (`eager_zero`): compensated accumulation, and once the host holds the
+//! accumulator's address (an in-place host relies on zeros when a window opens).
+//! Either way every value the caller can see is bit-identical.
 
 mod accumulate;
 pub mod convert;
+pub mod isa;
 pub mod parallel;
+mod slices;
 mod step;
 mod tensors;
 
@@ -16,10 +30,11 @@ use std::os::raw::c_void;
 use half::{bf16, f16};
 
 use super::{Backend, BackendInit, GradInput, ParamBuffer, StateSnapshot, StepReport, StepRequest, TensorGrad};
-use crate::engine::config::{Config, Dtype, Optimizer, Precision};
+use crate::engine::config::{Config, Optimizer, Precision};
 use crate::engine::math::ScalerState;
 use crate::status::{Error, Result};
 use parallel::WorkItem;
+use slices::{Grad, Mode};
 
 /// The fp16/bf16 working copy, if the precision asks for one.
 pub(crate) enum WorkingCopy {
@@ -50,6 +65,39 @@ pub struct CpuBackend {
     /// Receive buffer of the data-parallel all-reduce (allocated on first use), so a
     /// failed collective never leaves a half-reduced accumulator.
     reduce_scratch: Vec<f32>,
+    /// The accumulator's memory stands for zero (the window is empty and nothing has
+    /// written it since the last step or zero_grad): the next pass writes, not adds.
+    acc_stale: bool,
+    /// Zero the accumulator at every step and zero_grad instead (compensated
+    /// accumulation; once the host holds gacc_accumulator_ptr). Never stale then.
+    eager_zero: bool,
+    /// The norm partials of the last full-buffer accumulation pass.
+    norms: NormCache,
+    /// The window's total weight as this backend has seen it (outside drop mode,
+    /// which keeps `window_total`): the step's factor is predicted from it.
+    seen_total: f64,
+}
+
+/// Per-work-item sums of squares that an accumulation pass computed for the step,
+/// and the unscale factor they were computed with.
+struct NormCache {
+    partials: Vec<f64>,
+    /// Bits of the factor; None: not valid (something changed acc since, or no pass
+    /// computed them).
+    factor: Option<u32>,
+}
+
+impl NormCache {
+    /// The partials, if they were computed for exactly `factor`; they are used up
+    /// either way (a step ends the window).
+    fn take(&mut self, factor: f32) -> Option<&[f64]> {
+        let valid = self.factor.take() == Some(factor.to_bits());
+        valid.then_some(&self.partials[..])
+    }
+
+    fn invalidate(&mut self) {
+        self.factor = None;
+    }
 }
 
 use crate::alloc::try_copy;
@@ -71,9 +119,11 @@ impl CpuBackend {
         };
         let scaler = ScalerState::new(&init.config.scaler, init.config.precision.scales_loss());
         let comp = try_zeroed::<f32>(if init.config.numerics.compensated { n } else { 0 }, "compensation buffer")?;
+        let items = parallel::work_items(&init.layout.runs);
+        let partials = try_zeroed::<f64>(items.len(), "norm partials")?;
         let mut backend = CpuBackend {
             config: *init.config,
-            items: parallel::work_items(&init.layout.runs),
+            items,
             master,
             acc,
             state1,
@@ -85,6 +135,10 @@ impl CpuBackend {
             scaler,
             applied_steps: 0,
             reduce_scratch: Vec::new(),
+            acc_stale: false,
+            eager_zero: init.config.numerics.compensated,
+            norms: NormCache { partials, factor: None },
+            seen_total: 0.0,
             last: StepReport {
                 applied: false,
                 grad_norm: f32::NAN,
@@ -113,9 +167,55 @@ impl CpuBackend {
         n.stochastic_rounding.then(|| crate::engine::math::sr_key(n.seed, step))
     }
 
-    /// Read access to the accumulator (tests and checkpoints).
-    pub fn accumulator(&self) -> &[f32] {
-        &self.acc
+    /// Makes a logically zero accumulator really zero (before anything reads it).
+    fn materialize_zeros(&mut self) {
+        if self.acc_stale {
+            step::zero(&self.items, &mut self.acc);
+            self.acc_stale = false;
+        }
+    }
+
+    /// Ends the window without an update (a skipped step, zero_grad): the
+    /// accumulator becomes logically zero (really zero, with its compensation, when
+    /// zeroing is eager).
+    fn end_window(&mut self) {
+        if self.eager_zero {
+            step::zero(&self.items, &mut self.acc);
+            step::zero(&self.items, &mut self.comp);
+        } else {
+            self.acc_stale = true;
+        }
+        self.norms.invalidate();
+        self.seen_total = 0.0;
+    }
+
+    /// Books a micro-batch before its pass: in drop mode, first checks the gradient
+    /// (`any_bad`) and counts a non-finite one as dropped (false: leave it out).
+    fn admit(&mut self, any_bad: impl FnOnce(&[WorkItem]) -> bool, weight: f64) -> bool {
+        if self.config.numerics.drop_nonfinite {
+            if any_bad(&self.items) {
+                self.window_dropped = self.window_dropped.saturating_add(1);
+                return false;
+            }
+            self.window_total += weight;
+        } else {
+            self.seen_total += weight;
+        }
+        true
+    }
+
+    /// The unscale factor the step will use if the window ends after the
+    /// micro-batch just booked (the norm partials are computed with it; the step
+    /// checks that it is the same).
+    fn predicted_factor(&self) -> f32 {
+        let total = if self.config.numerics.drop_nonfinite { self.window_total } else { self.seen_total };
+        crate::engine::math::unscale_factor(total, self.scaler.scale)
+    }
+
+    /// Whether a full-buffer pass should compute the step's norm partials: not with
+    /// compensation (the norm is of acc - comp) and not once the host can write acc.
+    fn fuses_norms(&self) -> bool {
+        !self.eager_zero
     }
 
     /// The optimizer type this backend was built for.
@@ -130,70 +230,39 @@ impl Backend for CpuBackend {
     }
 
     unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()> {
-        let n = grad.numel;
-        let items = &self.items;
         // SAFETY: the caller guarantees numel readable, aligned elements of dtype.
-        if self.config.numerics.drop_nonfinite {
-            let bad = match grad.dtype {
-                Dtype::F32 => {
-                    accumulate::any_nonfinite_f32(items, std::slice::from_raw_parts(grad.ptr as *const f32, n))
-                }
-                Dtype::F16 => {
-                    accumulate::any_nonfinite_f16(items, std::slice::from_raw_parts(grad.ptr as *const f16, n))
-                }
-                Dtype::BF16 => {
-                    accumulate::any_nonfinite_bf16(items, std::slice::from_raw_parts(grad.ptr as *const u16, n))
-                }
-            };
-            if bad {
-                self.window_dropped = self.window_dropped.saturating_add(1);
-                return Ok(());
-            }
-            self.window_total += weight;
+        let g = Grad::from_raw(grad.ptr, grad.dtype, grad.numel);
+        if !self.admit(|items| accumulate::any_nonfinite(items, g), weight) {
+            return Ok(());
         }
-        let (acc, comp) = (&mut self.acc, &mut self.comp);
-        let kahan = !comp.is_empty();
-        match grad.dtype {
-            Dtype::F32 => {
-                let g = std::slice::from_raw_parts(grad.ptr as *const f32, n);
-                if kahan {
-                    accumulate::accumulate_f32_kahan(items, acc, comp, g, mul);
-                } else {
-                    accumulate::accumulate_f32(items, acc, g, mul);
-                }
-            }
-            Dtype::F16 => {
-                let g = std::slice::from_raw_parts(grad.ptr as *const f16, n);
-                if kahan {
-                    accumulate::accumulate_f16_kahan(items, acc, comp, g, mul);
-                } else {
-                    accumulate::accumulate_f16(items, acc, g, mul);
-                }
-            }
-            Dtype::BF16 => {
-                let g = std::slice::from_raw_parts(grad.ptr as *const u16, n);
-                if kahan {
-                    accumulate::accumulate_bf16_kahan(items, acc, comp, g, mul);
-                } else {
-                    accumulate::accumulate_bf16(items, acc, g, mul);
-                }
-            }
+        if !self.comp.is_empty() {
+            accumulate::accumulate_kahan(&self.items, &mut self.acc, &mut self.comp, g, mul);
+            return Ok(());
         }
+        let mode = if self.acc_stale { Mode::Write } else { Mode::Add };
+        let factor = self.fuses_norms().then(|| self.predicted_factor());
+        let norms = factor.map(|factor| accumulate::Norms { factor, partials: &mut self.norms.partials });
+        accumulate::accumulate(&self.items, &mut self.acc, g, mul, mode, norms);
+        self.acc_stale = false;
+        self.norms.factor = factor.map(f32::to_bits);
         Ok(())
     }
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
-        let plan = tensors::Plan::new(grads);
+        let pass = tensors::PerTensor::new(grads);
+        let total = self.acc.len();
         // SAFETY: the caller guarantees numel readable, aligned elements per tensor,
-        // at disjoint ranges inside the layout.
-        if self.config.numerics.drop_nonfinite {
-            if plan.any_nonfinite() {
-                self.window_dropped = self.window_dropped.saturating_add(1);
-                return Ok(());
-            }
-            self.window_total += weight;
+        // at disjoint ranges inside the layout, listed in layout order.
+        if !self.admit(|items| pass.any_nonfinite(items, total), weight) {
+            return Ok(());
         }
-        plan.accumulate(&mut self.acc, &mut self.comp, mul);
+        // Logically zero: listed tensors are written over, the others zeroed.
+        let mode = if self.acc_stale { Mode::Write } else { Mode::Add };
+        let factor = self.fuses_norms().then(|| self.predicted_factor());
+        let norms = factor.map(|factor| accumulate::Norms { factor, partials: &mut self.norms.partials });
+        pass.accumulate(&self.items, &mut self.acc, &mut self.comp, mul, mode, norms);
+        self.acc_stale = false;
+        self.norms.factor = factor.map(f32::to_bits);
         Ok(())
     }
 
@@ -201,12 +270,22 @@ impl Backend for CpuBackend {
         if offset >= self.acc.len() {
             return Err(Error::internal("accumulator offset outside the layout"));
         }
+        // The host may write here whenever it likes from now on: zeros are real
+        // from here on, at every window's start.
+        self.materialize_zeros();
+        self.eager_zero = true;
+        self.norms.invalidate();
         Ok(self.acc[offset..].as_mut_ptr())
     }
 
+    fn book_inplace(&mut self, weight: f64) -> Result<()> {
+        self.seen_total += weight;
+        self.norms.invalidate();
+        Ok(())
+    }
+
     fn zero_window(&mut self) -> Result<()> {
-        step::zero(&self.items, &mut self.acc);
-        step::zero(&self.items, &mut self.comp);
+        self.end_window();
         self.window_total = 0.0;
         self.window_dropped = 0;
         Ok(())
@@ -248,6 +327,9 @@ impl Backend for CpuBackend {
     }
 
     fn allreduce_accumulator(&mut self, comm: &mut dyn crate::distributed::Collective) -> Result<()> {
+        // A rank whose window is empty contributes zeros.
+        self.materialize_zeros();
+        self.norms.invalidate();
         if self.reduce_scratch.len() != self.acc.len() {
             self.reduce_scratch = try_zeroed(self.acc.len(), "all-reduce buffer")?;
         }
@@ -268,6 +350,11 @@ impl Backend for CpuBackend {
         Ok(&self.scaler.scale as *const f32)
     }
 
+    fn mirror_window_total(&mut self, total: f64) -> Result<()> {
+        self.seen_total = total;
+        Ok(())
+    }
+
     fn window_counts(&mut self) -> Result<(f64, u32)> {
         Ok((self.window_total, self.window_dropped))
     }
@@ -279,6 +366,8 @@ impl Backend for CpuBackend {
     }
 
     fn export_state(&mut self) -> Result<StateSnapshot> {
+        // A checkpoint of an empty window holds a zero accumulator.
+        self.materialize_zeros();
         Ok(StateSnapshot {
             master: try_copy(&self.master, "checkpoint copy of the master weights")?,
             acc: try_copy(&self.acc, "checkpoint copy of the accumulator")?,
@@ -313,7 +402,92 @@ impl Backend for CpuBackend {
         self.applied_steps = s.applied_steps;
         self.window_total = s.window_total;
         self.window_dropped = s.window_dropped;
+        self.acc_stale = false;
+        self.norms.invalidate();
         self.refresh_working_copy();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::{default_raw_config, Dtype};
+    use crate::engine::layout::Layout;
+
+    /// A plain AdamW/fp32 CPU backend over tensors of these sizes (values 0.5).
+    fn backend(sizes: &[usize]) -> CpuBackend {
+        let config = Config::validate(&default_raw_config()).unwrap();
+        let layout = Layout::new(sizes.iter().map(|&n| (None, n, true)).collect()).unwrap();
+        let params = vec![0.5f32; layout.numel];
+        CpuBackend::new(BackendInit { config: &config, layout: &layout, params: &params }).unwrap()
+    }
+
+    fn add(be: &mut CpuBackend, g: &[f32], weight: f64) {
+        let grad = GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: g.len() };
+        unsafe { be.accumulate(&grad, weight as f32, weight) }.unwrap();
+    }
+
+    fn step(be: &mut CpuBackend, total_weight: f64) -> StepReport {
+        be.step(&StepRequest { total_weight, lr: 1e-3 }).unwrap();
+        be.last_report().unwrap()
+    }
+
+    /// After a step the next micro-batch writes the accumulator without reading it:
+    /// whatever the memory held (poisoned with NaN here) does not matter. Before the
+    /// shortcut the step zeroed acc and the next pass added to it: NaN + x = NaN.
+    #[test]
+    fn first_microbatch_of_a_window_writes_without_reading() {
+        let n = 300_000;
+        let mut be = backend(&[n]);
+        let g: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.01 - 0.4).collect();
+        add(&mut be, &g, 1.0);
+        assert!(step(&mut be, 1.0).applied);
+        assert!(be.acc_stale, "the step should leave the accumulator logically zero");
+        be.acc.fill(f32::NAN);
+        add(&mut be, &g, 0.5);
+        assert!(be.acc.iter().zip(&g).all(|(&a, &g)| a.to_bits() == (0.0 + 0.5 * g).to_bits()));
+    }
+
+    /// The step sums the partials the last accumulation pass computed instead of
+    /// reading acc again: planting known partials shows which one it used.
+    #[test]
+    fn step_takes_the_norm_from_the_accumulation_pass() {
+        let mut be = backend(&[100, 40_000]);
+        let g = vec![0.25f32; be.acc.len()];
+        add(&mut be, &g, 1.0);
+        let partials: Vec<f64> = be.norms.partials.clone();
+        // What the separate norm pass would give, from acc itself.
+        let want = step::sum_of_squares(&be.items, &be.acc, &be.comp, 1.0);
+        assert_eq!(step::sum_partials(&partials).to_bits(), want.to_bits());
+        be.norms.partials.fill(0.0);
+        be.norms.partials[0] = 4.0;
+        assert_eq!(step(&mut be, 1.0).grad_norm, 2.0);
+    }
+
+    /// When the step's factor is not the one the partials were computed with (a
+    /// total the backend did not see), the step runs the norm pass.
+    #[test]
+    fn a_different_factor_falls_back_to_the_norm_pass() {
+        let mut be = backend(&[1000]);
+        let g = vec![0.5f32; 1000];
+        add(&mut be, &g, 1.0);
+        be.norms.partials.fill(1e9); // wrong on purpose: must not be used
+        let want = step::sum_of_squares(&be.items, &be.acc, &be.comp, 0.5).sqrt() as f32;
+        assert_eq!(step(&mut be, 2.0).grad_norm, want);
+    }
+
+    /// Neither shortcut once the host holds the accumulator's address: it sees real
+    /// zeros after every step, and the step reads the accumulator it may have written.
+    #[test]
+    fn the_host_holding_the_accumulator_turns_the_shortcuts_off() {
+        let mut be = backend(&[1000]);
+        let p = be.accumulator_ptr(0).unwrap();
+        let g = vec![0.5f32; 1000];
+        add(&mut be, &g, 1.0);
+        assert!(be.norms.factor.is_none());
+        step(&mut be, 1.0);
+        assert!(!be.acc_stale);
+        assert!(unsafe { std::slice::from_raw_parts(p, 1000) }.iter().all(|&x| x.to_bits() == 0));
     }
 }

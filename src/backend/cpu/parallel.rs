@@ -48,6 +48,18 @@ where
     }
 }
 
+/// Runs `f(k, item k)` on every item, in parallel when the buffers are large.
+pub fn for_each_indexed<F>(items: &[WorkItem], total: usize, f: F)
+where
+    F: Fn(usize, &WorkItem) + Sync + Send,
+{
+    if total >= PARALLEL_THRESHOLD {
+        items.par_iter().enumerate().for_each(|(k, item)| f(k, item));
+    } else {
+        items.iter().enumerate().for_each(|(k, item)| f(k, item));
+    }
+}
+
 /// Maps every item to a value, in item order (parallel when large).
 pub fn map_items<T, F>(items: &[WorkItem], total: usize, f: F) -> Vec<T>
 where
@@ -77,5 +89,12 @@ impl<T> SharedMut<T> {
     #[allow(clippy::mut_from_ref)] // disjointness is the caller's contract (see Safety)
     pub unsafe fn slice(&self, item: &WorkItem) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(item.start), item.end - item.start)
+    }
+
+    /// # Safety
+    /// `k` must lie inside the buffer, and no other thread may touch element k.
+    #[inline(always)]
+    pub unsafe fn write(&self, k: usize, value: T) {
+        *self.0.add(k) = value;
     }
 }

@@ -1,36 +1,29 @@
-//! The step on the CPU: two passes over memory.
+//! The step on the CPU: one or two passes over memory.
 //!
 //! 1. Norm pass: sum of squares of g = acc * factor in f64, per fixed chunk, chunks
 //!    summed in order (deterministic for any thread count). A non-finite g makes the
-//!    sum non-finite, which is how inf/NaN is detected: no separate pass.
+//!    sum non-finite, which is how inf/NaN is detected: no separate pass. Skipped
+//!    when the last accumulation pass already computed the same partials on the side
+//!    (accumulate.rs [`Norms`](super::accumulate::Norms)) for the same factor.
 //! 2. Fused pass: g = (acc * factor) * coef, optimizer update of master and state,
-//!    working copy rewrite, acc = 0. On a skipped step only acc = 0 is written.
+//!    working copy rewrite. The accumulator is not zeroed: the backend marks it
+//!    logically zero and the next micro-batch writes instead of adding (mod.rs),
+//!    except where zeros must be real (`eager_zero`): then acc = 0 here, as before.
+//!    On a skipped step nothing is written (or only acc = 0, eagerly).
 
 use super::convert::{f32_to_bf16_slice, f32_to_f16_slice};
+use super::isa::{isa, Isa};
 use super::parallel::{for_each_item, map_items, SharedMut, WorkItem};
+use super::slices::{add_squares, LANES};
 use super::{CpuBackend, WorkingCopy};
 use crate::backend::{StepReport, StepRequest};
 use crate::engine::config::Optimizer;
 use crate::engine::math::{self, AdamScalars, SgdScalars};
 
-/// Independent accumulators per chunk, so the f64 sum vectorises while its order
-/// stays fixed.
-const LANES: usize = 16;
-
 /// Sum of squares of (acc[i] * factor) over one chunk, in a fixed order.
 fn chunk_sum_sq(acc: &[f32], factor: f32) -> f64 {
     let mut lanes = [0f64; LANES];
-    let mut blocks = acc.chunks_exact(LANES);
-    for block in &mut blocks {
-        for (lane, &a) in lanes.iter_mut().zip(block) {
-            let g = f64::from(a * factor);
-            *lane += g * g;
-        }
-    }
-    for (lane, &a) in lanes.iter_mut().zip(blocks.remainder()) {
-        let g = f64::from(a * factor);
-        *lane += g * g;
-    }
+    add_squares(&mut lanes, acc, factor);
     lanes.iter().sum()
 }
 
@@ -57,6 +50,12 @@ pub fn sum_of_squares(items: &[WorkItem], acc: &[f32], comp: &[f32], factor: f32
     })
     .into_iter()
     .sum()
+}
+
+/// The whole buffer's sum of squares from per-chunk partials, added exactly as
+/// [`sum_of_squares`] adds its chunks.
+pub fn sum_partials(partials: &[f64]) -> f64 {
+    partials.iter().sum()
 }
 
 /// acc = 0 (nothing when the buffer is empty: an absent compensation buffer).
@@ -132,6 +131,8 @@ struct Buffers {
     bf16: Option<SharedMut<half::bf16>>,
     /// Stochastic-rounding key of this step (None: RNE).
     sr: Option<u64>,
+    /// Write acc = 0 (eager zeroing); otherwise acc is only read.
+    zero_acc: bool,
 }
 
 /// The per-step scalars of the chosen optimizer.
@@ -142,29 +143,53 @@ enum Update {
     Sgd(SgdScalars),
 }
 
-/// Runs the fused update of one chunk with the widest vector unit the CPU has. The
-/// AVX2 copy is the same code compiled for 8-wide vectors: IEEE add, mul, div and
-/// sqrt round identically at any width and Rust never contracts to FMA, so both
-/// copies give bit-identical results.
+/// Runs the fused update of one chunk with the widest vector unit the CPU has
+/// (isa.rs): the AVX2 and AVX-512 copies are the same code compiled for wider
+/// vectors and give bit-identical results.
 fn update_chunk(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
+    update_chunk_on(isa(), b, item, update, factor, coef)
+}
+
+fn update_chunk_on(unit: Isa, b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { update_chunk_avx2(b, item, update, factor, coef) };
+        // SAFETY: `unit` is never wider than the CPU supports (isa.rs).
+        unsafe {
+            match unit {
+                Isa::Avx512 => return update_chunk_avx512(b, item, update, factor, coef),
+                Isa::Avx2 => return update_chunk_avx2(b, item, update, factor, coef),
+                Isa::Portable => {}
+            }
         }
     }
+    let _ = unit;
     update_chunk_body(b, item, update, factor, coef)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn update_chunk_avx2(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
+    update_chunk_body(b, item, update, factor, coef)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+unsafe fn update_chunk_avx512(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
     update_chunk_body(b, item, update, factor, coef)
 }
 
 #[inline(always)]
 fn update_chunk_body(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
+    if b.zero_acc {
+        update_body::<true>(b, item, update, factor, coef)
+    } else {
+        update_body::<false>(b, item, update, factor, coef)
+    }
+}
+
+/// The update of one chunk; ZERO_ACC: also write acc = 0.
+#[inline(always)]
+fn update_body<const ZERO_ACC: bool>(b: &Buffers, item: &WorkItem, update: &Update, factor: f32, coef: f32) {
     // SAFETY: items are disjoint and inside every buffer that exists for this
     // optimizer (state buffers are only touched by the optimizers that allocate them).
     let (p, acc) = unsafe { (b.master.slice(item), b.acc.slice(item)) };
@@ -186,7 +211,9 @@ fn update_chunk_body(b: &Buffers, item: &WorkItem, update: &Update, factor: f32,
                 p[i] = np;
                 m[i] = nm;
                 v[i] = nv;
-                acc[i] = 0.0;
+                if ZERO_ACC {
+                    acc[i] = 0.0;
+                }
             }
         }
         Update::SgdMomentum(s) => {
@@ -196,14 +223,18 @@ fn update_chunk_body(b: &Buffers, item: &WorkItem, update: &Update, factor: f32,
                 let (np, nb) = math::sgd_momentum_element(p[i], buf[i], g, item.decay, s);
                 p[i] = np;
                 buf[i] = nb;
-                acc[i] = 0.0;
+                if ZERO_ACC {
+                    acc[i] = 0.0;
+                }
             }
         }
         Update::Sgd(s) => {
             for i in 0..p.len() {
                 let g = (acc[i] * factor) * coef;
                 p[i] = math::sgd_plain_element(p[i], g, item.decay, s);
-                acc[i] = 0.0;
+                if ZERO_ACC {
+                    acc[i] = 0.0;
+                }
             }
         }
     }
@@ -228,15 +259,21 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
     let window_total = if drop_mode { total } else { 0.0 };
     be.window_total = 0.0;
     be.window_dropped = 0;
+    be.seen_total = 0.0;
+    // A window that never wrote the accumulator (every micro-batch dropped) reads
+    // real zeros, as before: its norm is NaN (0 * inf), not whatever the memory holds.
+    be.materialize_zeros();
     let factor = math::unscale_factor(total, be.scaler.scale);
-    let sum_sq = sum_of_squares(&be.items, &be.acc, &be.comp, factor);
+    let sum_sq = match be.norms.take(factor) {
+        Some(partials) => sum_partials(partials),
+        None => sum_of_squares(&be.items, &be.acc, &be.comp, factor),
+    };
     let found_inf = !sum_sq.is_finite() || total <= 0.0;
     let grad_norm = sum_sq.sqrt() as f32;
     let cfg = be.config;
 
     if found_inf {
-        zero(&be.items, &mut be.acc);
-        zero(&be.items, &mut be.comp);
+        be.end_window();
         be.scaler_update(true);
         return StepReport {
             applied: false,
@@ -282,8 +319,12 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
         f16,
         bf16,
         sr,
+        zero_acc: be.eager_zero,
     };
     for_each_item(&be.items, be.master.len(), |item| update_chunk(&buffers, item, &update, factor, coef));
+    // Eagerly the update pass wrote acc = 0 (and comp = 0); otherwise the next
+    // micro-batch writes over what is left.
+    be.acc_stale = !be.eager_zero;
 
     be.applied_steps = t;
     be.scaler_update(dropped > 0);
@@ -310,13 +351,11 @@ impl CpuBackend {
 mod tests {
     use super::*;
 
-    /// The AVX2 copy of the fused loop must round exactly like the portable one
-    /// (meaningful in release builds, where both are vectorised).
+    /// The AVX2 and AVX-512 copies of the fused loop must round exactly like the
+    /// portable one (meaningful in release builds, where all are vectorised), with
+    /// and without the acc = 0 write.
     #[test]
-    fn avx2_update_matches_portable_bit_for_bit() {
-        if !std::is_x86_feature_detected!("avx2") {
-            return;
-        }
+    fn every_unit_updates_like_the_portable_copy_bit_for_bit() {
         let n = 1003;
         let mut state = 0x1234_5678u32;
         let mut rnd = || {
@@ -349,8 +388,8 @@ mod tests {
             Update::Sgd(SgdScalars { neg_lr: -0.05, weight_decay: 0.1, momentum: 0.0, nesterov: false, first: false }),
         ];
         for update in updates {
-            for decay in [true, false] {
-                let run = |avx2: bool| {
+            for (decay, zero_acc) in [(true, true), (false, true), (true, false)] {
+                let run = |unit: Isa| {
                     let (mut p, mut acc, mut s1, mut s2) = (p0.clone(), acc0.clone(), s10.clone(), s20.clone());
                     let mut w = vec![half::f16::ZERO; n];
                     let b = Buffers {
@@ -362,17 +401,17 @@ mod tests {
                         state2: SharedMut(s2.as_mut_ptr()),
                         f16: Some(SharedMut(w.as_mut_ptr())),
                         bf16: None,
+                        zero_acc,
                     };
                     let item = WorkItem { start: 0, end: n, decay };
-                    if avx2 {
-                        unsafe { update_chunk_avx2(&b, &item, &update, 0.37, 0.9) };
-                    } else {
-                        update_chunk_body(&b, &item, &update, 0.37, 0.9);
-                    }
+                    update_chunk_on(unit, &b, &item, &update, 0.37, 0.9);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     (bits(&p), bits(&acc), bits(&s1), bits(&s2), w.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
                 };
-                assert!(run(true) == run(false), "decay {decay}");
+                let portable = run(Isa::Portable);
+                for unit in super::super::isa::available() {
+                    assert!(run(unit) == portable, "{unit:?} decay {decay} zero_acc {zero_acc}");
+                }
             }
         }
     }

@@ -1,81 +1,68 @@
 //! One micro-batch given tensor by tensor (`gacc_microbatch_tensors`) in one parallel
 //! pass, whatever the tensor count.
 //!
-//! The listed tensors are laid end to end in a virtual concatenation and that is cut
-//! into equal work items of CHUNK elements, so a model of 512 small tensors costs as
-//! many pool tasks as one tensor of the same size, never one round trip per tensor. An
-//! item walks the segments (tensor pieces) it covers and runs the same per-slice
-//! bodies as the flat pass (accumulate.rs), so every element gets exactly the
-//! arithmetic `gacc_microbatch` gives it: bit-identical results.
+//! The pass runs over the layout's own work items (parallel.rs), exactly the items
+//! the flat pass uses: an item walks the pieces of the tensors it covers, adding a
+//! listed tensor's gradient with the same per-slice loops as `gacc_microbatch`
+//! (slices.rs), so every element gets the same arithmetic (bit-identical results),
+//! and a model of 512 small tensors costs as many pool tasks as one tensor of the
+//! same size, never one round trip per tensor. Because the items are the flat
+//! pass's, the pass can also compute the step's norm partials on the side, and in
+//! a window whose accumulator is logically zero it writes the listed tensors and
+//! zeros the others in the same pass.
 
-use half::f16;
 use rayon::prelude::*;
 
-use super::accumulate::{
-    add_bf16, add_f16, add_f32, add_kahan, f16c_available, nonfinite_bf16, nonfinite_f16, nonfinite_f32,
-};
-use super::convert::bf16_bits_to_f32;
-use super::parallel::{SharedMut, WorkItem, CHUNK, PARALLEL_THRESHOLD};
+use super::accumulate::{Norms, SUB};
+use super::parallel::{for_each_indexed, SharedMut, WorkItem, PARALLEL_THRESHOLD};
+use super::slices::{self, add_squares, Grad, Mode, LANES};
 use crate::backend::TensorGrad;
-use crate::engine::config::Dtype;
 
-/// The listed tensors as one virtual concatenation.
-pub struct Plan<'a> {
+/// The listed tensors of one micro-batch, in layout order.
+pub struct PerTensor<'a> {
     grads: &'a [TensorGrad],
-    /// starts[k]: where grads[k] begins in the virtual concatenation; one more entry
-    /// at the end holds the total.
-    starts: Vec<usize>,
+    /// ends[k]: where grads[k] ends in the flat buffers.
+    ends: Vec<usize>,
 }
 
-// SAFETY: the plan only reads through the gradient pointers (the caller's contract
+// SAFETY: the pass only reads through the gradient pointers (the caller's contract
 // for the pass makes them valid for its duration); threads share it read-only.
-unsafe impl Sync for Plan<'_> {}
+unsafe impl Sync for PerTensor<'_> {}
 
-impl<'a> Plan<'a> {
-    pub fn new(grads: &'a [TensorGrad]) -> Plan<'a> {
-        let mut starts = Vec::with_capacity(grads.len() + 1);
-        let mut v = 0usize;
-        for g in grads {
-            starts.push(v);
-            v += g.grad.numel;
-        }
-        starts.push(v);
-        Plan { grads, starts }
+impl<'a> PerTensor<'a> {
+    /// `grads` must be in layout order (the engine lists them by tensor index).
+    pub fn new(grads: &'a [TensorGrad]) -> PerTensor<'a> {
+        let ends = grads.iter().map(|g| g.offset + g.grad.numel).collect();
+        PerTensor { grads, ends }
     }
 
-    /// Elements in all listed tensors.
-    pub fn total(&self) -> usize {
-        self.starts[self.grads.len()]
-    }
-
-    /// The work items: [v, v + CHUNK) over the virtual concatenation.
-    fn items(&self) -> Vec<(usize, usize)> {
-        let total = self.total();
-        (0..total.div_ceil(CHUNK)).map(|i| (i * CHUNK, ((i + 1) * CHUNK).min(total))).collect()
-    }
-
-    /// Calls `f(tensor k, lo, hi)` for every piece [lo, hi) of tensor k (in its own
-    /// element numbering) that the virtual range [v0, v1) covers.
-    fn segments(&self, v0: usize, v1: usize, mut f: impl FnMut(&TensorGrad, usize, usize)) {
-        // The last tensor starting at or before v0 (empty tensors are never listed).
-        let mut k = self.starts.partition_point(|&s| s <= v0) - 1;
-        let mut v = v0;
-        while v < v1 {
-            let (start, end) = (self.starts[k], self.starts[k + 1]);
-            let hi = end.min(v1);
-            f(&self.grads[k], v - start, hi - start);
-            v = hi;
-            k += 1;
-        }
-    }
-
-    /// Runs `body` on every item, in parallel when the pass is large.
-    fn for_each(&self, body: impl Fn(usize, usize) + Sync + Send) {
-        let items = self.items();
-        if self.total() >= PARALLEL_THRESHOLD {
-            items.par_iter().for_each(|&(a, b)| body(a, b));
-        } else {
-            items.iter().for_each(|&(a, b)| body(a, b));
+    /// Calls `f(lo, hi, grad)` for consecutive pieces covering [lo0, hi0) of the flat
+    /// buffers: `grad` is the listed gradient's elements for [lo, hi), None where no
+    /// listed tensor lies (a tensor without a gradient in this micro-batch).
+    ///
+    /// # Safety
+    /// Every listed pointer must point to `numel` readable, aligned elements.
+    unsafe fn pieces(&self, lo0: usize, hi0: usize, mut f: impl FnMut(usize, usize, Option<Grad<'_>>)) {
+        // The first listed tensor ending after lo0.
+        let mut k = self.ends.partition_point(|&end| end <= lo0);
+        let mut at = lo0;
+        while at < hi0 {
+            match self.grads.get(k) {
+                Some(t) if t.offset <= at => {
+                    let hi = self.ends[k].min(hi0);
+                    let g = Grad::from_raw(t.grad.ptr, t.grad.dtype, t.grad.numel);
+                    f(at, hi, Some(g.range(at - t.offset, hi - t.offset)));
+                    if hi == self.ends[k] {
+                        k += 1;
+                    }
+                    at = hi;
+                }
+                next => {
+                    let hi = next.map_or(hi0, |t| t.offset.min(hi0));
+                    f(at, hi, None);
+                    at = hi;
+                }
+            }
         }
     }
 
@@ -83,86 +70,89 @@ impl<'a> Plan<'a> {
     ///
     /// # Safety
     /// Every listed pointer must point to `numel` readable, aligned elements.
-    pub unsafe fn any_nonfinite(&self) -> bool {
-        let items = self.items();
-        let check = |&(a, b): &(usize, usize)| {
+    pub unsafe fn any_nonfinite(&self, items: &[WorkItem], total: usize) -> bool {
+        let check = |item: &WorkItem| {
             let mut bad = false;
-            self.segments(a, b, |t, lo, hi| {
-                // SAFETY: the caller's contract; lo..hi lies inside the tensor.
-                bad |= unsafe { segment_nonfinite(t, lo, hi) };
-            });
+            // SAFETY: the caller's contract.
+            unsafe {
+                self.pieces(item.start, item.end, |_, _, g| {
+                    if let Some(g) = g {
+                        bad |= slices::nonfinite(g);
+                    }
+                })
+            };
             bad
         };
-        if self.total() >= PARALLEL_THRESHOLD {
+        if total >= PARALLEL_THRESHOLD {
             items.par_iter().map(check).reduce(|| false, |x, y| x | y)
         } else {
             items.iter().map(check).fold(false, |x, y| x | y)
         }
     }
 
-    /// acc[offset + i] += mul * grad[i] for every listed tensor; Kahan-compensated
-    /// into `comp` when it is not empty.
+    /// acc[offset + i] += mul * grad[i] for every listed tensor (= 0 + mul * grad[i]
+    /// with Mode::Write, which also zeros the unlisted tensors); Kahan-compensated
+    /// into `comp` when it is not empty (never with Mode::Write: a compensated
+    /// accumulator is zeroed eagerly). With `norms`, the per-item sums of squares of
+    /// the whole accumulator, as the flat pass computes them.
     ///
     /// # Safety
     /// Every listed pointer must point to `numel` readable, aligned elements; every
     /// tensor range lies inside acc (and comp, when not empty) and the ranges are
-    /// disjoint.
-    pub unsafe fn accumulate(&self, acc: &mut [f32], comp: &mut [f32], mul: f32) {
+    /// disjoint; `items` are the layout's work items over acc.
+    pub unsafe fn accumulate(
+        &self,
+        items: &[WorkItem],
+        acc: &mut [f32],
+        comp: &mut [f32],
+        mul: f32,
+        mode: Mode,
+        norms: Option<Norms>,
+    ) {
         let base = SharedMut(acc.as_mut_ptr());
         let cbase = SharedMut(comp.as_mut_ptr());
         let kahan = !comp.is_empty();
-        let fast = f16c_available();
-        self.for_each(|a, b| {
-            self.segments(a, b, |t, lo, hi| {
-                let range = WorkItem { start: t.offset + lo, end: t.offset + hi, decay: false };
-                // SAFETY: tensor ranges are disjoint and inside acc/comp, and work
-                // items are disjoint pieces of them; the gradient is the caller's.
+        let factor = norms.as_ref().map(|n| n.factor);
+        let out = norms.map(|n| SharedMut(n.partials.as_mut_ptr()));
+        for_each_indexed(items, acc.len(), |k, item| {
+            let mut lanes = [0f64; LANES];
+            let mut lo = item.start;
+            while lo < item.end {
+                let hi = (lo + SUB).min(item.end);
+                // SAFETY: the caller's contract; work items are disjoint and so are
+                // the pieces inside one.
                 unsafe {
-                    let acc = base.slice(&range);
-                    if kahan {
-                        segment_kahan(t, lo, hi, acc, cbase.slice(&range), mul);
-                    } else {
-                        segment_add(t, lo, hi, acc, mul, fast);
+                    self.pieces(lo, hi, |a, b, g| {
+                        let range = WorkItem { start: a, end: b, decay: false };
+                        let dst = base.slice(&range);
+                        match g {
+                            Some(g) if kahan => slices::kahan(dst, cbase.slice(&range), g, mul),
+                            Some(g) => slices::accumulate(dst, g, mul, mode),
+                            None if mode == Mode::Write => dst.fill(0.0),
+                            None => {}
+                        }
+                    });
+                    if let Some(factor) = factor {
+                        add_squares(&mut lanes, base.slice(&WorkItem { start: lo, end: hi, decay: false }), factor);
                     }
                 }
-            });
+                lo = hi;
+            }
+            if let Some(out) = &out {
+                // SAFETY: partial k belongs to item k alone.
+                unsafe { out.write(k, lanes.iter().sum()) };
+            }
         });
-    }
-}
-
-/// Elements [lo, hi) of a tensor's gradient as a slice of `T`.
-unsafe fn part<'g, T>(t: &TensorGrad, lo: usize, hi: usize) -> &'g [T] {
-    std::slice::from_raw_parts((t.grad.ptr as *const T).add(lo), hi - lo)
-}
-
-unsafe fn segment_nonfinite(t: &TensorGrad, lo: usize, hi: usize) -> bool {
-    match t.grad.dtype {
-        Dtype::F32 => nonfinite_f32(part(t, lo, hi)),
-        Dtype::F16 => nonfinite_f16(part(t, lo, hi)),
-        Dtype::BF16 => nonfinite_bf16(part(t, lo, hi)),
-    }
-}
-
-unsafe fn segment_add(t: &TensorGrad, lo: usize, hi: usize, acc: &mut [f32], mul: f32, fast: bool) {
-    match t.grad.dtype {
-        Dtype::F32 => add_f32(acc, part(t, lo, hi), mul),
-        Dtype::F16 => add_f16(acc, part(t, lo, hi), mul, fast),
-        Dtype::BF16 => add_bf16(acc, part(t, lo, hi), mul),
-    }
-}
-
-unsafe fn segment_kahan(t: &TensorGrad, lo: usize, hi: usize, acc: &mut [f32], comp: &mut [f32], mul: f32) {
-    match t.grad.dtype {
-        Dtype::F32 => add_kahan(acc, comp, part::<f32>(t, lo, hi), mul, |g| g),
-        Dtype::F16 => add_kahan(acc, comp, part::<f16>(t, lo, hi), mul, f16::to_f32),
-        Dtype::BF16 => add_kahan(acc, comp, part::<u16>(t, lo, hi), mul, bf16_bits_to_f32),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::parallel::{work_items, CHUNK};
     use super::*;
     use crate::backend::GradInput;
+    use crate::engine::config::Dtype;
+    use crate::engine::layout::DecayRun;
 
     fn grad(data: &[f32], offset: usize, index: usize) -> TensorGrad {
         let grad = GradInput { ptr: data.as_ptr().cast(), dtype: Dtype::F32, numel: data.len() };
@@ -170,22 +160,30 @@ mod tests {
     }
 
     #[test]
-    fn items_cover_every_listed_element_once() {
-        // Sizes around CHUNK so that items start inside, at and across tensors.
-        let sizes = [1, CHUNK - 1, 2, CHUNK, 3 * CHUNK + 5, 7];
+    fn pieces_cover_every_element_once() {
+        // Sizes around CHUNK and SUB so that items start inside, at and across
+        // tensors, with a gap of 3 unlisted elements before each listed tensor.
+        let sizes = [1, CHUNK - 1, 2, CHUNK, 3 * CHUNK + 5, 7, SUB + 1];
         let bufs: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![1.0; n]).collect();
         let mut offset = 0;
         let mut grads = Vec::new();
         for (i, b) in bufs.iter().enumerate() {
-            grads.push(grad(b, offset + 3, i)); // a gap of 3 unlisted elements each
+            grads.push(grad(b, offset + 3, i));
             offset += b.len() + 3;
         }
-        let mut acc = vec![0f32; offset];
-        unsafe { Plan::new(&grads).accumulate(&mut acc, &mut [], 1.0) };
-        let mut want = vec![0f32; offset];
+        let n = offset + 2;
+        let items = work_items(&[
+            DecayRun { start: 0, end: 5000, decay: true },
+            DecayRun { start: 5000, end: n, decay: false },
+        ]);
+        let mut want = vec![0f32; n];
         for g in &grads {
             want[g.offset..g.offset + g.grad.numel].fill(1.0);
         }
-        assert_eq!(acc, want);
+        for mode in [Mode::Add, Mode::Write] {
+            let mut acc = vec![if mode == Mode::Add { 0.0 } else { f32::NAN }; n];
+            unsafe { PerTensor::new(&grads).accumulate(&items, &mut acc, &mut [], 1.0, mode, None) };
+            assert!(acc.iter().zip(&want).all(|(a, w)| a.to_bits() == w.to_bits()), "{mode:?}");
+        }
     }
 }
