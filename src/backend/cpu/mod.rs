@@ -412,12 +412,12 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::config::{default_raw_config, Dtype};
+    use crate::engine::config::{Dtype, RawConfig};
     use crate::engine::layout::Layout;
 
     /// A plain AdamW/fp32 CPU backend over tensors of these sizes (values 0.5).
     fn backend(sizes: &[usize]) -> CpuBackend {
-        let config = Config::validate(&default_raw_config()).unwrap();
+        let config = Config::validate(&RawConfig::defaults()).unwrap();
         let layout = Layout::new(sizes.iter().map(|&n| (None, n, true)).collect()).unwrap();
         let params = vec![0.5f32; layout.numel];
         CpuBackend::new(BackendInit { config: &config, layout: &layout, params: &params }).unwrap()
