@@ -6,6 +6,9 @@
 //   an info pointer, gacc_loss_scale), so a step needs no device-to-host transfer.
 // - fp16/bf16 <-> fp32 conversions (round to nearest even) and the 1-D grid-stride
 //   index helpers.
+// - The norm's per-element term and block tree (shared by gacc_norm_partials and the
+//   accumulate kernels that produce its partials, so both give the same bits) and
+//   the last-block-done helper (the accumulation's booking and acc_stale flag).
 // - The arithmetic of src/engine/math.rs, mirrored operation for operation. Kernels
 //   are compiled with --fmad=false --prec-div=true --prec-sqrt=true --ftz=false, so
 //   each +, *, /, sqrt below rounds exactly once, as on the CPU.
