@@ -566,7 +566,8 @@ pub fn captured_microbatch_replayed_matches_direct_calls() {
                 sources.push(last);
             }
             let mut acc: *mut f32 = std::ptr::null_mut();
-            assert_eq!(gacc_accumulator_ptr(captured, 0, &mut acc), gacc_status::GACC_OK, "{}", last_error());
+            let st = gacc::ffi::tensors::gacc_accumulator_ptr(captured, 0, &mut acc);
+            assert_eq!(st, gacc_status::GACC_OK, "{}", last_error());
             let mut host = vec![1u32; n];
             ok(sys::cuCtxSynchronize(), "sync");
             ok(sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), acc as u64, 4 * n), "read the accumulator");
