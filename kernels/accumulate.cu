@@ -283,8 +283,8 @@ gacc_check_finite(const void* __restrict__ grad, int dtype, gacc_u64 n, gacc_sta
 // acc = 0 (every element, grid-stride), then the flag is cleared by the last block;
 // nothing is written when acc is not stale. make_eager = 1 also sets
 // state->eager_zero (gacc_accumulator_ptr: from then on steps zero acc eagerly, as
-// in-place hosts need). Launched before what needs real zeros in memory: the per-tensor
-// accumulation (unlisted tensors stay 0), an in-place booking, a device all-reduce.
+// in-place hosts need). Launched before what needs real zeros in memory: an in-place
+// booking and a device all-reduce (the per-tensor kernel zeroes its gaps itself).
 // Traffic: 4 B written per parameter when stale, nothing otherwise.
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_materialize_zero(float* __restrict__ acc, gacc_u64 n, gacc_state* state, unsigned make_eager) {
@@ -323,7 +323,8 @@ gacc_materialize_zero(float* __restrict__ acc, gacc_u64 n, gacc_state* state, un
 
 // Mirrored by TensorEntry in src/backend/cuda/tensors.rs (a test checks the size).
 struct gacc_tensor_entry {
-    gacc_u64 grad;         // device address of the gradient (a staged copy for host memory)
+    gacc_u64 grad;         // device address of the gradient (a staged copy for host memory);
+                           // 0: a gap, elements no listed tensor covers (zeroed when stale)
     gacc_u64 offset;       // element offset of the tensor in acc and comp
     gacc_u64 numel;
     gacc_u64 first_chunk;  // number of the tensor's first chunk among all listed tensors
@@ -352,31 +353,49 @@ GACC_INLINE void gacc_for_each_chunk(const gacc_tensor_entry* table, unsigned n_
     }
 }
 
-// acc += mul * grad for every tensor of the table (never stale: the backend launches
-// gacc_materialize_zero first when the accumulator may be). Thread 0 of block 0
-// books the micro-batch at the start (window_total += weight, which no other thread
-// of this kernel reads; drop mode, seq != 0: gacc_check_finite_tensors ran before,
-// and a flagged micro-batch is counted as dropped and not added). With n_chunks 0 (every tensor NULL, or an in-place
-// micro-batch: gacc_microbatch_inplace) the launch only books.
+// acc += mul * grad for every tensor of the table. Thread 0 of block 0 books the
+// micro-batch at the start (window_total += weight, which no other thread of this
+// kernel reads; drop mode, seq != 0: gacc_check_finite_tensors ran before, and a
+// flagged micro-batch is counted as dropped and not added). With n_chunks 0 (every
+// tensor NULL, or an in-place micro-batch: gacc_microbatch_inplace) the launch only
+// books.
+// Lazy zeroing: when the table lists at least one tensor, the backend appends "gap"
+// entries (grad 0) covering every element no listed tensor covers, so the chunks
+// cover the whole accumulator. A stale accumulator (state->acc_stale) then gets
+// acc = 0.0f + mul * g in listed tensors (not read) and 0 in the gaps, and the last
+// block clears the flag; otherwise the gaps are skipped. Gap chunks cost a block a
+// table search and nothing else when acc is not stale.
 extern "C" __global__ void __launch_bounds__(GACC_BLOCK)
 gacc_accumulate_tensors(float* __restrict__ acc, float* __restrict__ comp, const gacc_tensor_entry* table,
                         unsigned n_tensors, gacc_u64 n_chunks, float mul, gacc_state* state, unsigned seq,
                         double weight) {
-    if (gacc_book(state, seq, weight)) {
-        return;
+    const bool bad = gacc_book(state, seq, weight);
+    const bool stale = state->acc_stale != 0u;
+    if (!bad) {
+        gacc_for_each_chunk(table, n_tensors, n_chunks, [&](const gacc_tensor_entry& t, gacc_u64 lo, gacc_u64 hi) {
+            float* a = acc + t.offset;
+            if (t.grad == 0ull) {
+                if (stale) {
+                    for (gacc_u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) a[i] = 0.0f;
+                }
+                return;
+            }
+            float* c = comp ? comp + t.offset : nullptr;
+            const void* g = reinterpret_cast<const void*>(t.grad);
+            if (t.dtype == 0) {
+                gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f32(), threadIdx.x, blockDim.x, stale);
+            } else if (t.dtype == 1) {
+                gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f16(), threadIdx.x, blockDim.x, stale);
+            } else {
+                gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_bf16(), threadIdx.x, blockDim.x, stale);
+            }
+        });
     }
-    gacc_for_each_chunk(table, n_tensors, n_chunks, [&](const gacc_tensor_entry& t, gacc_u64 lo, gacc_u64 hi) {
-        float* a = acc + t.offset;
-        float* c = comp ? comp + t.offset : nullptr;
-        const void* g = reinterpret_cast<const void*>(t.grad);
-        if (t.dtype == 0) {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f32(), threadIdx.x, blockDim.x, false);
-        } else if (t.dtype == 1) {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_f16(), threadIdx.x, blockDim.x, false);
-        } else {
-            gacc_accumulate_range(a, c, g, lo, hi, mul, t.vec, gacc_load_bf16(), threadIdx.x, blockDim.x, false);
-        }
-    });
+    // The chunks covered every element (listed tensors and gaps) once every block is
+    // done; an empty table (a booking) leaves a stale accumulator stale.
+    if (gacc_block_is_last(&state->blocks_done) && !bad && n_chunks > 0) {
+        state->acc_stale = 0u;
+    }
 }
 
 // Drop mode's check pass over every tensor of the table (as gacc_check_finite).
@@ -385,6 +404,9 @@ gacc_check_finite_tensors(const gacc_tensor_entry* table, unsigned n_tensors, ga
                           unsigned seq) {
     bool bad = false;
     gacc_for_each_chunk(table, n_tensors, n_chunks, [&](const gacc_tensor_entry& t, gacc_u64 lo, gacc_u64 hi) {
+        if (t.grad == 0ull) {
+            return;  // a gap (lazy zeroing): no gradient there
+        }
         if (t.dtype == 0) {
             const unsigned* g = reinterpret_cast<const unsigned*>(t.grad);
             for (gacc_u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) bad |= (g[i] & 0x7F800000u) == 0x7F800000u;

@@ -525,13 +525,12 @@ impl<R: Runtime> Backend for CudaBackend<R> {
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
         use super::tensors;
-        // Unlisted tensors must read as zeros and listed ones add into zeros: a stale
-        // accumulator is materialised first (the per-tensor kernel always adds).
-        self.materialize_zeros(false)?;
+        // A stale accumulator is handled by the kernel itself: listed tensors are
+        // written, the rest zeroed (the table's gaps). No norm partials from it.
         self.invalidate_partials();
         let (acc, comp, state, n) = (self.acc.ptr(), ptr_or_null(self.comp), self.state.ptr(), self.n);
         let staging = &mut self.staging;
-        let p = tensors::prepare(&mut self.rt, &mut self.bufs, &mut self.tables, grads, acc, |rt, bufs| {
+        let p = tensors::prepare(&mut self.rt, &mut self.bufs, &mut self.tables, grads, acc, n, |rt, bufs| {
             staging_of(staging, rt, bufs, n)
         })?;
         let mut seq = 0;
@@ -541,7 +540,12 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             seq = self.seq;
             tensors::check_finite(&mut self.rt, &p, state, seq)?;
         }
-        tensors::accumulate(&mut self.rt, &p, acc, comp, mul, state, seq, weight)
+        tensors::accumulate(&mut self.rt, &p, acc, comp, mul, state, seq, weight)?;
+        // A kept micro-batch that listed a tensor cleared the device's stale flag.
+        if !self.drop_mode && !grads.is_empty() {
+            self.maybe_stale = false;
+        }
+        Ok(())
     }
 
     /// An in-place micro-batch moves no data, but its weight joins the device's
