@@ -18,8 +18,9 @@
 //! (acc_stale); the next flat micro-batch writes instead of adding. Eager zeroing as
 //! before with compensated accumulation and once gacc_accumulator_ptr was taken
 //! (device flag eager_zero). What must see real zeros gets them: checkpoint export
-//! (the snapshot holds zeros), the per-tensor path, an in-place booking and a device
-//! all-reduce (gacc_materialize_zero first).
+//! (the snapshot holds zeros), the per-tensor kernel (it zeroes what no listed
+//! tensor covers), an in-place booking and a device all-reduce
+//! (gacc_materialize_zero first).
 //!
 //! Everything that changes from window to window lives in device memory, not in
 //! kernel arguments: the window's total weight (added by the accumulate kernel), the
