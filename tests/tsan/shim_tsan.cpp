@@ -7,7 +7,8 @@
 // != 0), with every option the kernels branch on (compensation, drop mode's gate
 // with flagged and clean gradients, misaligned gradients taking the scalar path,
 // applied and skipped steps, f16/bf16/no working copy, stochastic rounding, lazy
-// zeroing with the fused norm partials and the last-block-done booking). A few
+// zeroing with the fused norm partials and the last-block-done booking, the
+// per-tensor kernel zeroing a stale accumulator's gaps). A few
 // results are checked so that a wrong argument list cannot pass silently; the
 // point is TSan's verdict: any report makes the program exit non-zero (TSan's
 // exitcode).
@@ -207,6 +208,25 @@ void run_size(gacc_u64 n) {
     expect(state.acc_stale == 0u && state.eager_zero == 1u && acc[0] == 0.0f && acc[n - 1] == 0.0f,
            "materialize writes zeros, clears the flag, switches to eager");
     launch("gacc_materialize_zero", kGrid, kBlock, acc.data(), n, st, 0u);
+
+    // The per-tensor kernel over a stale accumulator: one listed tensor and a gap
+    // entry (gradient 0) over the rest, fewer chunks than blocks (an idle block still
+    // takes its ticket); then the same table when not stale, and its check pass.
+    const gacc_u64 half = n / 2;
+    gacc_tensor_entry table[2] = {
+        {(gacc_u64)(uintptr_t)g32, 0, half, 0, 0u, 1u},
+        {0, half, n - half, 1, 0u, 0u},
+    };
+    state.eager_zero = 0u;
+    state.acc_stale = 1u;
+    acc[n - 1] = NAN;
+    for (int pass = 0; pass < 2; ++pass) {
+        launch("gacc_check_finite_tensors", kGrid, kBlock, (const gacc_tensor_entry*)table, 2u, (gacc_u64)2, st, 5u);
+        launch("gacc_accumulate_tensors", kGrid, kBlock, acc.data(), (float*)nullptr, (const gacc_tensor_entry*)table,
+               2u, (gacc_u64)2, 1.0f, st, 5u, 1.0);
+        expect(state.acc_stale == 0u && state.blocks_done == 0u && acc[n - 1] == 0.0f,
+               "the per-tensor kernel zeroes the gap of a stale accumulator and clears the flag");
+    }
 
     // Working copy rewrites and the data-parallel helpers.
     for (unsigned sr = 0; sr < 2; ++sr) {
