@@ -7,8 +7,14 @@
 //!     cargo bench --bench gpu            # GACC_BENCH_NUMEL (default 2^28), GACC_BENCH_ITERS
 //!
 //! Bytes counted per parameter (docs/cuda.md): copy 8 (read 4 + write 4); accumulate
-//! f16/bf16 10, f32 12; norm partials 4; update AdamW + fp16 copy 34, SGD-momentum 26,
-//! SGD 18; a whole step 4 (norm) + the update. Whole passes are timed back to back
+//! f16/bf16 10, f32 12 (the first micro-batch of a window, which writes a stale
+//! accumulator without reading it: 6 and 8); norm partials 4; update AdamW + fp16 copy
+//! 34, SGD-momentum 26, SGD 18 when it also zeroes acc (eager), 4 less when it does
+//! not (lazy zeroing, the default); a step 4 (norm) + the update, or the update alone
+//! after a micro-batch that produced the norm partials. The byte model of a whole
+//! window (K micro-batches + a step) is printed first, before issue 14 and now, for
+//! each optimizer and gradient dtype; the measured rows time a K = 1 window (one f32
+//! micro-batch + a step) with the fused norm on and off. Whole passes are timed back to back
 //! (mean of the iterations); each kernel alone is timed as the wall time between a
 //! synchronisation before and after its launch (a few microseconds of overhead).
 //! Without a device it prints "no CUDA device; skipped" and exits 0.
@@ -169,7 +175,39 @@ fn backend(n: usize, optimizer: u32, momentum: f32) -> Be {
     CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap()
 }
 
+/// Bytes per parameter of a window of `k` full-buffer micro-batches (gradients of
+/// `grad` bytes per element) and one step whose update pass moves `update` bytes
+/// without zeroing acc: (before issue 14, now). Before: every micro-batch reads and
+/// writes acc (grad + 8), the step makes a norm pass (4) and the update also writes
+/// acc = 0 (+4). Now: the first micro-batch writes acc without reading it (grad + 4),
+/// the norm partials come from the last micro-batch, and acc is not zeroed.
+fn window_bytes(k: u32, grad: u32, update: u32) -> (u32, u32) {
+    let before = k * (grad + 8) + 4 + update + 4;
+    let now = (grad + 4) + (k - 1) * (grad + 8) + update;
+    (before, now)
+}
+
+/// The byte model of [`window_bytes`] for AdamW / SGD-momentum / SGD with an
+/// fp16/bf16 working copy (update passes of 30, 22 and 14 bytes without the acc
+/// write), f32 and f16/bf16 gradients, K = 1, 4, 16.
+fn print_byte_model() {
+    println!("bytes per parameter per window (K micro-batches + step), before issue 14 -> now:");
+    println!("{:<22} {:>6} {:>16} {:>16} {:>16}", "optimizer", "grad", "K = 1", "K = 4", "K = 16");
+    for (label, update) in [("adamw + 16-bit copy", 30), ("sgd momentum + copy", 22), ("sgd + copy", 14)] {
+        for (dtype, grad) in [("f32", 4), ("16-bit", 2)] {
+            let cell = |k| {
+                let (b, a) = window_bytes(k, grad, update);
+                format!("{b} -> {a}")
+            };
+            println!("{label:<22} {dtype:>6} {:>16} {:>16} {:>16}", cell(1), cell(4), cell(16));
+        }
+    }
+    println!("(compensated accumulation, in-place hosts after gacc_accumulator_ptr, per-tensor and NCCL windows keep");
+    println!(" the norm pass and/or the zeroing: docs/cuda.md)");
+}
+
 fn main() {
+    print_byte_model();
     if let Err(e) = probe(0) {
         println!("no CUDA device; skipped ({})", e.message);
         return;
@@ -209,6 +247,23 @@ fn main() {
     let step_s = measure(&mut be, iters, |be| be.step(&req).unwrap());
     let mb_counts = count(&mut be, accumulate(grad16, Dtype::F16));
     let step_counts = count(&mut be, |be| be.step(&req).unwrap());
+    // A K = 1 window: one f32 micro-batch into a stale accumulator, then the step,
+    // with the norm partials from the micro-batch (fused) and without.
+    let window = |be: &mut Be| {
+        accumulate(grad32, Dtype::F32)(be);
+        be.step(&req).unwrap();
+    };
+    let window_fused_s = measure(&mut be, iters, window);
+    let fused_step_counts = count(&mut be, |be| {
+        accumulate(grad32, Dtype::F32)(be);
+        let c = be.runtime_mut();
+        let before = c.launches;
+        be.step(&req).unwrap();
+        assert!(be.runtime_mut().launches - before <= 2, "a step after a flat micro-batch is at most 2 launches");
+    });
+    be.set_fused_norm(false);
+    let window_plain_s = measure(&mut be, iters, window);
+    be.set_fused_norm(true);
     let mut kernels = per_kernel(&mut be, iters, accumulate(grad16, Dtype::F16));
     kernels.extend(per_kernel(&mut be, iters, accumulate(grad32, Dtype::F32)));
     kernels.extend(per_kernel(&mut be, iters, |be| be.step(&req).unwrap()));
@@ -224,6 +279,14 @@ fn main() {
     row("accumulate bf16 (10 B/param)", 10.0, acc16_bf);
     row("accumulate f32 (12 B/param)", 12.0, acc32_s);
     row("step adamw+fp16 (38 B/param)", 38.0, step_s);
+    let (before, now) = window_bytes(1, 4, 30);
+    row(&format!("window K=1 f32 + step, fused ({now} B/param)"), f64::from(now), window_fused_s);
+    row(&format!("window K=1 f32 + step, norm pass ({} B/param)", before - 4), f64::from(before - 4), window_plain_s);
+    println!(
+        "  (fused vs norm pass: {:.2}x the time; the byte model says {now}/{})",
+        window_fused_s / window_plain_s,
+        before - 4
+    );
     println!("kernels alone (synchronised before and after each launch):");
     let bytes = |k: &str| match k {
         "gacc_accumulate_f16" | "gacc_accumulate_bf16" => Some(10.0),
@@ -246,7 +309,11 @@ fn main() {
     let (l, s, d) = mb_counts;
     println!("per micro-batch (f16 device gradient): {l} launches, {s} host syncs, {d} device-to-host copies");
     let (l, s, d) = step_counts;
-    println!("per step without info (adamw): {l} launches, {s} host syncs, {d} device-to-host copies");
+    println!("per step without info (adamw, no micro-batch before it): {l} launches, {s} host syncs, {d} device-to-host copies");
+    let (l, s, d) = fused_step_counts;
+    println!(
+        "per f32 micro-batch + step without info (fused norm): {l} launches, {s} host syncs, {d} device-to-host copies"
+    );
 
     let rt = be.runtime_mut();
     // SAFETY: allocated above, not used again.

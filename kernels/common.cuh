@@ -6,6 +6,9 @@
 //   an info pointer, gacc_loss_scale), so a step needs no device-to-host transfer.
 // - fp16/bf16 <-> fp32 conversions (round to nearest even) and the 1-D grid-stride
 //   index helpers.
+// - The norm's per-element term and block tree (shared by gacc_norm_partials and the
+//   accumulate kernels that produce its partials, so both give the same bits) and
+//   the last-block-done helper (the accumulation's booking and acc_stale flag).
 // - The arithmetic of src/engine/math.rs, mirrored operation for operation. Kernels
 //   are compiled with --fmad=false --prec-div=true --prec-sqrt=true --ftz=false, so
 //   each +, *, /, sqrt below rounds exactly once, as on the CPU.
@@ -67,7 +70,13 @@ struct gacc_state {
                               // micro-batch found non-finite (gacc_check_finite's flag word);
                               // 0 at the start of every window (gacc_finalize, gacc_zero)
     float lr;                 // learning rate of the next step (gacc_store_lr, on the stream)
-    unsigned reserved;        // keeps the size a multiple of 8 (no implicit padding)
+    unsigned acc_stale;       // nonzero: acc is logically zero whatever it holds (set by
+                              // gacc_finalize and gacc_zero in lazy mode; the next full-buffer
+                              // accumulation writes instead of adding and clears it)
+    unsigned eager_zero;      // nonzero: steps write acc = 0 as before issue 14 (compensated
+                              // accumulation, or once the host took gacc_accumulator_ptr)
+    unsigned blocks_done;     // last-block-done counter of the kernels that book or clear
+                              // acc_stale (0 between launches)
 };
 
 // --- conversions -----------------------------------------------------------------
@@ -142,3 +151,48 @@ GACC_INLINE gacc_u64 gacc_thread_index() {
     return (gacc_u64)blockIdx.x * (gacc_u64)blockDim.x + (gacc_u64)threadIdx.x;
 }
 GACC_INLINE gacc_u64 gacc_thread_count() { return (gacc_u64)gridDim.x * (gacc_u64)blockDim.x; }
+
+// --- reductions and grid-wide completion -----------------------------------------
+
+// The block's sum of its GACC_BLOCK per-thread values, by a fixed shared-memory tree
+// (the same order on every run and grid). Every thread of the block must call it;
+// the result is valid in thread 0. `shared` holds GACC_BLOCK doubles.
+GACC_INLINE double gacc_block_sum(double sum, double* shared) {
+    shared[threadIdx.x] = sum;
+    __syncthreads();
+    for (unsigned width = GACC_BLOCK / 2; width > 0; width /= 2) {
+        if (threadIdx.x < width) {
+            shared[threadIdx.x] = shared[threadIdx.x] + shared[threadIdx.x + width];
+        }
+        __syncthreads();
+    }
+    return shared[0];
+}
+
+// One norm-pass term: (double)(a * factor) squared, added to sum (norm.cu's formula,
+// shared with the accumulate kernels that produce the partials themselves).
+GACC_INLINE double gacc_add_square(double sum, float a, float factor) {
+    const double g = (double)(a * factor);
+    return sum + g * g;
+}
+
+// The last-block-done pattern: every thread of every block calls this once, after
+// its last read of what the caller will then change (acc_stale, bad_seq,
+// window_total). It returns true in thread 0 of exactly one block, the last to get
+// there, once every other block has passed the call (its reads are done): that
+// thread may then write those fields. Thread 0 of each block publishes its block's
+// writes (__threadfence) and takes a ticket from `counter`; the last resets it to 0
+// for the next launch.
+GACC_INLINE bool gacc_block_is_last(unsigned* counter) {
+    __syncthreads();
+    if (threadIdx.x != 0) {
+        return false;
+    }
+    __threadfence();
+    const unsigned ticket = atomicAdd(counter, 1u);
+    if (ticket != gridDim.x - 1u) {
+        return false;
+    }
+    atomicExch(counter, 0u);
+    return true;
+}

@@ -14,6 +14,13 @@
 // micro-batch was dropped it is 0, factor is inf and g = 0 * inf is NaN: the step is
 // skipped, as on the CPU.
 //
+// The per-element term (gacc_add_square) and the block tree (gacc_block_sum) live in
+// common.cuh: the accumulate kernels produce the very same partials when they can
+// (accumulate.cu), and a step after them skips this pass.
+//
+// A stale accumulator (state->acc_stale: logically zero since the last step or
+// gacc_zero, e.g. every micro-batch of the window dropped) is read as zeros.
+//
 // Memory traffic per parameter: read acc (4 B). Plus 8 B per block.
 // acc is a device allocation, so the float4 path is always aligned; the scalar tail
 // takes the last n % 4 elements.
@@ -25,6 +32,8 @@ gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp
     __shared__ double shared_sum[GACC_BLOCK];
     const double total = state->window_total;
     const float factor = gacc_unscale_factor(total, state->loss_scale);
+    // A stale accumulator is logically zero (never with comp: compensated engines zero eagerly).
+    const bool stale = state->acc_stale != 0u;
     const float4* comp4 = reinterpret_cast<const float4*>(comp);
     const gacc_u64 tid = gacc_thread_index();
     const gacc_u64 stride = gacc_thread_count();
@@ -32,7 +41,7 @@ gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp
     const float4* acc4 = reinterpret_cast<const float4*>(acc);
     double sum = 0.0;
     for (gacc_u64 i = tid; i < n4; i += stride) {
-        float4 a = acc4[i];
+        float4 a = stale ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : acc4[i];
         if (comp) {
             const float4 c = comp4[i];
             a.x = a.x - c.x;
@@ -40,27 +49,17 @@ gacc_norm_partials(const float* __restrict__ acc, const float* __restrict__ comp
             a.z = a.z - c.z;
             a.w = a.w - c.w;
         }
-        const double g0 = (double)(a.x * factor), g1 = (double)(a.y * factor);
-        const double g2 = (double)(a.z * factor), g3 = (double)(a.w * factor);
-        sum = sum + g0 * g0;
-        sum = sum + g1 * g1;
-        sum = sum + g2 * g2;
-        sum = sum + g3 * g3;
+        sum = gacc_add_square(sum, a.x, factor);
+        sum = gacc_add_square(sum, a.y, factor);
+        sum = gacc_add_square(sum, a.z, factor);
+        sum = gacc_add_square(sum, a.w, factor);
     }
     for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
-        const float a = comp ? acc[i] - comp[i] : acc[i];
-        const double g = (double)(a * factor);
-        sum = sum + g * g;
+        const float a = stale ? 0.0f : acc[i];
+        sum = gacc_add_square(sum, comp ? a - comp[i] : a, factor);
     }
-    shared_sum[threadIdx.x] = sum;
-    __syncthreads();
-    for (unsigned width = GACC_BLOCK / 2; width > 0; width /= 2) {
-        if (threadIdx.x < width) {
-            shared_sum[threadIdx.x] = shared_sum[threadIdx.x] + shared_sum[threadIdx.x + width];
-        }
-        __syncthreads();
-    }
+    const double block_sum = gacc_block_sum(sum, shared_sum);
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] = shared_sum[0];
+        partials[blockIdx.x] = block_sum;
     }
 }

@@ -16,7 +16,8 @@
 //    accumulate kernels) and the learning rate is state->lr (gacc_store_lr): neither
 //    is a kernel argument, so a replayed CUDA graph uses the replay's values. The
 //    window's total and dropped count move to last_total/last_dropped (the step
-//    info), the open-window ones and drop mode's flag word (bad_seq) are reset.
+//    info), the open-window ones and drop mode's flag word (bad_seq) are reset, and
+//    the accumulator is marked stale (acc_stale = 1) unless state->eager_zero.
 //    Drop mode: a window with every micro-batch dropped (total 0) is skipped; a
 //    dropped micro-batch counts as an overflow for the loss scale even when the step
 //    is applied.
@@ -109,6 +110,12 @@ gacc_finalize(gacc_state* state, const double* __restrict__ partials, unsigned n
     st.bad_seq = 0;
     st.last_total = total;
     st.last_dropped = dropped;
+    // Applied or skipped, the window is closed: acc becomes logically zero (lazy
+    // zeroing; gacc_update_* reads it after this and does not write it). Eager mode
+    // (compensated, or after gacc_accumulator_ptr): the update pass zeroes it.
+    if (st.eager_zero == 0u) {
+        st.acc_stale = 1u;
+    }
     // An empty window (device total 0 with nothing dropped: every rank's weights
     // were 0) is skipped without touching the loss scale.
     const bool empty = !(total > 0.0);

@@ -7,13 +7,16 @@
 //   SGD:   d = g + wd*p (decaying tensors); buf = first ? d : buf*momentum + d;
 //          d = nesterov ? d + momentum*buf : buf; p += -lr * d
 //   working copy = RNE(p) (f16 or bf16), or stochastic rounding (sr = 1) keyed by
-//   gacc_sr_key(seed, step) and the element index; acc = 0.
-// Compensated accumulation (comp != NULL): the gradient is the compensated sum,
-// a = acc - comp (rounded once to f32), and comp = 0 with acc (+4 B read, +4 B
-// written per parameter).
+//   gacc_sr_key(seed, step) and the element index; acc = 0 only with
+//   state->eager_zero (compensated accumulation, or after gacc_accumulator_ptr):
+//   otherwise gacc_finalize has marked acc stale (logically zero, issue 14) and the
+//   next window's first micro-batch writes it, so this pass does not.
+// Compensated accumulation (comp != NULL, always eager): the gradient is the
+// compensated sum, a = acc - comp (rounded once to f32), and comp = 0 with acc (+4 B
+// read, +4 B written per parameter).
 // Exactly src/engine/math.rs, operation for operation (no FMA contraction).
-// Skipped step (state->applied == 0): only acc = 0 is written; p, m, v, the working
-// copy and the step count are untouched.
+// Skipped step (state->applied == 0): only acc = 0 is written (eager mode; nothing
+// at all in lazy mode); p, m, v, the working copy and the step count are untouched.
 //
 // Weight decay is per tensor; the layout's decay runs (maximal ranges sharing the
 // flag, alternating) arrive as an array of run ends plus the first run's flag, and
@@ -21,11 +24,11 @@
 // launch count does not grow with the number of tensors.
 //
 // Memory traffic per parameter (applied step): read acc, p (+ m, v) and write p
-// (+ m, v), acc, working copy:
-//   AdamW:        16 B read + 16 B written (+2 B working copy) = 32-34 B
-//   SGD momentum: 12 B read + 12 B written (+2 B)              = 24-26 B
-//   SGD:           8 B read +  8 B written (+2 B)              = 16-18 B
-// Skipped step: 4 B written. All buffers are device allocations: the float4 path
+// (+ m, v), working copy (+ acc in eager mode):
+//   AdamW:        16 B read + 12 B written (+2 B working copy) = 28-30 B (eager: 32-34 B)
+//   SGD momentum: 12 B read +  8 B written (+2 B)              = 20-22 B (eager: 24-26 B)
+//   SGD:           8 B read +  4 B written (+2 B)              = 12-14 B (eager: 16-18 B)
+// Skipped step: nothing (eager: 4 B written). All buffers are device allocations: the float4 path
 // (and 8-byte stores of four f16/bf16) is always aligned; the scalar tail takes the
 // last n % 4 elements.
 #include "common.cuh"
@@ -105,8 +108,11 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ c
     float4* acc4 = reinterpret_cast<float4*>(acc);
     float4* comp4 = reinterpret_cast<float4*>(comp);
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    // Lazy zeroing: gacc_finalize marked acc stale (logically zero), nothing to write.
+    const bool zero_acc = state->eager_zero != 0u;
     if (state->applied == 0) {
         // Skipped step: the window is dropped, nothing else changes.
+        if (!zero_acc) return;
         for (gacc_u64 i = tid; i < n4; i += stride) {
             acc4[i] = zero4;
             if (comp) comp4[i] = zero4;
@@ -156,7 +162,7 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ c
                   ((unsigned)gacc_to_working_sr(p.w, working_dtype, sr, key, e + 3) << 16);
             w4[i] = w;
         }
-        acc4[i] = zero4;
+        if (zero_acc) acc4[i] = zero4;
     }
     for (gacc_u64 i = n4 * 4 + tid; i < n; i += stride) {
         float p = master[i];
@@ -173,7 +179,7 @@ GACC_INLINE void gacc_update_body(float* __restrict__ acc, float* __restrict__ c
         if (Op::states >= 1) s1[i] = m;
         if (Op::states >= 2) s2[i] = v;
         if (working_dtype != GACC_WORKING_NONE) working[i] = gacc_to_working_sr(p, working_dtype, sr, key, i);
-        acc[i] = 0.0f;
+        if (zero_acc) acc[i] = 0.0f;
     }
 }
 

@@ -198,7 +198,7 @@ fn shim_grid_stride_loops_cover_buffers_larger_than_the_grid() {
     let target = ShimTarget::with_sm(1);
     let tensors = vec![(10007, true), (3, false), (10000, true)];
     let n: usize = tensors.iter().map(|t| t.0).sum();
-    assert!(n > 2 * 4 * 256 * 8 && n % 4 != 0);
+    assert!(n > 2 * 4 * 256 * 8 && !n.is_multiple_of(4));
     let picks = [(0, false), (9, true), (14, false), (22, true)];
     for (index, device_grads) in picks {
         let mut case = cuda::cases()[index].clone();
@@ -300,12 +300,15 @@ fn shim_backend(case: &Case) -> (CudaBackend<ShimRuntime>, usize) {
     (CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap(), layout.numel)
 }
 
+/// The step's norm pass path (fused norm off; see also
+/// a_step_after_a_flat_microbatch_is_two_launches for the default).
 #[test]
 fn a_step_is_three_launches_with_no_transfer_or_sync() {
     // Many tensors with alternating decay flags: the launch count must not grow.
     let mut case = cuda::cases()[0].clone();
     case.tensors = (0..50).map(|i| (3 + i % 7, i % 2 == 0)).collect();
     let (mut be, n) = shim_backend(&case);
+    be.set_fused_norm(false);
     let g = vec![1.0f32; n];
     let before = be.runtime().stats().launches.len();
     // SAFETY: g holds n f32.
@@ -751,6 +754,9 @@ fn grids_follow_the_occupancy_answer_per_kernel() {
     rt.set_occupancy("gacc_check_finite", 3);
     let params = vec![0.5f32; n];
     let mut be = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    // The occupancy grid of the accumulate kernels is the one without the fused norm
+    // (with it, they run on the norm grid: a_step_after_a_flat_microbatch_is_two_launches).
+    be.set_fused_norm(false);
     let grids = be.grids();
     assert!(n > 4 * 256 * 8 * SM as usize, "n covers every cap");
     assert_eq!((grids.update, grids.check_finite, grids.accumulate(Dtype::F32)), (5 * SM, 3 * SM, 8 * SM));
@@ -819,4 +825,359 @@ fn lr_changes_between_steps_match_the_cpu() {
         resumed.read_params(&mut p_dut).unwrap();
         cuda::compare_f32(&format!("{}: master after a restore", case.name), &p_cpu, &p_dut, true, 0.0);
     }
+}
+
+// ---- Issue 14: lazy zeroing and the norm partials from the accumulation pass ----
+
+/// A shim engine for `case` (the backend's fused norm as asked) and the device
+/// address of its accumulator, taken without gacc_accumulator_ptr (which would
+/// switch the engine to eager zeroing).
+fn shim_engine(case: &Case, init: &[f32], fused: bool) -> (Engine, u64) {
+    let config = cuda::config_for(case);
+    let layout = cuda::layout_for(case);
+    let rt = ShimRuntime::new(shim(), SM, SHIM_MEMORY);
+    let mut backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: init }).unwrap();
+    backend.set_fused_norm(fused);
+    let acc = backend.accumulator_device_ptr();
+    (Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0)), acc)
+}
+
+/// Micro-batch gradient values (a NaN at n / 3 when `nan`).
+fn lazy_grad(n: usize, salt: usize, nan: bool) -> Vec<f32> {
+    let mut g: Vec<f32> = (0..n).map(|i| ((((i * 13 + salt * 7) % 29) as f32) - 14.0) / 16.0).collect();
+    if nan {
+        g[n / 3] = f32::NAN;
+    }
+    g
+}
+
+/// `values` as `dtype` bytes, one element of padding in front when `misaligned`
+/// (a host pointer that is not 16-byte aligned for f32 / 8-byte for f16/bf16).
+fn grad_storage(values: &[f32], dtype: Dtype, misaligned: bool) -> Vec<u32> {
+    let mut bytes: Vec<u8> = vec![0; if misaligned { dtype.size() } else { 0 }];
+    for &v in values {
+        match dtype {
+            Dtype::F32 => bytes.extend(v.to_le_bytes()),
+            Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_bits().to_le_bytes()),
+            Dtype::BF16 => bytes.extend(half::bf16::from_f32(v).to_bits().to_le_bytes()),
+        }
+    }
+    bytes.resize(bytes.len().div_ceil(4) * 4 + 16, 0);
+    // u32 words: the buffer itself is 4-byte aligned; a vector of 16-byte alignment
+    // is what the allocator gives on x86-64 for sizes like these (checked below).
+    bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn feed(e: &mut Engine, storage: &[u32], dtype: Dtype, misaligned: bool, n: usize, weight: f64) {
+    let base = storage.as_ptr() as *const u8;
+    // SAFETY: storage holds the padding and n elements of dtype.
+    let ptr = unsafe { base.add(if misaligned { dtype.size() } else { 0 }) };
+    // SAFETY: host memory of n elements of dtype.
+    unsafe { e.microbatch(&GradInput { ptr: ptr.cast(), dtype, numel: n }, weight) }.unwrap();
+}
+
+/// Fails before issue 14 (no fused engine existed to compare; the step was always 3
+/// launches): flat micro-batches that produce the norm partials give step infos
+/// (grad_norm, clip coefficient, loss scale, applied), weights, optimizer state and
+/// checkpoints bit-identical to the separate norm pass, over gradient dtypes, vector
+/// and scalar paths, clipping, MEAN/SUM, drop mode with dropped and all-dropped
+/// windows, and windows after a step (stale accumulator) and after gacc_zero.
+#[test]
+fn fused_norm_partials_equal_the_norm_pass_bit_for_bit() {
+    let mut checked = 0;
+    for (i, mut case) in cuda::cases().into_iter().enumerate().filter(|(i, _)| i % 3 != 1) {
+        case.drop_nonfinite = i % 2 == 0;
+        let layout = cuda::layout_for(&case);
+        let n = layout.numel;
+        let init: Vec<f32> = (0..n).map(|j| ((j * 31 % 89) as f32 - 44.0) / 64.0).collect();
+        let (mut fused, _) = shim_engine(&case, &init, true);
+        let (mut plain, _) = shim_engine(&case, &init, false);
+        let misaligned = i % 4 == 3;
+        for w in 0..5 {
+            if w == 3 {
+                for e in [&mut fused, &mut plain] {
+                    let g = grad_storage(&lazy_grad(n, 99, false), case.grad_dtype, misaligned);
+                    feed(e, &g, case.grad_dtype, misaligned, n, 1.0);
+                    e.zero().unwrap();
+                }
+            }
+            for k in 0..3 {
+                // Drop mode: window 1 drops its middle micro-batch, window 2 all three.
+                let nan = case.drop_nonfinite && ((w == 1 && k == 1) || w == 2);
+                let g = grad_storage(&lazy_grad(n, w * 3 + k, nan), case.grad_dtype, misaligned);
+                for e in [&mut fused, &mut plain] {
+                    feed(e, &g, case.grad_dtype, misaligned, n, 0.5 + k as f64);
+                }
+            }
+            let (a, b) = (plain.step(true).unwrap().unwrap(), fused.step(true).unwrap().unwrap());
+            let tag = format!("{} drop={} window {w}", case.name, case.drop_nonfinite);
+            assert_eq!(
+                (a.grad_norm.to_bits(), a.clip_coef.to_bits(), a.loss_scale.to_bits(), a.applied, a.step),
+                (b.grad_norm.to_bits(), b.clip_coef.to_bits(), b.loss_scale.to_bits(), b.applied, b.step),
+                "{tag}: step info"
+            );
+            assert_eq!(a.dropped_microbatches, b.dropped_microbatches, "{tag}");
+            let (sa, sb) = (plain.backend_mut().export_state().unwrap(), fused.backend_mut().export_state().unwrap());
+            assert_eq!(sa, sb, "{tag}: state");
+            checked += 1;
+        }
+    }
+    println!("{checked} steps compared, fused against the norm pass");
+}
+
+/// A flat micro-batch's launch runs on the norm pass's grid and writes its partials,
+/// so the step after it is 2 launches (finalize, update; 3 before issue 14), with no
+/// transfer or sync; where the partials cannot be valid the step keeps the norm pass:
+/// after a per-tensor micro-batch, an in-place one, with Kahan compensation, or with
+/// the fused norm switched off.
+#[test]
+fn a_step_after_a_flat_microbatch_is_two_launches() {
+    let mut case = cuda::cases()[0].clone();
+    case.tensors = (0..50).map(|i| (3 + i % 7, i % 2 == 0)).collect();
+    let layout = cuda::layout_for(&case);
+    let n = layout.numel;
+    let g = vec![1.0f32; n];
+    let grad = GradInput { ptr: g.as_ptr() as *const c_void, dtype: Dtype::F32, numel: n };
+    let names = |be: &CudaBackend<ShimRuntime>, from: usize| -> Vec<(String, u32)> {
+        be.runtime().stats().launches[from..].iter().map(|l| (l.0.clone(), l.1)).collect()
+    };
+    let (mut be, _) = shim_backend(&case);
+    let norm_grid = launch::norm_grid(n, SM);
+    for window in 0..2 {
+        let before = be.runtime().stats().launches.len();
+        // SAFETY: g holds n f32.
+        unsafe { be.accumulate(&grad, 1.0, 1.0).unwrap() };
+        assert_eq!(names(&be, before), [("gacc_accumulate_f32".to_string(), norm_grid)], "window {window}");
+        let (d2h, syncs) = (be.runtime().stats().d2h_copies, be.runtime().stats().syncs);
+        let before = be.runtime().stats().launches.len();
+        be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
+        let got: Vec<String> = names(&be, before).into_iter().map(|l| l.0).collect();
+        assert_eq!(got, ["gacc_finalize", "gacc_update_adamw"], "window {window}");
+        assert_eq!((be.runtime().stats().d2h_copies, be.runtime().stats().syncs), (d2h, syncs), "no transfer, no sync");
+    }
+    assert!(be.last_report().unwrap().applied);
+    // A per-tensor micro-batch last: the norm pass again.
+    let tg = [gacc::backend::TensorGrad {
+        grad: GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: 3 },
+        offset: 0,
+        index: 0,
+    }];
+    // SAFETY: g holds n >= 3 f32.
+    unsafe { be.accumulate(&grad, 1.0, 1.0).unwrap() };
+    let before = be.runtime().stats().launches.len();
+    // SAFETY: as above.
+    unsafe { be.accumulate_tensors(&tg, 1.0, 1.0).unwrap() };
+    be.step(&StepRequest { total_weight: 2.0, lr: 0.01 }).unwrap();
+    let got: Vec<String> = names(&be, before).into_iter().map(|l| l.0).collect();
+    assert_eq!(got, ["gacc_accumulate_tensors", "gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"]);
+    let before = be.runtime().stats().launches.len();
+    // SAFETY: as above (the first micro-batch of a window: acc is stale).
+    unsafe { be.accumulate_tensors(&tg, 1.0, 1.0).unwrap() };
+    let got: Vec<String> = names(&be, before).into_iter().map(|l| l.0).collect();
+    assert_eq!(got, ["gacc_accumulate_tensors"], "a stale accumulator: the kernel zeroes the table's gaps itself");
+    be.zero_window().unwrap();
+    // An in-place booking last.
+    // SAFETY: as above.
+    unsafe { be.accumulate(&grad, 1.0, 1.0).unwrap() };
+    be.book_inplace(1.0).unwrap();
+    let before = be.runtime().stats().launches.len();
+    be.step(&StepRequest { total_weight: 2.0, lr: 0.01 }).unwrap();
+    assert_eq!(names(&be, before).len(), 3, "after an in-place booking");
+    // Kahan compensation, or the fused norm off: always 3, on the occupancy grid.
+    for kahan in [true, false] {
+        let mut c = case.clone();
+        c.compensated = kahan;
+        let (mut be, _) = shim_backend(&c);
+        be.set_fused_norm(kahan);
+        let before = be.runtime().stats().launches.len();
+        // SAFETY: as above.
+        unsafe { be.accumulate(&grad, 1.0, 1.0).unwrap() };
+        be.step(&StepRequest { total_weight: 1.0, lr: 0.01 }).unwrap();
+        let got = names(&be, before);
+        assert_eq!(got[0], ("gacc_accumulate_f32".to_string(), be.grids().accumulate(Dtype::F32)), "kahan={kahan}");
+        let got: Vec<String> = got.into_iter().map(|l| l.0).collect();
+        assert_eq!(got[1..], ["gacc_norm_partials", "gacc_finalize", "gacc_update_adamw"], "kahan={kahan}");
+    }
+}
+
+/// Fails before issue 14 (the kernel read acc, zeroed by the step, and added): after
+/// a step or gacc_zero, the accumulator is poisoned with NaN on the device, and the
+/// next micro-batch still equals the CPU backend's bit for bit (every gradient dtype,
+/// vector and scalar paths), so it wrote acc without reading it. A per-tensor
+/// micro-batch after a poisoned step leaves its unlisted tensors at zero.
+#[test]
+fn the_first_microbatch_of_a_window_does_not_read_the_accumulator() {
+    let target = ShimTarget::new();
+    let mut case = cuda::cases()[0].clone();
+    case.tensors = vec![(1030, true), (5, false), (262, true)];
+    let layout = cuda::layout_for(&case);
+    let n = layout.numel;
+    let init: Vec<f32> = (0..n).map(|j| ((j * 7 % 41) as f32 - 20.0) / 32.0).collect();
+    let (mut dut, acc) = shim_engine(&case, &init, true);
+    let mut cpu = Engine::new(cuda::config_for(&case), layout.clone(), &init).unwrap();
+    let poison = vec![0xFFu8; 4 * n];
+    let windows =
+        [(Dtype::F32, false), (Dtype::F32, true), (Dtype::F16, false), (Dtype::BF16, true), (Dtype::F16, true)];
+    for (w, &(dtype, misaligned)) in windows.iter().enumerate() {
+        // Window 0 is the engine's first: acc holds the zeros of gacc_create.
+        if w > 0 {
+            target.write_device(acc as *mut c_void, &poison);
+        }
+        for k in 0..2 {
+            let g = grad_storage(&lazy_grad(n, w * 2 + k, false), dtype, misaligned);
+            for e in [&mut cpu, &mut dut] {
+                feed(e, &g, dtype, misaligned, n, 1.5);
+            }
+            let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+            cuda::compare_f32(
+                &format!("window {w} micro-batch {k} ({dtype:?}, misaligned {misaligned})"),
+                &sc.acc,
+                &sd.acc,
+                true,
+                0.0,
+            );
+        }
+        if w == 2 {
+            // gacc_zero instead of a step, then the same check on the next window.
+            cpu.zero().unwrap();
+            dut.zero().unwrap();
+            continue;
+        }
+        cpu.step(false).unwrap();
+        dut.step(false).unwrap();
+        let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+        cuda::compare_f32(&format!("window {w}: master"), &sc.master, &sd.master, true, 0.0);
+    }
+    // Per-tensor after a poisoned step: tensor 1 listed, tensors 0 and 2 not.
+    target.write_device(acc as *mut c_void, &poison);
+    let g = lazy_grad(5, 3, false);
+    let t = &layout.tensors[1];
+    let grads: Vec<Option<GradInput>> = (0..3)
+        .map(|i| (i == 1).then(|| GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: t.numel }))
+        .collect();
+    for e in [&mut cpu, &mut dut] {
+        // SAFETY: host memory of 5 floats.
+        unsafe { e.microbatch_tensors(&grads, 2.0) }.unwrap();
+    }
+    let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+    cuda::compare_f32("per-tensor after a poisoned step", &sc.acc, &sd.acc, true, 0.0);
+    assert!(sd.acc[..t.offset].iter().all(|a| a.to_bits() == 0), "unlisted tensor 0 is zero");
+    target.release();
+}
+
+/// What may read a stale accumulator sees zeros: a checkpoint (export) of an empty
+/// window after a step or gacc_zero holds a zero accumulator while the device memory
+/// still holds the old window's sums (lazy); gacc_accumulator_ptr materialises zeros
+/// in device memory, and from then on every step writes them (eager).
+#[test]
+fn a_stale_accumulator_reads_as_zeros() {
+    let target = ShimTarget::new();
+    let case = cuda::cases()[0].clone();
+    let layout = cuda::layout_for(&case);
+    let n = layout.numel;
+    let init = vec![0.25f32; n];
+    let (mut dut, acc) = shim_engine(&case, &init, true);
+    let g = lazy_grad(n, 1, false);
+    let device_acc = |t: &ShimTarget| -> Vec<u32> {
+        t.read_device(acc as *const c_void, 4 * n)
+            .chunks(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    for close in ["step", "zero"] {
+        feed(&mut dut, &grad_storage(&g, Dtype::F32, false), Dtype::F32, false, n, 1.0);
+        if close == "step" {
+            dut.step(false).unwrap();
+        } else {
+            dut.zero().unwrap();
+        }
+        assert!(device_acc(&target).iter().any(|&a| a != 0), "after {close}: lazy, the old sums are still there");
+        let s = dut.snapshot().unwrap();
+        assert!(s.state.acc.iter().all(|a| a.to_bits() == 0), "after {close}: the snapshot holds zeros");
+    }
+    let ptr = dut.accumulator_ptr(0).unwrap();
+    assert_eq!(ptr as u64, acc);
+    assert!(device_acc(&target).iter().all(|&a| a == 0), "gacc_accumulator_ptr: zeros in device memory");
+    // In-place: the host writes into acc (here: the shim's memory) and books it.
+    let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+    target.write_device(ptr.cast(), &bytes);
+    dut.microbatch_inplace(1.0).unwrap();
+    dut.step(false).unwrap();
+    assert!(device_acc(&target).iter().all(|&a| a == 0), "eager after gacc_accumulator_ptr: the step wrote zeros");
+    feed(&mut dut, &grad_storage(&g, Dtype::F32, false), Dtype::F32, false, n, 1.0);
+    dut.zero().unwrap();
+    assert!(device_acc(&target).iter().all(|&a| a == 0), "eager: gacc_zero wrote zeros");
+    target.release();
+}
+
+/// One micro-batch (device gradient) captured once and replayed K times per window,
+/// then one direct micro-batch and a direct gacc_step, against K + 1 direct
+/// micro-batches per window on the CPU backend: bit-identical weights, optimizer state and scaler.
+/// The replays must find the stale flag on the device (a host flag frozen in the
+/// graph would write, or add, in every replay) and book the device total. In drop
+/// mode one replay's gradient holds a NaN: only that replay is dropped (the flag is
+/// reset by the micro-batch that read it; before, it stayed set until the step).
+fn captured_microbatch_replays_like_direct_microbatches(mut case: Case) {
+    const K: usize = 3;
+    case.tensors = vec![(1030, true), (5, false), (262, true)];
+    let config = cuda::config_for(&case);
+    let layout = cuda::layout_for(&case);
+    let n = layout.numel;
+    let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
+    let target = ShimTarget::new();
+    let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
+    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), gacc::engine::config::Device::Cuda(0));
+    let mut cpu = Engine::new(config, layout, &init).unwrap();
+    let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let buffer = target.upload(&to_bytes(&capture_grad(n, 0, 0, false)), 0);
+    graph.lock().unwrap().begin_capture();
+    // SAFETY: device memory of n floats (the shim's).
+    unsafe { dut.microbatch(&GradInput { ptr: buffer, dtype: Dtype::F32, numel: n }, 1.5) }.unwrap();
+    graph.lock().unwrap().end_capture();
+    for window in 0..3 {
+        for k in 0..K {
+            let g = capture_grad(n, window, k, case.drop_nonfinite);
+            // SAFETY: the shim's device memory is host memory of n floats.
+            unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), buffer as *mut f32, n) };
+            graph.lock().unwrap().replay().unwrap();
+            // SAFETY: host memory of n floats.
+            unsafe { cpu.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 1.5) }.unwrap();
+        }
+        // One direct micro-batch closes each window on both (the host's window holds
+        // only what it saw: the captured call in window 0, and this one).
+        let g = capture_grad(n, 9, window, false);
+        for e in [&mut cpu, &mut dut] {
+            // SAFETY: host memory of n floats.
+            unsafe { e.microbatch(&GradInput { ptr: g.as_ptr().cast(), dtype: Dtype::F32, numel: n }, 0.5) }.unwrap();
+        }
+        let a = cpu.step(true).unwrap().unwrap();
+        dut.step(false).unwrap();
+        let b = dut.backend_mut().last_report().unwrap();
+        let tag = format!("{} window {window}", case.name);
+        assert_eq!((a.applied, a.step, a.loss_scale.to_bits()), (b.applied, b.step, b.loss_scale.to_bits()), "{tag}");
+        assert_eq!(a.dropped_microbatches, b.dropped, "{tag}: dropped");
+        let (sc, sd) = (cpu.backend_mut().export_state().unwrap(), dut.backend_mut().export_state().unwrap());
+        cuda::compare_f32(&format!("{tag}: master"), &sc.master, &sd.master, true, 0.0);
+        cuda::compare_f32(&format!("{tag}: state 1"), &sc.state1, &sd.state1, true, 0.0);
+        cuda::compare_f32(&format!("{tag}: state 2"), &sc.state2, &sd.state2, true, 0.0);
+        assert_eq!((sc.loss_scale.to_bits(), sc.growth_tracker), (sd.loss_scale.to_bits(), sd.growth_tracker), "{tag}");
+    }
+    target.release();
+}
+
+#[test]
+fn captured_microbatch_replayed_k_times_matches_k_direct_microbatches() {
+    let case = cuda::cases()
+        .into_iter()
+        .find(|c| {
+            !c.clip
+                && c.optimizer == gacc::ffi::types::GACC_OPTIMIZER_ADAMW
+                && c.reduction == gacc::ffi::types::GACC_GRADS_MEAN
+        })
+        .unwrap();
+    captured_microbatch_replays_like_direct_microbatches(case.clone());
+    let mut drop = case;
+    drop.drop_nonfinite = true;
+    captured_microbatch_replays_like_direct_microbatches(drop);
 }

@@ -138,6 +138,13 @@ fn fake_driver_captured_window_matches_direct_calls() {
 }
 
 #[test]
+fn fake_driver_captured_microbatch_replayed_matches_direct_calls() {
+    if fake_driver("fake_driver_captured_microbatch_replayed_matches_direct_calls") {
+        device::captured_microbatch_replayed_matches_direct_calls();
+    }
+}
+
+#[test]
 fn fake_driver_captured_window_honours_lr_and_step_count() {
     if fake_driver("fake_driver_captured_window_honours_lr_and_step_count") {
         device::captured_window_honours_lr_and_step_count();

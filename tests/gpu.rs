@@ -185,6 +185,13 @@ fn gpu_captured_window_matches_direct_calls() {
 }
 
 #[test]
+fn gpu_captured_microbatch_replayed_matches_direct_calls() {
+    if gpu_or_skip("gpu_captured_microbatch_replayed_matches_direct_calls") {
+        device::captured_microbatch_replayed_matches_direct_calls();
+    }
+}
+
+#[test]
 fn gpu_captured_window_honours_lr_and_step_count() {
     if gpu_or_skip("gpu_captured_window_honours_lr_and_step_count") {
         device::captured_window_honours_lr_and_step_count();

@@ -8,8 +8,8 @@
 // and __shared__ variables are function statics (one block at a time, and one
 // launch at a time under a process-wide lock, so a static is exactly one block's
 // shared memory). fp16/bf16 are bit containers with round-to-nearest-even
-// conversions. gacc's kernels use no warp shuffles; the one atomic they use
-// (atomicExch) is a std::atomic_ref exchange, so that concurrent threads are as
+// conversions. gacc's kernels use no warp shuffles; their atomics (atomicExch,
+// atomicAdd) are std::atomic_ref operations, so that concurrent threads are as
 // well-defined here as on a GPU and ThreadSanitizer (make tsan-shim) can check the
 // shim's threads for races. What this does not model: the CUDA memory model beyond
 // that, warp scheduling, performance.
@@ -59,6 +59,16 @@ inline unsigned atomicExch(unsigned* address, unsigned value) {
     return old;
 }
 #endif
+
+// CUDA's atomicAdd on a 32-bit word (the last-block-done counter): returns the old
+// value, a sequentially consistent read-modify-write. __threadfence orders a block's
+// writes before its ticket on a GPU; here blocks run one after another (each joined
+// before the next starts) and the ticket itself is seq_cst, so it has nothing left to
+// do (a real fence would also be refused by -fsanitize=thread).
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+    return std::atomic_ref<unsigned>(*address).fetch_add(value);
+}
+inline void __threadfence() {}
 
 struct alignas(16) float4 {
     float x, y, z, w;

@@ -79,6 +79,7 @@ const Entry kKernels[] = {
     GACC_SHIM_KERNEL(gacc_dp_pack_totals), GACC_SHIM_KERNEL(gacc_dp_unpack_totals),
     GACC_SHIM_KERNEL(gacc_dp_fold),        GACC_SHIM_KERNEL(gacc_store_lr),
     GACC_SHIM_KERNEL(gacc_accumulate_tensors), GACC_SHIM_KERNEL(gacc_check_finite_tensors),
+    GACC_SHIM_KERNEL(gacc_materialize_zero),
 };
 
 std::mutex launch_lock;

@@ -6,7 +6,9 @@
 // several blocks, on sizes that leave both a vector part and a scalar tail (n % 4
 // != 0), with every option the kernels branch on (compensation, drop mode's gate
 // with flagged and clean gradients, misaligned gradients taking the scalar path,
-// applied and skipped steps, f16/bf16/no working copy, stochastic rounding). A few
+// applied and skipped steps, f16/bf16/no working copy, stochastic rounding, lazy
+// zeroing with the fused norm partials and the last-block-done booking, the
+// per-tensor kernel zeroing a stale accumulator's gaps). A few
 // results are checked so that a wrong argument list cannot pass silently; the
 // point is TSan's verdict: any report makes the program exit non-zero (TSan's
 // exitcode).
@@ -55,6 +57,7 @@ gacc_state fresh_state() {
     s.clip_coef = 1.0f;
     s.hysteresis_left = 2;
     s.lr = 0.01f;
+    s.eager_zero = 1;  // the pre-issue-14 sequence first; run_size switches to lazy zeroing later
     return s;
 }
 
@@ -103,14 +106,14 @@ void run_size(gacc_u64 n) {
     // Accumulate: every dtype, vector and scalar paths, with and without Kahan.
     for (int vec = 1; vec >= 0; --vec) {
         launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), (float*)nullptr, (const float*)g32, n, 2.0f, vec, st,
-               0u, 1.0);
+               0u, 1.0, (double*)nullptr);
         launch("gacc_accumulate_f16", kGrid, kBlock, acc.data(), comp.data(), (const unsigned short*)g16, n, 1.0f, vec,
-               st, 0u, 1.0);
+               st, 0u, 1.0, (double*)nullptr);
         launch("gacc_accumulate_bf16", kGrid, kBlock, acc.data(), (float*)nullptr, (const unsigned short*)g16, n, 0.5f,
-               vec, st, 0u, 1.0);
+               vec, st, 0u, 1.0, (double*)nullptr);
     }
     launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)(grad32_store + 1), n, 1.0f, 0,
-           st, 0u, 2.0);
+           st, 0u, 2.0, (double*)nullptr);
     expect(state.window_total == 8.0, "window total summed on the device");
 
     // Drop mode: flagged (NaNs in several blocks' ranges: many threads set the flag
@@ -121,7 +124,8 @@ void run_size(gacc_u64 n) {
     g16[n - 2] = 0x7C00;
     launch("gacc_check_finite", kGrid, kBlock, (const void*)g32, 0, n, st, 1u);
     expect(state.bad_seq == 1u, "check_finite flags a NaN");
-    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)g32, n, 1.0f, 1, st, 1u, 1.0);
+    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)g32, n, 1.0f, 1, st, 1u, 1.0,
+           (double*)nullptr);
     expect(state.window_dropped == 1u, "a flagged micro-batch is dropped");
     launch("gacc_check_finite", kGrid, kBlock, (const void*)g16, 1, n, st, 2u);
     launch("gacc_check_finite", kGrid, kBlock, (const void*)g16, 2, n, st, 3u);
@@ -129,7 +133,8 @@ void run_size(gacc_u64 n) {
     g32[n / 2] = 0.0f;
     g32[n - 1] = 0.0f;
     launch("gacc_check_finite", kGrid, kBlock, (const void*)g32, 0, n, st, 4u);
-    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)g32, n, 1.0f, 1, st, 4u, 1.0);
+    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)g32, n, 1.0f, 1, st, 4u, 1.0,
+           (double*)nullptr);
 
     // A step of each optimizer, applied; then a skipped one.
     launch("gacc_store_lr", 1, 32, st, 0.02f);
@@ -154,7 +159,7 @@ void run_size(gacc_u64 n) {
                    (const gacc_state*)st, run_ends, 3u, 1u, sr, (gacc_u64)7);
         }
         launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), comp.data(), (const float*)g32, n, 1.0f, 1, st, 0u,
-               1.0);
+               1.0, (double*)nullptr);
     }
     expect(state.step == 3u, "three applied steps");
     acc[n - 1] = NAN;
@@ -165,6 +170,63 @@ void run_size(gacc_u64 n) {
     launch("gacc_update_adamw", kGrid, kBlock, acc.data(), comp.data(), master.data(), m.data(), v.data(),
            working.data(), GACC_WORKING_F16, n, (const gacc_state*)st, run_ends, 3u, 1u, 0u, (gacc_u64)7);
     expect(acc[n - 1] == 0.0f, "a skipped step zeroes the accumulator");
+
+    // Lazy zeroing (issue 14): a stale accumulator is written, not read, by the flat
+    // accumulation producing the norm partials (every dtype, vector and scalar
+    // paths, drop mode's flagged and clean micro-batches); the last block clears the
+    // flag; finalize marks it stale again; materialize writes zeros.
+    state.eager_zero = 0u;
+    state.acc_stale = 1u;
+    for (int vec = 1; vec >= 0; --vec) {
+        const float* gf = vec ? g32 : grad32_store + 1;
+        launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), (float*)nullptr, gf, n, 2.0f, vec, st, 0u, 1.0,
+               partials.data());
+        expect(state.acc_stale == 0u && state.blocks_done == 0u, "the last block clears the flag and the counter");
+        launch("gacc_accumulate_f16", kGrid, kBlock, acc.data(), (float*)nullptr, (const unsigned short*)g16, n, 1.0f,
+               vec, st, 0u, 1.0, partials.data());
+        launch("gacc_accumulate_bf16", kGrid, kBlock, acc.data(), (float*)nullptr, (const unsigned short*)g16, n,
+               0.5f, vec, st, 0u, 1.0, partials.data());
+        state.acc_stale = 1u;
+    }
+    g32[n / 2] = NAN;
+    launch("gacc_check_finite", kGrid, kBlock, (const void*)g32, 0, n, st, 1u);
+    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), (float*)nullptr, (const float*)g32, n, 1.0f, 1, st, 1u,
+           1.0, partials.data());
+    expect(state.acc_stale == 1u && state.bad_seq == 0u, "a dropped micro-batch keeps acc stale, clears the flag");
+    g32[n / 2] = 0.0f;
+    launch("gacc_check_finite", kGrid, kBlock, (const void*)g32, 0, n, st, 2u);
+    launch("gacc_accumulate_f32", kGrid, kBlock, acc.data(), (float*)nullptr, (const float*)g32, n, 1.0f, 1, st, 2u,
+           1.0, partials.data());
+    expect(state.acc_stale == 0u, "a kept one clears it");
+    launch("gacc_finalize", 1, 32, st, (const double*)partials.data(), kGrid, adamw);
+    expect(state.acc_stale == 1u, "finalize marks acc stale");
+    launch("gacc_update_adamw", kGrid, kBlock, acc.data(), (float*)nullptr, master.data(), m.data(), v.data(),
+           working.data(), GACC_WORKING_BF16, n, (const gacc_state*)st, run_ends, 3u, 1u, 0u, (gacc_u64)7);
+    launch("gacc_norm_partials", kGrid, kBlock, (const float*)acc.data(), (const float*)nullptr, n,
+           (const gacc_state*)st, partials.data());
+    launch("gacc_materialize_zero", kGrid, kBlock, acc.data(), n, st, 1u);
+    expect(state.acc_stale == 0u && state.eager_zero == 1u && acc[0] == 0.0f && acc[n - 1] == 0.0f,
+           "materialize writes zeros, clears the flag, switches to eager");
+    launch("gacc_materialize_zero", kGrid, kBlock, acc.data(), n, st, 0u);
+
+    // The per-tensor kernel over a stale accumulator: one listed tensor and a gap
+    // entry (gradient 0) over the rest, fewer chunks than blocks (an idle block still
+    // takes its ticket); then the same table when not stale, and its check pass.
+    const gacc_u64 half = n / 2;
+    gacc_tensor_entry table[2] = {
+        {(gacc_u64)(uintptr_t)g32, 0, half, 0, 0u, 1u},
+        {0, half, n - half, 1, 0u, 0u},
+    };
+    state.eager_zero = 0u;
+    state.acc_stale = 1u;
+    acc[n - 1] = NAN;
+    for (int pass = 0; pass < 2; ++pass) {
+        launch("gacc_check_finite_tensors", kGrid, kBlock, (const gacc_tensor_entry*)table, 2u, (gacc_u64)2, st, 5u);
+        launch("gacc_accumulate_tensors", kGrid, kBlock, acc.data(), (float*)nullptr, (const gacc_tensor_entry*)table,
+               2u, (gacc_u64)2, 1.0f, st, 5u, 1.0);
+        expect(state.acc_stale == 0u && state.blocks_done == 0u && acc[n - 1] == 0.0f,
+               "the per-tensor kernel zeroes the gap of a stale accumulator and clears the flag");
+    }
 
     // Working copy rewrites and the data-parallel helpers.
     for (unsigned sr = 0; sr < 2; ++sr) {

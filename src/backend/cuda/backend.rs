@@ -8,9 +8,19 @@
 //!
 //! Launches: a micro-batch is one launch (two with drop_nonfinite_microbatches: the
 //! check pass, then the gated add; plus a host-to-device copy when the gradient is
-//! in host memory); a step is three (norm partials, finalize, fused
-//! update), whatever the number of tensors. A step queues its work and returns: no
-//! device-to-host transfer, no synchronisation.
+//! in host memory); a step is two (finalize, fused update) when the window's last
+//! change to the accumulator was a flat micro-batch that produced the norm partials,
+//! else three (norm partials first), whatever the number of tensors. A step queues
+//! its work and returns: no device-to-host transfer, no synchronisation.
+//!
+//! Lazy zeroing (issue 14, docs/cuda.md "Bytes"): a step or gacc_zero does not
+//! write zeros into the accumulator but marks it stale in the device state
+//! (acc_stale); the next flat micro-batch writes instead of adding. Eager zeroing as
+//! before with compensated accumulation and once gacc_accumulator_ptr was taken
+//! (device flag eager_zero). What must see real zeros gets them: checkpoint export
+//! (the snapshot holds zeros), the per-tensor kernel (it zeroes what no listed
+//! tensor covers), an in-place booking and a device all-reduce
+//! (gacc_materialize_zero first).
 //!
 //! Everything that changes from window to window lives in device memory, not in
 //! kernel arguments: the window's total weight (added by the accumulate kernel), the
@@ -71,6 +81,19 @@ pub struct CudaBackend<R: Runtime> {
     pub(super) dp_totals: Option<DevBuf>,
     /// Per-tensor micro-batches: the device table and what it was built from.
     tables: super::tensors::TableCache,
+    /// Eager zeroing (compensated accumulation, or gacc_accumulator_ptr taken): the
+    /// host's copy of the device's eager_zero.
+    eager: bool,
+    /// The device accumulator may be stale (a lazy step or zero since the last
+    /// launch that surely cleared the flag): what needs real zeros materialises them.
+    maybe_stale: bool,
+    /// The partials buffer holds the norm pass's result for the current window (the
+    /// last change to acc and to the window total was a flat micro-batch that wrote
+    /// them, with this window's loss scale): the step skips the norm pass.
+    partials_valid: bool,
+    /// Flat micro-batches produce the norm partials (off: the pre-issue-14 launch
+    /// sequence, for tests and benchmarks comparing both).
+    fused_norm: bool,
 }
 
 /// The working copy's element type, as the kernels number it.
@@ -221,6 +244,10 @@ impl<R: Runtime> CudaBackend<R> {
             dp_scratch: None,
             dp_totals: None,
             tables: Default::default(),
+            eager: config.numerics.compensated,
+            maybe_stale: false,
+            partials_valid: false,
+            fused_norm: true,
         };
         let f32_bytes = n * 4;
         let run_ends: Vec<u64> = init.layout.runs.iter().map(|r| r.end as u64).collect();
@@ -231,6 +258,7 @@ impl<R: Runtime> CudaBackend<R> {
             clip_coef: 1.0,
             hysteresis_left: config.scaler.hysteresis,
             lr: config.lr,
+            eager_zero: u32::from(config.numerics.compensated),
             ..DeviceState::default()
         };
         // SAFETY: every destination was just allocated with at least these sizes.
@@ -272,6 +300,56 @@ impl<R: Runtime> CudaBackend<R> {
     #[cfg(feature = "test-support")]
     pub fn grids(&self) -> launch::Grids {
         self.grids
+    }
+
+    /// Whether flat micro-batches produce the norm partials (default on). Off gives
+    /// the launch sequence from before issue 14 (a separate norm pass in every step),
+    /// so tests and benchmarks can compare both; every result is the same.
+    pub fn set_fused_norm(&mut self, on: bool) {
+        self.fused_norm = on;
+        self.partials_valid = false;
+    }
+
+    /// The device address of the accumulator, without switching to eager zeroing as
+    /// gacc_accumulator_ptr does (tests poison it to show what a kernel reads).
+    pub fn accumulator_device_ptr(&self) -> DevPtr {
+        self.acc.ptr()
+    }
+
+    /// Makes a possibly stale accumulator real zeros on the device (one launch,
+    /// which writes only when the device flag says stale); `make_eager` also
+    /// switches the steps to eager zeroing for good. Under capture the launch is
+    /// recorded even when the host thinks acc is not stale: a replay may follow a step.
+    pub(super) fn materialize_zeros(&mut self, make_eager: bool) -> Result<()> {
+        if self.eager || !(self.maybe_stale || make_eager || self.rt.capturing()?) {
+            return Ok(());
+        }
+        // SAFETY: acc holds n f32, state is this engine's gacc_state.
+        unsafe {
+            launch::materialize_zero(
+                &mut self.rt,
+                self.acc.ptr(),
+                self.n,
+                self.state.ptr(),
+                make_eager,
+                self.grids.materialize,
+            )?
+        };
+        self.maybe_stale = false;
+        Ok(())
+    }
+
+    /// An import wrote acc and the device state (acc_stale = 0): nothing is stale and
+    /// the partials do not describe the imported window.
+    pub(super) fn clear_stale_after_import(&mut self) {
+        self.maybe_stale = false;
+        self.partials_valid = false;
+    }
+
+    /// Something other than a partials-producing flat micro-batch changed the
+    /// accumulator or the window total: the next step runs the norm pass.
+    pub(super) fn invalidate_partials(&mut self) {
+        self.partials_valid = false;
     }
 
     pub(super) fn refresh_working_copy(&mut self) -> Result<()> {
@@ -428,30 +506,37 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             staging
         };
         let state = self.state.ptr();
-        let mut opts = launch::AccumulateOptions { comp: ptr_or_null(self.comp), state, seq: 0, weight };
+        let comp = ptr_or_null(self.comp);
+        // The engine checked numel == n: a full-buffer pass, which can produce the
+        // norm partials (not with Kahan compensation: that keeps the norm pass).
+        let fused = self.fused_norm && comp == 0 && grad.numel == self.n;
+        let partials = if fused { self.partials.ptr() } else { 0 };
+        let mut opts = launch::AccumulateOptions { comp, state, seq: 0, weight, partials };
         if self.drop_mode {
             // Numbered within the window, never 0: bad_seq is 0 when a window starts.
             self.seq = self.seq.wrapping_add(1).max(1);
             launch::check_finite(&mut self.rt, src, grad.dtype, grad.numel, state, self.seq, self.grids.check_finite)?;
             opts.seq = self.seq;
         }
-        launch::accumulate(
-            &mut self.rt,
-            self.acc.ptr(),
-            src,
-            grad.dtype,
-            grad.numel,
-            mul,
-            self.grids.accumulate(grad.dtype),
-            &opts,
-        )
+        let grid = if fused { self.norm_grid } else { self.grids.accumulate(grad.dtype) };
+        launch::accumulate(&mut self.rt, self.acc.ptr(), src, grad.dtype, grad.numel, mul, grid, &opts)?;
+        self.partials_valid = fused;
+        // A kept micro-batch clears the device's stale flag; in drop mode it may have
+        // been dropped, so the flag may still be set.
+        if !self.drop_mode {
+            self.maybe_stale = false;
+        }
+        Ok(())
     }
 
     unsafe fn accumulate_tensors(&mut self, grads: &[TensorGrad], mul: f32, weight: f64) -> Result<()> {
         use super::tensors;
+        // A stale accumulator is handled by the kernel itself: listed tensors are
+        // written, the rest zeroed (the table's gaps). No norm partials from it.
+        self.invalidate_partials();
         let (acc, comp, state, n) = (self.acc.ptr(), ptr_or_null(self.comp), self.state.ptr(), self.n);
         let staging = &mut self.staging;
-        let p = tensors::prepare(&mut self.rt, &mut self.bufs, &mut self.tables, grads, acc, |rt, bufs| {
+        let p = tensors::prepare(&mut self.rt, &mut self.bufs, &mut self.tables, grads, acc, n, |rt, bufs| {
             staging_of(staging, rt, bufs, n)
         })?;
         let mut seq = 0;
@@ -461,12 +546,21 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             seq = self.seq;
             tensors::check_finite(&mut self.rt, &p, state, seq)?;
         }
-        tensors::accumulate(&mut self.rt, &p, acc, comp, mul, state, seq, weight)
+        tensors::accumulate(&mut self.rt, &p, acc, comp, mul, state, seq, weight)?;
+        // A kept micro-batch that listed a tensor cleared the device's stale flag.
+        if !self.drop_mode && !grads.is_empty() {
+            self.maybe_stale = false;
+        }
+        Ok(())
     }
 
     /// An in-place micro-batch moves no data, but its weight joins the device's
     /// window total (the step reads that, not a host value): one booking launch.
     fn book_inplace(&mut self, weight: f64) -> Result<()> {
+        // The host wrote acc itself (into zeros, once gacc_accumulator_ptr switched to
+        // eager zeroing); the partials do not describe it.
+        self.materialize_zeros(false)?;
+        self.invalidate_partials();
         let none = super::tensors::Prepared { table: 0, n_tensors: 0, n_chunks: 0 };
         let (acc, comp, state) = (self.acc.ptr(), ptr_or_null(self.comp), self.state.ptr());
         // SAFETY: with no chunk the kernel touches only the state (thread 0 books).
@@ -477,16 +571,31 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         if offset >= self.n {
             return Err(Error::internal("accumulator offset outside the layout"));
         }
+        // In-place hosts write acc themselves and rely on it being zero whenever a
+        // window opens: real zeros now, and eager zeroing from here on.
+        if !self.eager {
+            self.materialize_zeros(true)?;
+            self.eager = true;
+        }
         Ok(self.acc.at(4 * offset) as *mut f32)
     }
 
     fn zero_window(&mut self) -> Result<()> {
-        // SAFETY: acc (and comp) hold n f32.
-        unsafe {
-            self.rt.memset(self.acc.ptr(), 0, self.n * 4)?;
-            if let Some(comp) = self.comp {
-                self.rt.memset(comp.ptr(), 0, self.n * 4)?;
+        self.invalidate_partials();
+        if self.eager {
+            // SAFETY: acc (and comp) hold n f32.
+            unsafe {
+                self.rt.memset(self.acc.ptr(), 0, self.n * 4)?;
+                if let Some(comp) = self.comp {
+                    self.rt.memset(comp.ptr(), 0, self.n * 4)?;
+                }
             }
+        } else {
+            // Lazy: acc is marked stale (any nonzero word: a byte memset of 0x01).
+            let stale = self.state_field(std::mem::offset_of!(DeviceState, acc_stale));
+            // SAFETY: the field is one u32 inside the DeviceState at `state`.
+            unsafe { self.rt.memset(stale, 1, 4)? };
+            self.maybe_stale = true;
         }
         // The device's window total, dropped count and drop mode's flag word (0.0 is
         // all-zero bytes): stream-ordered memsets, no sync.
@@ -527,20 +636,26 @@ impl<R: Runtime> Backend for CudaBackend<R> {
         // The next window's micro-batches are numbered from 1 again (finalize resets
         // the device's flag word).
         self.seq = 0;
+        let fused = std::mem::replace(&mut self.partials_valid, false);
         // SAFETY: every buffer was allocated for n elements (partials for norm_grid).
         unsafe {
-            launch::norm_partials(
-                &mut self.rt,
-                buffers.acc,
-                buffers.comp,
-                self.n,
-                buffers.state,
-                self.partials.ptr(),
-                self.norm_grid,
-            )?;
+            if !fused {
+                launch::norm_partials(
+                    &mut self.rt,
+                    buffers.acc,
+                    buffers.comp,
+                    self.n,
+                    buffers.state,
+                    self.partials.ptr(),
+                    self.norm_grid,
+                )?;
+            }
             launch::finalize(&mut self.rt, buffers.state, self.partials.ptr(), self.norm_grid, &self.hyper)?;
-            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)
+            launch::update(&mut self.rt, self.update_kind, &buffers, self.n, self.grids.update)?;
         }
+        // gacc_finalize marked acc stale (lazy mode).
+        self.maybe_stale = !self.eager;
+        Ok(())
     }
 
     fn last_report(&mut self) -> Result<StepReport> {
@@ -590,6 +705,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
             // The device's total is the kept micro-batches' (set_window_counts).
             return Ok(());
         }
+        self.invalidate_partials();
         let field = self.state_field(std::mem::offset_of!(DeviceState, window_total));
         // SAFETY: the field is one f64 inside the DeviceState at `state`.
         unsafe { self.rt.copy_h2d(field, total.to_le_bytes().as_ptr(), 8) }
@@ -601,6 +717,7 @@ impl<R: Runtime> Backend for CudaBackend<R> {
     }
 
     fn set_window_counts(&mut self, total: f64, dropped: u32) -> Result<()> {
+        self.invalidate_partials();
         let mut st = self.read_state()?;
         st.window_total = total;
         st.window_dropped = dropped;

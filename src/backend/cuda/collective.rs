@@ -66,6 +66,10 @@ impl<R: Runtime> DeviceGroup for CudaBackend<R> {
     ) -> Result<()> {
         let (scratch, totals) = self.dp_buffers()?;
         let (scratch, totals) = (scratch.ptr(), totals.ptr());
+        // A rank with an empty window contributes zeros, not a stale accumulator; the
+        // global window replaces this rank's, so the step runs its own norm pass.
+        self.materialize_zeros(false)?;
+        self.invalidate_partials();
         let (acc, state) = (self.acc.ptr(), self.state.ptr());
         let comp = self.comp.map(|c| c.ptr());
         let _cx = self.rt.enter()?;

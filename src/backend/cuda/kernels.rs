@@ -19,7 +19,7 @@ pub const KERNEL_FILES: [(&str, &str); 6] = [
 ];
 
 /// Every `extern "C"` kernel the backend launches.
-pub const KERNEL_NAMES: [&str; 16] = [
+pub const KERNEL_NAMES: [&str; 17] = [
     "gacc_accumulate_f32",
     "gacc_accumulate_f16",
     "gacc_accumulate_bf16",
@@ -36,6 +36,7 @@ pub const KERNEL_NAMES: [&str; 16] = [
     "gacc_store_lr",
     "gacc_accumulate_tensors",
     "gacc_check_finite_tensors",
+    "gacc_materialize_zero",
 ];
 
 /// The whole program as one translation unit.

@@ -43,7 +43,9 @@ pub struct Grids {
     pub update: u32,
     pub write_working: u32,
     pub dp_fold: u32,
-    /// gacc_norm_partials (fixed from the multiprocessor count alone).
+    pub materialize: u32,
+    /// gacc_norm_partials (fixed from the multiprocessor count alone), and the flat
+    /// accumulate kernels when they produce its partials.
     pub norm: u32,
 }
 
@@ -61,6 +63,7 @@ impl Grids {
             update: grid(kind.kernel()),
             write_working: grid("gacc_write_working"),
             dp_fold: grid("gacc_dp_fold"),
+            materialize: grid("gacc_materialize_zero"),
             norm: norm_grid(n, sm),
         }
     }
@@ -111,6 +114,9 @@ pub struct AccumulateOptions {
     pub seq: u32,
     /// The micro-batch's weight, booked on the device (drop mode: when kept).
     pub weight: f64,
+    /// The norm pass's partials (one double per block), written by this launch
+    /// (which must then run on the norm grid); 0: none. Never with `comp`.
+    pub partials: DevPtr,
 }
 
 /// acc += mul * grad (accumulate.cu), and the weight booked on the device.
@@ -133,6 +139,7 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
         n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0 && opts.state != 0,
         "accumulate: n > 0, acc/comp 16-byte aligned, state set",
     )?;
+    require(opts.partials == 0 || (opts.comp == 0 && opts.partials % 8 == 0), "accumulate: partials without comp")?;
     let name = match dtype {
         Dtype::F32 => "gacc_accumulate_f32",
         Dtype::F16 => "gacc_accumulate_f16",
@@ -154,7 +161,31 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
             Arg::Ptr(opts.state),
             Arg::U32(opts.seq),
             Arg::F64(opts.weight),
+            Arg::Ptr(opts.partials),
         ],
+    )
+}
+
+/// acc = 0 if the device state says it is stale, then the flag cleared
+/// (accumulate.cu); `make_eager` also switches the steps to eager zeroing.
+///
+/// # Safety
+/// `acc` holds `n` f32 and `state` is a gacc_state, device memory.
+pub unsafe fn materialize_zero<R: Runtime + ?Sized>(
+    rt: &mut R,
+    acc: DevPtr,
+    n: usize,
+    state: DevPtr,
+    make_eager: bool,
+    grid: u32,
+) -> Result<()> {
+    require(n > 0 && acc % 16 == 0 && state != 0, "materialize_zero: n > 0, acc aligned, state set")?;
+    rt.launch(
+        "gacc_materialize_zero",
+        grid,
+        BLOCK,
+        0,
+        &[Arg::Ptr(acc), Arg::U64(n as u64), Arg::Ptr(state), Arg::U32(u32::from(make_eager))],
     )
 }
 

@@ -21,12 +21,16 @@ impl<R: Runtime> CudaBackend<R> {
         let n = self.n;
         let mut master = vec![0f32; n];
         let mut acc = vec![0f32; n];
+        // Read first (it waits for the device): a stale accumulator is logically zero,
+        // which is what the snapshot holds (a checkpoint of an empty window).
+        let st = self.read_state()?;
         self.read_f32(self.master, &mut master)?;
-        self.read_f32(self.acc, &mut acc)?;
+        if st.acc_stale == 0 {
+            self.read_f32(self.acc, &mut acc)?;
+        }
         let state1 = self.read_optional(self.state1)?;
         let state2 = self.read_optional(self.state2)?;
         let comp = self.read_optional(self.comp)?;
-        let st = self.read_state()?;
         Ok(StateSnapshot {
             master,
             acc,
@@ -67,6 +71,8 @@ impl<R: Runtime> CudaBackend<R> {
         // Outside drop mode the device total stays (the engine mirrors its own after
         // a restore: mirror_window_total).
         st.window_dropped = s.window_dropped;
+        // The imported accumulator is real data (zeros for an empty window).
+        st.acc_stale = 0;
         self.write_f32(self.master, &s.master)?;
         self.write_f32(self.acc, &s.acc)?;
         for (buf, values) in [(self.state1, &s.state1), (self.state2, &s.state2), (self.comp, &s.comp)] {
@@ -75,6 +81,7 @@ impl<R: Runtime> CudaBackend<R> {
             }
         }
         self.write_state(&st)?;
+        self.clear_stale_after_import();
         self.refresh_working_copy()?;
         self.rt.synchronize()
     }

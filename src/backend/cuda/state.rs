@@ -33,7 +33,15 @@ pub struct DeviceState {
     pub bad_seq: u32,
     /// The learning rate of the next step (gacc_store_lr).
     pub lr: f32,
-    pub reserved: u32,
+    /// Nonzero: the accumulator is logically zero whatever it holds (lazy zeroing,
+    /// issue 14; set by gacc_finalize and gacc_zero, cleared by the next kept
+    /// full-buffer accumulation or gacc_materialize_zero).
+    pub acc_stale: u32,
+    /// Nonzero: steps write acc = 0 (compensated accumulation, or after
+    /// gacc_accumulator_ptr) and acc_stale is never set.
+    pub eager_zero: u32,
+    /// The last-block-done counter (0 between launches).
+    pub blocks_done: u32,
 }
 
 /// `struct gacc_hyper`: the fixed hyper-parameters gacc_finalize takes by value.

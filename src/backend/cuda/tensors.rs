@@ -40,14 +40,17 @@ pub struct TensorEntry {
 /// What the caller handed over last time, and the device table built from it.
 #[derive(Default)]
 pub struct TableCache {
-    /// (pointer, dtype, numel, offset) of every listed tensor, as the caller gave them.
-    key: Vec<(usize, Dtype, usize, usize)>,
+    /// (pointer, dtype, numel, offset) of every listed tensor, as the caller gave them
+    /// (None: no table built yet).
+    key: Option<Vec<(usize, Dtype, usize, usize)>>,
     /// Which of them are host memory (staged).
     host: Vec<bool>,
     /// The device table (capacity `capacity` entries; None until first used), owned
     /// by the backend's [`DeviceBuffers`].
     table: Option<DevBuf>,
     capacity: usize,
+    /// Entries in the table: the listed tensors, then the gaps.
+    n_entries: u32,
     n_chunks: u64,
 }
 
@@ -62,29 +65,54 @@ fn dtype_code(d: Dtype) -> u32 {
 /// Where the kernels read the micro-batch from: the device table and its chunk count.
 pub struct Prepared {
     pub table: DevPtr,
+    /// Table entries (listed tensors and gaps).
     pub n_tensors: u32,
     pub n_chunks: u64,
 }
 
-/// Stages the host gradients and brings the device table up to date.
+/// The ranges of [0, n) that no listed tensor covers, in ascending order (the
+/// ranges lie inside the layout and are disjoint).
+fn gaps(grads: &[TensorGrad], n: usize) -> Vec<(usize, usize)> {
+    let mut listed: Vec<(usize, usize)> = grads.iter().map(|g| (g.offset, g.offset + g.grad.numel)).collect();
+    listed.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (lo, hi) in listed {
+        if lo > at {
+            out.push((at, lo));
+        }
+        at = at.max(hi);
+    }
+    if at < n {
+        out.push((at, n));
+    }
+    out
+}
+
+/// Stages the host gradients and brings the device table up to date. When at least
+/// one tensor is listed, the table also holds "gap" entries (gradient 0) over the
+/// elements no listed tensor covers, which the kernel zeroes when the accumulator is
+/// stale (lazy zeroing, kernels/accumulate.cu).
 ///
 /// # Safety
 /// Every `grads[i]` points to `numel` readable elements of its dtype, host memory or
-/// device memory of this runtime's device; `acc` holds the layout's elements,
+/// device memory of this runtime's device; `acc` holds the layout's `n` elements,
 /// `bufs` are the backend's allocations on `rt` and `staging()` returns a buffer of
-/// 4 * (layout numel) bytes.
+/// 4 * n bytes.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn prepare<R: Runtime + ?Sized>(
     rt: &mut R,
     bufs: &mut DeviceBuffers,
     cache: &mut TableCache,
     grads: &[TensorGrad],
     acc: DevPtr,
+    n: usize,
     mut staging: impl FnMut(&mut R, &mut DeviceBuffers) -> Result<DevPtr>,
 ) -> Result<Prepared> {
-    let n_tensors = u32::try_from(grads.len()).map_err(|_| Error::invalid_argument("too many tensors"))?;
+    u32::try_from(grads.len()).map_err(|_| Error::invalid_argument("too many tensors"))?;
     let key: Vec<(usize, Dtype, usize, usize)> =
         grads.iter().map(|g| (g.grad.ptr as usize, g.grad.dtype, g.grad.numel, g.offset)).collect();
-    let same = key == cache.key;
+    let same = cache.key.as_ref() == Some(&key);
     if !same {
         let mut host = Vec::with_capacity(grads.len());
         for g in grads {
@@ -117,6 +145,14 @@ pub unsafe fn prepare<R: Runtime + ?Sized>(
             });
             first_chunk += (g.grad.numel as u64).div_ceil(TENSOR_CHUNK);
         }
+        if !grads.is_empty() {
+            for (lo, hi) in gaps(grads, n) {
+                let numel = (hi - lo) as u64;
+                entries.push(TensorEntry { grad: 0, offset: lo as u64, numel, first_chunk, dtype: 0, vec: 0 });
+                first_chunk += numel.div_ceil(TENSOR_CHUNK);
+            }
+        }
+        let n_entries = u32::try_from(entries.len()).map_err(|_| Error::invalid_argument("too many tensors"))?;
         if !entries.is_empty() {
             if cache.capacity < entries.len() {
                 let table = bufs.alloc(rt, entries.len() * std::mem::size_of::<TensorEntry>())?;
@@ -133,9 +169,10 @@ pub unsafe fn prepare<R: Runtime + ?Sized>(
             )?;
         }
         cache.n_chunks = first_chunk;
-        cache.key = key;
+        cache.n_entries = n_entries;
+        cache.key = Some(key);
     }
-    Ok(Prepared { table: ptr_or_null(cache.table), n_tensors, n_chunks: cache.n_chunks })
+    Ok(Prepared { table: ptr_or_null(cache.table), n_tensors: cache.n_entries, n_chunks: cache.n_chunks })
 }
 
 /// Grid of a multi-tensor pass: one block per chunk, capped.

@@ -515,6 +515,66 @@ fn on_capture_thread(body: impl FnOnce() + Send + 'static) {
     .expect("capture test thread");
 }
 
+/// Issue 14: ONE gacc_microbatch (device gradient) captured on the caller's stream and
+/// replayed K times per window, each window closed by one direct micro-batch and a
+/// direct gacc_step, gives bit for bit the parameters, loss scale and step info
+/// (norm, clip coefficient, applied, step count) of the same windows of direct
+/// calls: whether the replayed kernel writes (first of a window: the accumulator is
+/// stale after a step) or adds is read from the device, not frozen in the graph.
+/// Then gacc_accumulator_ptr after a step points at zeros in device memory (the
+/// stale accumulator is materialised).
+pub fn captured_microbatch_replayed_matches_direct_calls() {
+    let (n, k_mb, windows) = (2053usize, 3usize, 3usize);
+    let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.07).cos()).collect();
+    on_capture_thread(move || {
+        let direct = small_engine(0, &init);
+        let captured = small_engine(0, &init);
+        unsafe {
+            let stream = capture_stream(captured);
+            let mut grad = 0u64;
+            ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
+            begin_capture(stream);
+            let st = gacc_microbatch(captured, grad as *const c_void, GACC_DTYPE_F32, n, 1.5);
+            assert_eq!(st, gacc_status::GACC_OK, "captured microbatch: {}", last_error());
+            let graph = end_capture(stream, "end capture");
+            for w in 0..windows {
+                for k in 0..k_mb {
+                    let v = grad_values(n, w, k);
+                    ok(sys::cuMemcpyHtoDAsync_v2(grad, v.as_ptr().cast(), 4 * n, stream), "refill");
+                    ok(sys::cuGraphLaunch(graph.1, stream), "graph launch");
+                    let st = gacc_microbatch(direct, v.as_ptr().cast(), GACC_DTYPE_F32, n, 1.5);
+                    assert_eq!(st, gacc_status::GACC_OK);
+                    // The refill of the next replay must wait for this one.
+                    ok(sys::cuStreamSynchronize(stream), "sync");
+                }
+                // The host's window of the captured engine holds only what it saw:
+                // the captured call (window 0) and this direct one.
+                let last = grad_values(n, w, 9);
+                for e in [direct, captured] {
+                    assert_eq!(gacc_microbatch(e, last.as_ptr().cast(), GACC_DTYPE_F32, n, 0.5), gacc_status::GACC_OK);
+                }
+                let (mut a, mut b) = (gacc_step_info::default(), gacc_step_info::default());
+                assert_eq!(gacc_step(direct, &mut a), gacc_status::GACC_OK, "{}", last_error());
+                assert_eq!(gacc_step(captured, &mut b), gacc_status::GACC_OK, "{}", last_error());
+                assert_eq!(
+                    (a.grad_norm.to_bits(), a.clip_coef.to_bits(), a.applied, a.step, a.loss_scale.to_bits()),
+                    (b.grad_norm.to_bits(), b.clip_coef.to_bits(), b.applied, b.step, b.loss_scale.to_bits()),
+                    "window {w}: step info"
+                );
+                assert_eq!(params_of(captured, n), params_of(direct, n), "window {w}: parameters");
+            }
+            let mut acc: *mut f32 = std::ptr::null_mut();
+            let st = gacc::ffi::tensors::gacc_accumulator_ptr(captured, 0, &mut acc);
+            assert_eq!(st, gacc_status::GACC_OK, "{}", last_error());
+            let mut host = vec![1u32; n];
+            ok(sys::cuCtxSynchronize(), "sync");
+            ok(sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), acc as u64, 4 * n), "read the accumulator");
+            assert!(host.iter().all(|&a| a == 0), "gacc_accumulator_ptr after a step: zeros in device memory");
+            end_capture_test(graph, &[captured, direct], &[grad], stream);
+        }
+    });
+}
+
 /// A new non-blocking stream, set as `e`'s stream.
 unsafe fn capture_stream(e: *mut gacc_engine) -> sys::CUstream {
     let mut stream: sys::CUstream = std::ptr::null_mut();
