@@ -9,7 +9,7 @@
 
 /// The tensor sizes, in creation order.
 pub fn transformer_sizes(params: usize, tensors: usize) -> Vec<usize> {
-    assert!(tensors >= 8 && tensors % 8 == 0, "tensor count must be a multiple of 8");
+    assert!(tensors >= 8 && tensors.is_multiple_of(8), "tensor count must be a multiple of 8");
     let layers = tensors / 8;
     let per_layer = params / layers;
     let mut d = 8usize;

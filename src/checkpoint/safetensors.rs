@@ -52,7 +52,7 @@ pub fn write(out: &mut impl Write, metadata: &BTreeMap<String, String>, tensors:
     }
     let mut json = Value::Object(header).to_string().into_bytes();
     // Pad with spaces so the data starts 8-byte aligned, as the format recommends.
-    while (json.len() + 8) % 8 != 0 {
+    while !(json.len() + 8).is_multiple_of(8) {
         json.push(b' ');
     }
     let io = |e| io_error("writing the checkpoint", e);

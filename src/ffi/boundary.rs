@@ -82,7 +82,7 @@ pub fn require<T>(ptr: *const T, argument: &str) -> Result<()> {
 /// Fails with GACC_ERR_INVALID_ARGUMENT when `ptr` is not aligned to `align` bytes
 /// (building a Rust slice from it would be undefined behaviour).
 pub fn require_aligned<T>(ptr: *const T, align: usize, argument: &str) -> Result<()> {
-    if (ptr as usize) % align != 0 {
+    if !(ptr as usize).is_multiple_of(align) {
         Err(Error::invalid_argument(format!("{argument} ({ptr:p}) is not aligned to {align} bytes")))
     } else {
         Ok(())

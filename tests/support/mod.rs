@@ -503,7 +503,7 @@ pub struct Model {
 impl Model {
     pub fn new(cfg: &gacc_config, tensors: &[TensorSpec]) -> Model {
         let p: Vec<R> = tensors.iter().flat_map(|t| t.init.iter().map(|&x| R::exact(x as f64))).collect();
-        let decay = tensors.iter().flat_map(|t| std::iter::repeat(!t.no_wd).take(t.init.len())).collect();
+        let decay = tensors.iter().flat_map(|t| std::iter::repeat_n(!t.no_wd, t.init.len())).collect();
         let n = p.len();
         Model {
             cfg: *cfg,

@@ -99,7 +99,7 @@ pub fn vector_aligned(ptr: DevPtr, dtype: Dtype) -> bool {
         Dtype::F32 => 16,
         Dtype::F16 | Dtype::BF16 => 8,
     };
-    ptr % need == 0
+    ptr.is_multiple_of(need)
 }
 
 /// What the accumulate kernel does besides acc += mul * grad.
@@ -136,10 +136,13 @@ pub unsafe fn accumulate<R: Runtime + ?Sized>(
     opts: &AccumulateOptions,
 ) -> Result<()> {
     require(
-        n > 0 && acc % 16 == 0 && grad != 0 && opts.comp % 16 == 0 && opts.state != 0,
+        n > 0 && acc.is_multiple_of(16) && grad != 0 && opts.comp.is_multiple_of(16) && opts.state != 0,
         "accumulate: n > 0, acc/comp 16-byte aligned, state set",
     )?;
-    require(opts.partials == 0 || (opts.comp == 0 && opts.partials % 8 == 0), "accumulate: partials without comp")?;
+    require(
+        opts.partials == 0 || (opts.comp == 0 && opts.partials.is_multiple_of(8)),
+        "accumulate: partials without comp",
+    )?;
     let name = match dtype {
         Dtype::F32 => "gacc_accumulate_f32",
         Dtype::F16 => "gacc_accumulate_f16",
@@ -179,7 +182,7 @@ pub unsafe fn materialize_zero<R: Runtime + ?Sized>(
     make_eager: bool,
     grid: u32,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && state != 0, "materialize_zero: n > 0, acc aligned, state set")?;
+    require(n > 0 && acc.is_multiple_of(16) && state != 0, "materialize_zero: n > 0, acc aligned, state set")?;
     rt.launch(
         "gacc_materialize_zero",
         grid,
@@ -233,7 +236,10 @@ pub unsafe fn norm_partials<R: Runtime + ?Sized>(
     partials: DevPtr,
     grid: u32,
 ) -> Result<()> {
-    require(n > 0 && acc % 16 == 0 && comp % 16 == 0 && state != 0, "norm: n > 0, acc aligned, state set")?;
+    require(
+        n > 0 && acc.is_multiple_of(16) && comp.is_multiple_of(16) && state != 0,
+        "norm: n > 0, acc aligned, state set",
+    )?;
     rt.launch(
         "gacc_norm_partials",
         grid,
@@ -286,7 +292,7 @@ pub unsafe fn dp_pack_totals<R: Runtime + ?Sized>(
     state: DevPtr,
     microbatches: u32,
 ) -> Result<()> {
-    require(totals % 8 == 0 && totals != 0 && state != 0, "dp_pack_totals: pointers set")?;
+    require(totals.is_multiple_of(8) && totals != 0 && state != 0, "dp_pack_totals: pointers set")?;
     rt.launch("gacc_dp_pack_totals", 1, 1, 0, &[Arg::Ptr(totals), Arg::Ptr(state), Arg::F64(f64::from(microbatches))])
 }
 
@@ -301,7 +307,7 @@ pub unsafe fn dp_unpack_totals<R: Runtime + ?Sized>(
     state: DevPtr,
     drop_mode: bool,
 ) -> Result<()> {
-    require(totals % 8 == 0 && totals != 0 && state != 0, "dp_unpack_totals: pointers set")?;
+    require(totals.is_multiple_of(8) && totals != 0 && state != 0, "dp_unpack_totals: pointers set")?;
     rt.launch("gacc_dp_unpack_totals", 1, 1, 0, &[Arg::Ptr(totals), Arg::Ptr(state), Arg::U32(u32::from(drop_mode))])
 }
 
@@ -373,7 +379,8 @@ pub unsafe fn update<R: Runtime + ?Sized>(
     n: usize,
     grid: u32,
 ) -> Result<()> {
-    let aligned = [b.acc, b.comp, b.master, b.state1, b.state2].iter().all(|p| p % 16 == 0) && b.working % 8 == 0;
+    let aligned =
+        [b.acc, b.comp, b.master, b.state1, b.state2].iter().all(|p| p % 16 == 0) && b.working.is_multiple_of(8);
     require(n > 0 && b.n_runs > 0 && aligned, "update: n > 0, runs > 0, buffers aligned")?;
     require((b.working == 0) == (b.working_dtype == 0), "update: working copy and its dtype agree")?;
     let n = n as u64;
@@ -423,7 +430,7 @@ pub unsafe fn write_working<R: Runtime + ?Sized>(
     seed: u64,
 ) -> Result<()> {
     require(
-        n > 0 && master % 16 == 0 && working % 8 == 0 && working_dtype != 0 && state != 0,
+        n > 0 && master.is_multiple_of(16) && working.is_multiple_of(8) && working_dtype != 0 && state != 0,
         "write_working: aligned, dtype, state",
     )?;
     rt.launch(

@@ -134,7 +134,7 @@ pub unsafe fn prepare<R: Runtime + ?Sized>(
         let mut first_chunk = 0u64;
         for (g, &is_host) in grads.iter().zip(&cache.host) {
             let ptr = if is_host { stage_base + 4 * g.offset as u64 } else { g.grad.ptr as DevPtr };
-            let acc_aligned = (acc + 4 * g.offset as u64) % 16 == 0;
+            let acc_aligned = (acc + 4 * g.offset as u64).is_multiple_of(16);
             entries.push(TensorEntry {
                 grad: ptr,
                 offset: g.offset as u64,

@@ -106,7 +106,7 @@ pub fn cases() -> Vec<Case> {
                     grad_dtype,
                     tensors: sizes.to_vec(),
                     reduction: if i % 3 == 2 { GACC_GRADS_SUM } else { GACC_GRADS_MEAN },
-                    nonfinite_window: if i % 2 == 0 { Some(1) } else { None },
+                    nonfinite_window: if i.is_multiple_of(2) { Some(1) } else { None },
                     device_grads,
                     misaligned,
                     windows: 4,
