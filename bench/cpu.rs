@@ -25,14 +25,13 @@
 //!   (no write-allocate), like a += b; only the fp16/bf16 working copy is a
 //!   write-only stream.
 //!
-//! The `B/elem` column is what today's passes move; `min B/elem` is the minimum of issue
-//! 14's design for the same work: the first micro-batch of a window writes acc instead of
-//! adding (8 B/elem f32, 6 f16/bf16: the "first of window" rows, timed after gacc_zero),
-//! the step needs no norm pass after a full-buffer micro-batch (-4) and writes no acc = 0
-//! (-4), the window 8 + 12 (K - 1) + 30 = 74; compensated accumulation keeps today's
-//! bytes, and so do the per-tensor rows (the host took gacc_accumulator_ptr). The GB/s and
-//! ratio columns use today's bytes (what this build moves until issue 14 lands); the
-//! last column is the median at the minimum's bytes, against STREAM add.
+//! The `B/elem` column is what this build moves (issue 14's passes): the first
+//! micro-batch of a window writes acc instead of adding (8 B/elem f32, 6 f16/bf16: the
+//! "first of window" rows, timed after gacc_zero), the step needs no norm pass after a
+//! full-buffer micro-batch and writes no acc = 0, the window is 8 + 12 (K - 1) + 30 = 74;
+//! compensated accumulation keeps the old bytes, and so do the per-tensor rows (the host
+//! took gacc_accumulator_ptr). `B/elem before` is what the passes moved before issue 14.
+//! GB/s and the ratio columns use `B/elem`.
 //!
 //! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
 //! (32K-element chunks, sequential below 256K elements).
@@ -216,7 +215,8 @@ struct Row {
     /// Bytes per element of today's passes.
     bytes: usize,
     /// Bytes per element of issue 14's design for the same work.
-    bytes_min: usize,
+    /// What the row moved before issue 14.
+    bytes_before: usize,
     t: Timing,
     /// STREAM add GB/s: median, best.
     stream_add: f64,
@@ -260,11 +260,12 @@ fn main() {
         };
         let add_gbs = (12 * n) as f64 / add.median / 1e9;
         let add_best = (12 * n) as f64 / add.min / 1e9;
-        let row_min = |kernel: &str, bytes: usize, bytes_min: usize, t: Timing| Row {
+        // (what the row moves now, what it moved before issue 14)
+        let row_min = |kernel: &str, before: usize, bytes: usize, t: Timing| Row {
             kernel: kernel.into(),
             size: n,
             bytes,
-            bytes_min,
+            bytes_before: before,
             t,
             stream_add: add_gbs,
             stream_add_best: add_best,
@@ -375,17 +376,17 @@ fn main() {
     }
 
     println!(
-        "| kernel | params | B/elem | min B/elem (issue 14) | median ms | GB/s median [min..max] | STREAM add GB/s median | \
-         ratio to add (median) | ratio to add (best/best) | ratio to add at min B/elem (median) |"
+        "| kernel | params | B/elem | B/elem before issue 14 | median ms | GB/s median [min..max] | STREAM add GB/s median | \
+         ratio to add (median) | ratio to add (best/best) |"
     );
-    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.3} | {:.1} [{:.1}..{:.1}] | {:.1} | {:.2} | {:.2} |",
             r.kernel,
             size_name(r.size),
             r.bytes,
-            r.bytes_min,
+            r.bytes_before,
             r.t.median * 1e3,
             r.gbs(r.t.median),
             r.gbs(r.t.max),
@@ -393,7 +394,6 @@ fn main() {
             r.stream_add,
             r.gbs(r.t.median) / r.stream_add,
             r.gbs(r.t.min) / r.stream_add_best,
-            (r.bytes_min * r.size) as f64 / r.t.median / 1e9 / r.stream_add,
         );
     }
 

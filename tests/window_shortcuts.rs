@@ -210,3 +210,31 @@ fn accumulator_taken_after_a_window_reads_zero() {
         assert!(bits(&e.params()) == bits(&reference.params()), "{ending}");
     }
 }
+
+/// Buffers of 4 Mi elements and more write the first micro-batch of a window with
+/// streaming stores and take the norm partials from the registers
+/// (src/backend/cpu/streaming.rs): the same bits as the eager engine, in every dtype.
+#[test]
+fn large_buffers_stream_the_first_microbatch_bit_for_bit() {
+    let mut rng = Rng::new(99);
+    let n = (4 << 20) + 1037;
+    let tensors =
+        vec![TensorSpec { init: rng.vec(3, 1.0), no_wd: true }, TensorSpec { init: rng.vec(n - 3, 1.0), no_wd: false }];
+    let mut cfg = config(GACC_OPTIMIZER_ADAMW);
+    cfg.max_grad_norm = 0.5;
+    let fast = Eng::new(&cfg, &tensors);
+    let eager = Eng::new(&cfg, &tensors);
+    let mut p = std::ptr::null_mut();
+    ok(unsafe { gacc_accumulator_ptr(eager.h, 0, &mut p) });
+    for (w, dtype) in [GACC_DTYPE_F32, GACC_DTYPE_F16, GACC_DTYPE_BF16, GACC_DTYPE_F32].into_iter().enumerate() {
+        for k in 0..2 {
+            let g = random_grad(&mut rng, dtype, n, -8, 2, 1.0);
+            let weight = 1.0 + k as f64;
+            fast.mb(&g, weight);
+            eager.mb(&g, weight);
+        }
+        let (a, b) = (fast.step(), eager.step());
+        assert_eq!(info_bits(&a), info_bits(&b), "window {w}");
+        assert!(bits(&fast.params()) == bits(&eager.params()), "window {w}: weights");
+    }
+}

@@ -2,13 +2,16 @@
 //! accumulation whatever the incoming dtype.
 //!
 //! Bytes per element: grad (4 or 2) read, acc (4) read and written; on the first
-//! micro-batch of a window acc is only written (Mode::Write: 8 or 6 B).
+//! micro-batch of a window acc is only written (Mode::Write: 8 or 6 B; with streaming
+//! stores on large buffers, streaming.rs, so that the write does not read the line first).
 //! The pass can also compute the step's norm partials on the side (see [`Norms`]):
 //! the values it has just written are squared while they are still in L1, which
 //! costs no memory traffic, so a step right after it needs no norm pass.
 
+use super::isa::isa;
 use super::parallel::{for_each_indexed, map_items, SharedMut, WorkItem};
 use super::slices::{self, add_squares, Grad, Mode, LANES};
+use super::streaming;
 
 /// Where a pass writes the norm partials: for work item k, the sum of squares of
 /// f64(acc * factor) over the item's new values, computed exactly as the step's norm
@@ -37,10 +40,19 @@ pub fn accumulate(items: &[WorkItem], acc: &mut [f32], grad: Grad<'_>, mul: f32,
         }),
         Some(Norms { factor, partials }) => {
             let out = SharedMut(partials.as_mut_ptr());
+            // Writing a buffer far larger than the caches: streaming stores (no
+            // write-allocate read of acc), squares from the registers.
+            let stream = mode == Mode::Write && total >= streaming::MIN_ELEMENTS;
             for_each_indexed(items, total, |k, item| {
                 // SAFETY: as above; partial k belongs to item k alone.
                 let a = unsafe { base.slice(item) };
-                let sum = accumulate_and_square(a, grad.range(item.start, item.end), mul, mode, factor);
+                let g = grad.range(item.start, item.end);
+                let mut lanes = [0f64; LANES];
+                let sum = if stream && streaming::write_and_square(isa(), a, g, mul, factor, &mut lanes) {
+                    lanes.iter().sum()
+                } else {
+                    accumulate_and_square(a, g, mul, mode, factor)
+                };
                 unsafe { out.write(k, sum) };
             });
         }

@@ -23,6 +23,7 @@ pub mod isa;
 pub mod parallel;
 mod slices;
 mod step;
+mod streaming;
 mod tensors;
 
 use std::os::raw::c_void;

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::accumulate::{Norms, SUB};
+use super::accumulate::Norms;
 use super::parallel::{for_each_indexed, SharedMut, WorkItem, PARALLEL_THRESHOLD};
 use super::slices::{self, add_squares, Grad, Mode, LANES};
 use crate::backend::TensorGrad;
@@ -36,15 +36,27 @@ impl<'a> PerTensor<'a> {
         PerTensor { grads, ends }
     }
 
+    /// The index of the first listed tensor that ends after `at` (where a walk from
+    /// `at` starts).
+    fn cursor(&self, at: usize) -> usize {
+        self.ends.partition_point(|&end| end <= at)
+    }
+
     /// Calls `f(lo, hi, grad)` for consecutive pieces covering [lo0, hi0) of the flat
     /// buffers: `grad` is the listed gradient's elements for [lo, hi), None where no
-    /// listed tensor lies (a tensor without a gradient in this micro-batch).
+    /// listed tensor lies (a tensor without a gradient in this micro-batch). `k` is
+    /// [`PerTensor::cursor`] of lo0; the return value is the cursor of hi0, so
+    /// consecutive ranges are walked without searching again.
     ///
     /// # Safety
     /// Every listed pointer must point to `numel` readable, aligned elements.
-    unsafe fn pieces(&self, lo0: usize, hi0: usize, mut f: impl FnMut(usize, usize, Option<Grad<'_>>)) {
-        // The first listed tensor ending after lo0.
-        let mut k = self.ends.partition_point(|&end| end <= lo0);
+    unsafe fn walk(
+        &self,
+        mut k: usize,
+        lo0: usize,
+        hi0: usize,
+        mut f: impl FnMut(usize, usize, Option<Grad<'_>>),
+    ) -> usize {
         let mut at = lo0;
         while at < hi0 {
             match self.grads.get(k) {
@@ -64,6 +76,7 @@ impl<'a> PerTensor<'a> {
                 }
             }
         }
+        k
     }
 
     /// Whether any listed tensor holds inf or NaN (drop mode's check pass).
@@ -75,7 +88,7 @@ impl<'a> PerTensor<'a> {
             let mut bad = false;
             // SAFETY: the caller's contract.
             unsafe {
-                self.pieces(item.start, item.end, |_, _, g| {
+                self.walk(self.cursor(item.start), item.start, item.end, |_, _, g| {
                     if let Some(g) = g {
                         bad |= slices::nonfinite(g);
                     }
@@ -115,26 +128,34 @@ impl<'a> PerTensor<'a> {
         let factor = norms.as_ref().map(|n| n.factor);
         let out = norms.map(|n| SharedMut(n.partials.as_mut_ptr()));
         for_each_indexed(items, acc.len(), |k, item| {
+            let apply = |a: usize, b: usize, g: Option<Grad<'_>>| {
+                let range = WorkItem { start: a, end: b, decay: false };
+                // SAFETY: the caller's contract; work items are disjoint and so are
+                // the pieces inside one.
+                let dst = unsafe { base.slice(&range) };
+                match g {
+                    Some(g) if kahan => slices::kahan(dst, unsafe { cbase.slice(&range) }, g, mul),
+                    Some(g) => slices::accumulate(dst, g, mul, mode),
+                    None if mode == Mode::Write => dst.fill(0.0),
+                    None => {}
+                }
+            };
+            let mut cursor = self.cursor(item.start);
+            let Some(factor) = factor else {
+                // SAFETY: the caller's contract.
+                unsafe { self.walk(cursor, item.start, item.end, apply) };
+                return;
+            };
+            // With the norm partials: window by window, squaring what each window
+            // wrote while it is in L1 (lanes do not depend on the window size).
             let mut lanes = [0f64; LANES];
             let mut lo = item.start;
             while lo < item.end {
-                let hi = (lo + SUB).min(item.end);
-                // SAFETY: the caller's contract; work items are disjoint and so are
-                // the pieces inside one.
+                let hi = (lo + WINDOW).min(item.end);
+                // SAFETY: as above.
                 unsafe {
-                    self.pieces(lo, hi, |a, b, g| {
-                        let range = WorkItem { start: a, end: b, decay: false };
-                        let dst = base.slice(&range);
-                        match g {
-                            Some(g) if kahan => slices::kahan(dst, cbase.slice(&range), g, mul),
-                            Some(g) => slices::accumulate(dst, g, mul, mode),
-                            None if mode == Mode::Write => dst.fill(0.0),
-                            None => {}
-                        }
-                    });
-                    if let Some(factor) = factor {
-                        add_squares(&mut lanes, base.slice(&WorkItem { start: lo, end: hi, decay: false }), factor);
-                    }
+                    cursor = self.walk(cursor, lo, hi, apply);
+                    add_squares(&mut lanes, base.slice(&WorkItem { start: lo, end: hi, decay: false }), factor);
                 }
                 lo = hi;
             }
@@ -145,6 +166,10 @@ impl<'a> PerTensor<'a> {
         });
     }
 }
+
+/// Elements per window of the per-tensor pass with norm partials: a multiple of
+/// LANES; 16 KiB of acc and up to as much gradient stay in a 48 KiB L1.
+const WINDOW: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -161,9 +186,9 @@ mod tests {
 
     #[test]
     fn pieces_cover_every_element_once() {
-        // Sizes around CHUNK and SUB so that items start inside, at and across
+        // Sizes around CHUNK and WINDOW so that items start inside, at and across
         // tensors, with a gap of 3 unlisted elements before each listed tensor.
-        let sizes = [1, CHUNK - 1, 2, CHUNK, 3 * CHUNK + 5, 7, SUB + 1];
+        let sizes = [1, CHUNK - 1, 2, CHUNK, 3 * CHUNK + 5, 7, WINDOW + 1];
         let bufs: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![1.0; n]).collect();
         let mut offset = 0;
         let mut grads = Vec::new();
