@@ -6,7 +6,7 @@
 // host-to-device copy and no sync; a captured window has a fixed K), the collective
 // sums the buffer across ranks on the stream, and
 // gacc_dp_unpack_totals moves the global total into state->window_total, where
-// gacc_norm_partials and gacc_finalize read it (hyper.device_total = 1).
+// gacc_norm_partials and gacc_finalize read it (the window total is always the device's).
 // totals = { total weight, micro-batches, drop-mode device total, drop-mode dropped }
 // (drop mode: both totals are the kept micro-batches' total).
 // gacc_dp_fold writes acc - comp (compensated accumulation) into the scratch

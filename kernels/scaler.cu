@@ -21,7 +21,7 @@
 //    Drop mode: a window with every micro-batch dropped (total 0) is skipped; a
 //    dropped micro-batch counts as an overflow for the loss scale even when the step
 //    is applied.
-// 6. Device collective (h.device_total, NCCL): the total is the global one that
+// 6. Device collective (NCCL): the total is the global one that
 //    gacc_dp_unpack_totals (dp.cu) left in state->window_total. A global total of 0
 //    with nothing dropped skips the step and leaves the loss scale.
 // The scaler rule (math::ScalerState::update), two policies: overflow: if
@@ -49,9 +49,6 @@ struct gacc_hyper {
     unsigned consecutive_hysteresis;  // 0 or 1
     float min_scale;                  // 0: no floor
     float max_scale;                  // 0: no cap
-    unsigned drop_nonfinite;          // 1: drop mode (device window total)
-    unsigned device_total;            // 1: device collective (NCCL): the global total is
-                                      // state->window_total (gacc_dp_unpack_totals)
     unsigned loss_scale_policy;       // 0 GRADSCALER, 1 DEEPSPEED
 };
 

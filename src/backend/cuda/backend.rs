@@ -458,7 +458,6 @@ fn hyper_of(c: &Config) -> Hyper {
         consecutive_hysteresis: u32::from(c.scaler.consecutive_hysteresis),
         min_scale: c.scaler.min_scale,
         max_scale: c.scaler.max_scale,
-        drop_nonfinite: u32::from(c.numerics.drop_nonfinite),
         loss_scale_policy: u32::from(c.scaler.policy == ScalePolicy::DeepSpeed),
         ..Hyper::default()
     };

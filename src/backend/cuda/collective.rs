@@ -51,7 +51,6 @@ impl<R: Runtime> DeviceGroup for CudaBackend<R> {
         }
         self.refresh_working_copy()?;
         self.rt.synchronize()?;
-        self.hyper.device_total = 1;
         Ok(())
     }
 
@@ -88,7 +87,7 @@ impl<R: Runtime> DeviceGroup for CudaBackend<R> {
                 comm.allreduce(acc, scratch, self.n, Element::F32, stream)?;
             }
             // Every collective was accepted: the global window replaces this rank's.
-            launch::dp_unpack_totals(&mut self.rt, totals, state, self.hyper.drop_nonfinite != 0)?;
+            launch::dp_unpack_totals(&mut self.rt, totals, state, self.drop_mode)?;
             if let Some(comp) = comp {
                 self.rt.memset(comp, 0, self.n * 4)?;
             }

@@ -64,9 +64,6 @@ pub struct Hyper {
     pub consecutive_hysteresis: u32,
     pub min_scale: f32,
     pub max_scale: f32,
-    pub drop_nonfinite: u32,
-    /// 1: the window total is the device's (a device collective, NCCL).
-    pub device_total: u32,
     /// 0: GRADSCALER, 1: DEEPSPEED (math::ScalerState::update).
     pub loss_scale_policy: u32,
 }
