@@ -22,7 +22,7 @@ use super::slices::{Grad, LANES};
 /// Buffers of at least this many elements take the streaming path: 4 Mi f32 is 16 MiB
 /// of accumulator, with its gradient about the size of this machine's L3. Below it,
 /// the accumulator stays in the cache between micro-batches and plain stores win.
-pub const MIN_ELEMENTS: usize = 4 << 20;
+pub(super) const MIN_ELEMENTS: usize = 4 << 20;
 
 /// acc[i] = 0 + mul * g[i], lanes[i % LANES] += f64(acc[i] * factor)^2 in order, with
 /// streaming stores. Returns false (nothing done) where the vector unit has none.
