@@ -492,16 +492,9 @@ fn capture_grad(n: usize, r: usize, k: usize, nan: bool) -> Vec<f32> {
 fn captured_window_replays_like_direct_windows(mut case: Case) {
     const K: usize = 3;
     const N: usize = 4;
-    case.tensors = vec![(1030, true), (5, false), (262, true)];
-    let config = cuda::config_for(&case);
-    let layout = cuda::layout_for(&case);
-    let n = layout.numel;
-    let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
     let target = ShimTarget::new();
-    let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
-    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
-    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), gacc::engine::config::Device::Cuda(0));
-    let mut cpu = Engine::new(config, layout, &init).unwrap();
+    let (mut dut, mut cpu, graph) = captured_and_cpu_engines(&mut case);
+    let n = dut.numel();
     let weights = [1.0, 2.5, 0.5];
     let lrs = [0.02f32, 0.005, 0.0, 0.03];
     let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
@@ -642,12 +635,29 @@ impl Drop for OneRankCollective {
 }
 
 fn logged_engine(case: &Case) -> (Engine, Arc<std::sync::Mutex<cuda::capture::Graph>>) {
+    logged_engine_with(case, &vec![0.25f32; cuda::layout_for(case).numel])
+}
+
+/// A shim engine for `case` starting from `params`, on a runtime that logs (and can
+/// capture) what it is asked to do.
+fn logged_engine_with(case: &Case, params: &[f32]) -> (Engine, Arc<std::sync::Mutex<cuda::capture::Graph>>) {
     let config = cuda::config_for(case);
     let layout = cuda::layout_for(case);
-    let params = vec![0.25f32; layout.numel];
     let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
-    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &params }).unwrap();
+    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params }).unwrap();
     (Engine::from_parts(config, layout, Box::new(backend), gacc::engine::config::Device::Cuda(0)), graph)
+}
+
+/// What the capture tests share: `case` over three tensors (the middle one without
+/// weight decay), a logged shim engine (the engine under capture) and a CPU engine
+/// from the same parameters.
+fn captured_and_cpu_engines(case: &mut Case) -> (Engine, Engine, Arc<std::sync::Mutex<cuda::capture::Graph>>) {
+    case.tensors = vec![(1030, true), (5, false), (262, true)];
+    let layout = cuda::layout_for(case);
+    let init: Vec<f32> = (0..layout.numel).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
+    let (dut, graph) = logged_engine_with(case, &init);
+    let cpu = Engine::new(cuda::config_for(case), layout, &init).unwrap();
+    (dut, cpu, graph)
 }
 
 /// Fails before the fix: the engine's fields dropped the backend (stream, context)
@@ -1119,16 +1129,9 @@ fn a_stale_accumulator_reads_as_zeros() {
 /// reset by the micro-batch that read it; before, it stayed set until the step).
 fn captured_microbatch_replays_like_direct_microbatches(mut case: Case) {
     const K: usize = 3;
-    case.tensors = vec![(1030, true), (5, false), (262, true)];
-    let config = cuda::config_for(&case);
-    let layout = cuda::layout_for(&case);
-    let n = layout.numel;
-    let init: Vec<f32> = (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) / 64.0).collect();
     let target = ShimTarget::new();
-    let (rt, graph) = cuda::capture::CapturingRuntime::new(ShimRuntime::new(shim(), SM, SHIM_MEMORY));
-    let backend = CudaBackend::new(rt, BackendInit { config: &config, layout: &layout, params: &init }).unwrap();
-    let mut dut = Engine::from_parts(config, layout.clone(), Box::new(backend), gacc::engine::config::Device::Cuda(0));
-    let mut cpu = Engine::new(config, layout, &init).unwrap();
+    let (mut dut, mut cpu, graph) = captured_and_cpu_engines(&mut case);
+    let n = dut.numel();
     let to_bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     let buffer = target.upload(&to_bytes(&capture_grad(n, 0, 0, false)), 0);
     graph.lock().unwrap().begin_capture();

@@ -515,6 +515,23 @@ fn on_capture_thread(body: impl FnOnce() + Send + 'static) {
     .expect("capture test thread");
 }
 
+/// What the capture tests with a direct twin share: on the capture thread, a direct
+/// engine and the engine under capture, both from `init` (in that order), and a new
+/// non-blocking stream set on the one under capture. `body` gets (direct, captured,
+/// stream) and frees them (end_capture_test).
+fn with_direct_and_captured(
+    init: Vec<f32>,
+    body: impl FnOnce(*mut gacc_engine, *mut gacc_engine, sys::CUstream) + Send + 'static,
+) {
+    on_capture_thread(move || {
+        let direct = small_engine(0, &init);
+        let captured = small_engine(0, &init);
+        // SAFETY: `captured` is a live engine.
+        let stream = unsafe { capture_stream(captured) };
+        body(direct, captured, stream)
+    });
+}
+
 /// Issue 14: ONE gacc_microbatch (device gradient) captured on the caller's stream and
 /// replayed K times per window, each window closed by one direct micro-batch and a
 /// direct gacc_step, gives bit for bit the parameters, loss scale and step info
@@ -526,11 +543,8 @@ fn on_capture_thread(body: impl FnOnce() + Send + 'static) {
 pub fn captured_microbatch_replayed_matches_direct_calls() {
     let (n, k_mb, windows) = (2053usize, 3usize, 3usize);
     let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.07).cos()).collect();
-    on_capture_thread(move || {
-        let direct = small_engine(0, &init);
-        let captured = small_engine(0, &init);
+    with_direct_and_captured(init, move |direct, captured, stream| {
         unsafe {
-            let stream = capture_stream(captured);
             let mut grad = 0u64;
             ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
             begin_capture(stream);
@@ -624,11 +638,8 @@ unsafe fn end_capture_test(
 pub fn captured_window_matches_direct_calls() {
     let (n, k_mb, replays) = (2053usize, 3usize, 4usize);
     let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.05).sin()).collect();
-    on_capture_thread(move || {
-        let direct = small_engine(0, &init);
-        let captured = small_engine(0, &init);
+    with_direct_and_captured(init, move |direct, captured, stream| {
         unsafe {
-            let stream = capture_stream(captured);
             let mut grads = vec![0u64; k_mb];
             for g in grads.iter_mut() {
                 ok(sys::cuMemAlloc_v2(g, 4 * n), "alloc");
@@ -671,11 +682,8 @@ pub fn captured_window_matches_direct_calls() {
 pub fn captured_window_honours_lr_and_step_count() {
     let (n, replays) = (1024usize, 3usize);
     let init: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-    on_capture_thread(move || {
-        let direct = small_engine(0, &init);
-        let captured = small_engine(0, &init);
+    with_direct_and_captured(init, move |direct, captured, stream| {
         unsafe {
-            let stream = capture_stream(captured);
             let mut grad = 0u64;
             ok(sys::cuMemAlloc_v2(&mut grad, 4 * n), "alloc");
             let g = grad_values(n, 3, 3);
