@@ -46,8 +46,9 @@ LDLIBS_GACC := -L$(LIBDIR) -Wl,-rpath,$(LIBDIR) -lgacc -lpthread -lm
 
 SAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 VALGRIND    ?= valgrind
-# Definite leaks fail. "Possibly lost" does not: rayon's global thread pool (started by
-# the first large step, e.g. tests/c/test_parallel_path.c) is never joined, so each
+# Definite leaks fail. "Possibly lost" does not: the CPU backend's global thread pool
+# (src/backend/cpu/pool.rs, started by the first large pass, e.g.
+# tests/c/test_parallel_path.c) is never joined, so each
 # worker's thread-local block (glibc allocate_dtv under pthread_create, 288 bytes per
 # thread) is still in use at exit and valgrind can only call it "possibly lost".
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \

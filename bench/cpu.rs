@@ -2,7 +2,7 @@
 //!
 //!     cargo bench --bench cpu                      # 1M, 16M, 64M parameters
 //!     GACC_BENCH_SIZES=1M,16M cargo bench --bench cpu
-//!     GACC_BENCH_REPEATS=15 (default 11)  RAYON_NUM_THREADS=n (default: all cores)
+//!     GACC_BENCH_REPEATS=15 (default 11)  GACC_CPU_THREADS=n (default: all cores)
 //!
 //! Byte model (STREAM convention: bytes the kernel asks for, each read and each
 //! write counted once; write-allocate traffic is not counted, for STREAM either):
@@ -33,7 +33,7 @@
 //! took gacc_accumulator_ptr). `B/elem before` is what the passes moved before issue 14.
 //! GB/s and the ratio columns use `B/elem`.
 //!
-//! STREAM runs on the same rayon pool with the same chunking as gacc's CPU backend
+//! STREAM runs on gacc's own CPU pool (src/backend/cpu/pool.rs) with the same chunking
 //! (32K-element chunks, sequential below 256K elements).
 //!
 //! Per-tensor micro-batches (second table; GACC_BENCH_TENSOR_SIZES, default 16M,64M;
@@ -53,7 +53,6 @@ use std::time::Instant;
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status;
-use rayon::prelude::*;
 
 #[path = "model_shapes.rs"]
 mod model_shapes;
@@ -134,38 +133,58 @@ fn check(s: gacc_status) {
     }
 }
 
-fn stream_copy(a: &mut [f32], b: &[f32]) {
-    if a.len() >= PARALLEL_THRESHOLD {
-        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(a, b)| a.copy_from_slice(b));
+/// Runs `body(start, end)` over the CHUNK-sized ranges of 0..len on gacc's own CPU
+/// pool, as gacc's passes do (on the calling thread below PARALLEL_THRESHOLD).
+fn par_ranges(len: usize, body: impl Fn(usize, usize) + Sync) {
+    let chunks = len.div_ceil(CHUNK);
+    let range = |k: usize| body(k * CHUNK, ((k + 1) * CHUNK).min(len));
+    if len >= PARALLEL_THRESHOLD {
+        gacc::backend::cpu::pool::global().run(chunks, &range);
     } else {
-        a.copy_from_slice(b);
+        (0..chunks).for_each(range);
     }
+}
+
+/// A mutable base pointer that parallel tasks cut into disjoint ranges.
+#[derive(Clone, Copy)]
+struct SharedF32(*mut f32);
+// SAFETY: every task writes a range (or a tensor) no other task touches.
+unsafe impl Send for SharedF32 {}
+unsafe impl Sync for SharedF32 {}
+
+impl SharedF32 {
+    /// # Safety
+    /// `start..end` lies inside the buffer and no other live slice overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, start: usize, end: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), end - start)
+    }
+}
+
+fn stream_copy(a: &mut [f32], b: &[f32]) {
+    let dst = SharedF32(a.as_mut_ptr());
+    // SAFETY: disjoint chunk ranges of a.
+    par_ranges(a.len(), |s, e| unsafe { dst.range(s, e) }.copy_from_slice(&b[s..e]));
 }
 
 fn inplace_add(a: &mut [f32], b: &[f32]) {
-    let body = |(a, b): (&mut [f32], &[f32])| {
-        for (a, &b) in a.iter_mut().zip(b) {
+    let dst = SharedF32(a.as_mut_ptr());
+    par_ranges(a.len(), |s, e| {
+        // SAFETY: disjoint chunk ranges of a.
+        for (a, &b) in unsafe { dst.range(s, e) }.iter_mut().zip(&b[s..e]) {
             *a += b;
         }
-    };
-    if a.len() >= PARALLEL_THRESHOLD {
-        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(body);
-    } else {
-        a.chunks_mut(CHUNK).zip(b.chunks(CHUNK)).for_each(body);
-    }
+    });
 }
 
 fn stream_add(a: &mut [f32], b: &[f32], c: &[f32]) {
-    let body = |(a, (b, c)): (&mut [f32], (&[f32], &[f32]))| {
-        for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
+    let dst = SharedF32(a.as_mut_ptr());
+    par_ranges(a.len(), |s, e| {
+        // SAFETY: disjoint chunk ranges of a.
+        for ((a, &b), &c) in unsafe { dst.range(s, e) }.iter_mut().zip(&b[s..e]).zip(&c[s..e]) {
             *a = b + c;
         }
-    };
-    if a.len() >= PARALLEL_THRESHOLD {
-        a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))).for_each(body);
-    } else {
-        a.chunks_mut(CHUNK).zip(b.chunks(CHUNK).zip(c.chunks(CHUNK))).for_each(body);
-    }
+    });
 }
 
 struct Engine(*mut gacc_engine, usize);
@@ -234,8 +253,8 @@ fn main() {
     let sizes: Vec<usize> =
         std::env::var("GACC_BENCH_SIZES").unwrap_or_else(|_| "1M,16M,64M".into()).split(',').map(parse_size).collect();
     let repeats: usize = std::env::var("GACC_BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
-    let threads = rayon::current_num_threads();
-    println!("gacc CPU benchmark: {threads} rayon threads, >= {repeats} repeats and >= 0.25 s per row (+1 warm-up), median [min..max]\n");
+    let threads = gacc::backend::cpu::pool::global().threads();
+    println!("gacc CPU benchmark: {threads} threads (gacc's CPU pool), >= {repeats} repeats and >= 0.25 s per row (+1 warm-up), median [min..max]\n");
 
     let mut rows: Vec<Row> = Vec::new();
     for &n in &sizes {
@@ -494,32 +513,31 @@ fn tensor_rows(repeats: usize) {
                 })
                 .collect();
             let (h, accs) = tensor_engine(&shape);
+            // Where each tensor starts in the concatenated buffer of (b).
+            let offsets: Vec<usize> = shape.iter().scan(0, |at, &k| Some(std::mem::replace(at, *at + k))).collect();
             let per_tensor = time(repeats, || {
                 check(unsafe { gacc::ffi::tensors::gacc_microbatch_tensors(h, entries.as_ptr(), entries.len(), 1.0) })
             });
             let mut flat = pages(vec![0f32; total]);
             let copy_then = time(repeats, || {
                 // The host's copy into one buffer, in parallel over the tensors.
-                let mut rest: &mut [f32] = &mut flat;
-                let mut parts = Vec::with_capacity(grads.len());
-                for g in &grads {
-                    let (head, tail) = rest.split_at_mut(g.len());
-                    parts.push((head, g));
-                    rest = tail;
-                }
-                parts.into_par_iter().for_each(|(dst, src)| dst.copy_from_slice(src));
+                let dst = SharedF32(flat.as_mut_ptr());
+                gacc::backend::cpu::pool::global().run(grads.len(), &|t| {
+                    // SAFETY: tensor t's range of the concatenation; ranges are disjoint.
+                    unsafe { dst.range(offsets[t], offsets[t] + grads[t].len()) }.copy_from_slice(grads[t]);
+                });
                 check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) });
             });
             let reference = time(repeats, || {
                 check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) })
             });
             let host_add = time(repeats, || {
-                let targets: Vec<(SharedAcc, &&[f32])> = accs.iter().map(|&p| SharedAcc(p)).zip(&grads).collect();
-                targets.into_par_iter().for_each(|(acc, g)| {
-                    // SAFETY: the accumulator of this tensor holds g.len() floats; the
+                let targets: Vec<SharedF32> = accs.iter().map(|&p| SharedF32(p)).collect();
+                gacc::backend::cpu::pool::global().run(grads.len(), &|t| {
+                    // SAFETY: the accumulator of tensor t holds grads[t].len() floats; the
                     // engine is not called while the host writes.
-                    let a = unsafe { std::slice::from_raw_parts_mut(acc.0, g.len()) };
-                    for (a, &x) in a.iter_mut().zip(g.iter()) {
+                    let a = unsafe { targets[t].range(0, grads[t].len()) };
+                    for (a, &x) in a.iter_mut().zip(grads[t].iter()) {
                         *a += x;
                     }
                 });
@@ -547,8 +565,3 @@ fn tensor_rows(repeats: usize) {
         }
     }
 }
-
-/// An accumulator pointer handed to a pool task (each task writes its own tensor).
-struct SharedAcc(*mut f32);
-// SAFETY: every task writes a different tensor's accumulator.
-unsafe impl Send for SharedAcc {}

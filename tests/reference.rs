@@ -982,7 +982,7 @@ fn deterministic_run_with(threads: Option<usize>, options: bool) -> (Vec<u32>, V
     };
     match threads {
         None => body(),
-        Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(body),
+        Some(n) => gacc::backend::cpu::pool::with_threads(n, body),
     }
 }
 

@@ -9,7 +9,7 @@
 //! costs no memory traffic, so a step right after it needs no norm pass.
 
 use super::isa::isa;
-use super::parallel::{for_each_indexed, map_items, SharedMut, WorkItem};
+use super::parallel::{any_item, for_each_indexed, SharedMut, WorkItem};
 use super::slices::{self, add_squares, Grad, Mode, LANES};
 use super::streaming;
 
@@ -90,5 +90,5 @@ pub fn accumulate_kahan(items: &[WorkItem], acc: &mut [f32], comp: &mut [f32], g
 /// Whether a gradient holds inf or NaN (drop mode's check pass). Reads the gradient
 /// once (2-4 B per element).
 pub fn any_nonfinite(items: &[WorkItem], grad: Grad<'_>) -> bool {
-    map_items(items, grad.len(), |item| slices::nonfinite(grad.range(item.start, item.end))).into_iter().any(|b| b)
+    any_item(items, grad.len(), |item| slices::nonfinite(grad.range(item.start, item.end)))
 }

@@ -21,6 +21,7 @@ mod accumulate;
 pub mod convert;
 pub mod isa;
 pub mod parallel;
+pub mod pool;
 mod slices;
 mod step;
 mod streaming;
@@ -227,7 +228,7 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads)", pool::current_threads())
     }
 
     unsafe fn accumulate(&mut self, grad: &GradInput, mul: f32, weight: f64) -> Result<()> {

@@ -1,10 +1,12 @@
-//! Splitting flat buffers into fixed chunks for rayon.
+//! Splitting flat buffers into fixed chunks for the CPU pool (pool.rs).
 //!
 //! Chunk boundaries depend only on the layout, never on the number of threads, so
 //! every reduction (the gradient norm) adds the same partial sums in the same order
 //! whatever the machine: results are bit-identical from 1 thread to N.
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use super::pool;
 
 /// Elements per work item: 128 KiB of f32, big enough to amortise scheduling, small
 /// enough to balance two to many cores.
@@ -41,11 +43,7 @@ pub fn for_each_item<F>(items: &[WorkItem], total: usize, f: F)
 where
     F: Fn(&WorkItem) + Sync + Send,
 {
-    if total >= PARALLEL_THRESHOLD {
-        items.par_iter().for_each(f);
-    } else {
-        items.iter().for_each(f);
-    }
+    for_each_indexed(items, total, |_, item| f(item));
 }
 
 /// Runs `f(k, item k)` on every item, in parallel when the buffers are large.
@@ -54,7 +52,7 @@ where
     F: Fn(usize, &WorkItem) + Sync + Send,
 {
     if total >= PARALLEL_THRESHOLD {
-        items.par_iter().enumerate().for_each(|(k, item)| f(k, item));
+        pool::run(items.len(), &|k| f(k, &items[k]));
     } else {
         items.iter().enumerate().for_each(|(k, item)| f(k, item));
     }
@@ -66,11 +64,29 @@ where
     T: Send,
     F: Fn(&WorkItem) -> T + Sync + Send,
 {
-    if total >= PARALLEL_THRESHOLD {
-        items.par_iter().map(f).collect()
-    } else {
-        items.iter().map(f).collect()
+    if total < PARALLEL_THRESHOLD {
+        return items.iter().map(f).collect();
     }
+    let mut out: Vec<MaybeUninit<T>> = Vec::with_capacity(items.len());
+    out.resize_with(items.len(), MaybeUninit::uninit);
+    let slots = SharedMut(out.as_mut_ptr());
+    // SAFETY: item k writes slot k only, once; run() returns only when every item ran
+    // (or panics, and then `out` is dropped as MaybeUninit without reading a slot).
+    pool::run(items.len(), &|k| unsafe { slots.write(k, MaybeUninit::new(f(&items[k]))) });
+    out.into_iter()
+        .map(|slot| {
+            // SAFETY: every slot was written above.
+            unsafe { slot.assume_init() }
+        })
+        .collect()
+}
+
+/// Whether `f` holds for any item (every item is evaluated; parallel when large).
+pub fn any_item<F>(items: &[WorkItem], total: usize, f: F) -> bool
+where
+    F: Fn(&WorkItem) -> bool + Sync + Send,
+{
+    map_items(items, total, f).into_iter().any(|b| b)
 }
 
 /// A raw base pointer that tasks turn into disjoint sub-slices.

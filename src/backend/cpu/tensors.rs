@@ -11,10 +11,8 @@
 //! a window whose accumulator is logically zero it writes the listed tensors and
 //! zeros the others in the same pass.
 
-use rayon::prelude::*;
-
 use super::accumulate::Norms;
-use super::parallel::{for_each_indexed, SharedMut, WorkItem, PARALLEL_THRESHOLD};
+use super::parallel::{any_item, for_each_indexed, SharedMut, WorkItem};
 use super::slices::{self, add_squares, Grad, Mode, LANES};
 use crate::backend::TensorGrad;
 
@@ -96,11 +94,7 @@ impl<'a> PerTensor<'a> {
             };
             bad
         };
-        if total >= PARALLEL_THRESHOLD {
-            items.par_iter().map(check).reduce(|| false, |x, y| x | y)
-        } else {
-            items.iter().map(check).fold(false, |x, y| x | y)
-        }
+        any_item(items, total, check)
     }
 
     /// acc[offset + i] += mul * grad[i] for every listed tensor (= 0 + mul * grad[i]
