@@ -48,18 +48,20 @@ pub fn accumulate(items: &[WorkItem], acc: &mut [f32], grad: Grad<'_>, mul: f32,
                 let a = unsafe { base.slice(item) };
                 let g = grad.range(item.start, item.end);
                 let mut lanes = [0f64; LANES];
-                let sum = if stream && streaming::write_and_square(isa(), a, g, mul, factor, &mut lanes) {
-                    lanes.iter().sum()
+                let fused = if stream {
+                    streaming::write_and_square(isa(), a, g, mul, factor, &mut lanes)
                 } else {
-                    accumulate_and_square(a, g, mul, mode, factor)
+                    streaming::accumulate_and_square(isa(), a, g, mul, mode, factor, &mut lanes)
                 };
+                let sum = if fused { lanes.iter().sum() } else { accumulate_and_square(a, g, mul, mode, factor) };
                 unsafe { out.write(k, sum) };
             });
         }
     }
 }
 
-/// One item of the fused pass: accumulate a sub-block, square what it wrote.
+/// One item of the fused pass where the vector unit has no one-loop version
+/// (streaming.rs): accumulate a sub-block, square what it wrote.
 fn accumulate_and_square(a: &mut [f32], g: Grad<'_>, mul: f32, mode: Mode, factor: f32) -> f64 {
     let mut lanes = [0f64; LANES];
     let mut lo = 0;
