@@ -210,10 +210,11 @@ def tensors_main(a):
     for n in [parse_size(x) for x in a.tensor_sizes.split(",")]:
         for t in [int(x) for x in a.tensor_counts.split(",")]:
             log(f"per-tensor rows: {size_label(n)}, {t} tensors")
-            # Passive OpenMP waiting: the host's parallel copy/add threads must not spin
-            # against gacc's rayon pool between calls.
+            # Neither side spins between calls: the host's parallel copy/add threads
+            # (OpenMP, passive) and gacc's workers (GACC_CPU_SPIN_US=0) would otherwise
+            # take the cores the other needs next. This costs gacc a wake-up per call.
             got, err, _ = run_json([exe, "tensors", "--n", str(n), "--t", str(t), "--repeats", str(a.repeats)],
-                                   env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+                                   env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE", GACC_CPU_SPIN_US="0"))
             if err:
                 log(f"  gacc: {err}")
             rows += [dict(r, size=n, tensors=t) for r in got if r.get("kind") == "row"]

@@ -420,9 +420,9 @@ static size_t transformer_sizes(size_t n, size_t t, size_t *sizes) {
  * + gacc_microbatch), microbatch_T (gacc_microbatch on the same bytes), inplace_add_T
  * (the host's acc += W * g into gacc_accumulator_ptr) and inplace_call_T
  * (gacc_microbatch_inplace alone); n in the rows is the actual parameter count. The
- * host's copy and add run on OpenMP threads beside gacc's rayon pool: run with
- * OMP_WAIT_POLICY=PASSIVE (bench/compare.py --tensors does) so neither spins on the
- * other's cores. */
+ * host's copy and add run on OpenMP threads beside gacc's own pool: run with
+ * OMP_WAIT_POLICY=PASSIVE and GACC_CPU_SPIN_US=0 (bench/compare.py --tensors does) so
+ * that neither spins on the cores the other needs next. */
 static int cmd_tensors(size_t n, size_t t, int repeats) {
     if (t < 8 || t % 8) {
         fprintf(stderr, "--t must be a multiple of 8\n");
@@ -452,16 +452,21 @@ static int cmd_tensors(size_t n, size_t t, int repeats) {
     check(gacc_create(&cfg, desc, t, &e), "gacc_create");
     for (size_t i = 0; i < t; i++) check(gacc_accumulator_ptr(e, i, &acc[i]), "gacc_accumulator_ptr");
     float *flat = xmalloc(total * sizeof(float));
-    double *samples = xmalloc((size_t)(repeats + 1) * sizeof(double));
+    /* The five rows run interleaved, one call of each per round, so that this VM's
+     * memory bandwidth, which moves between regimes from one second to the next,
+     * weighs on all of them alike (run one after the other, (a) and (ref) differed
+     * by up to 14% in either direction from run to run). */
+    static const char *NAMES[] = {"per_tensor", "copy_microbatch", "microbatch", "inplace_add", "inplace_call"};
+    /* Every row of this engine keeps today's bytes: the host took gacc_accumulator_ptr,
+     * so gacc zeroes eagerly (issue 14's exception), and no window is first here. */
+    static const double BYTES[] = {12, 20, 12, 12, 0};
+    enum { ROWS = 5 };
+    double *samples = xmalloc((size_t)ROWS * (size_t)(repeats + 1) * sizeof(double));
+    size_t count = 0;
     char row[64], note[64];
     snprintf(note, sizeof note, "%zu tensors", t);
-    for (int which = 0; which < 5; which++) {
-        static const char *NAMES[] = {"per_tensor", "copy_microbatch", "microbatch", "inplace_add", "inplace_call"};
-        /* Every row of this engine keeps today's bytes: the host took gacc_accumulator_ptr,
-         * so gacc zeroes eagerly (issue 14's exception), and no window is first here. */
-        static const double BYTES[] = {12, 20, 12, 12, 0};
-        size_t count = 0;
-        for (int r = -1; r < repeats; r++) {
+    for (int r = -1; r < repeats; r++) {
+        for (int which = 0; which < ROWS; which++) {
             double t0 = now();
             if (which == 0) {
                 check(gacc_microbatch_tensors(e, grads, t, WEIGHT), "gacc_microbatch_tensors");
@@ -481,11 +486,15 @@ static int cmd_tensors(size_t n, size_t t, int repeats) {
                 check(gacc_microbatch_inplace(e, WEIGHT), "gacc_microbatch_inplace");
             }
             double t1 = now();
-            if (r >= 0) samples[count++] = t1 - t0;
+            if (r >= 0) samples[(size_t)which * (size_t)repeats + count] = t1 - t0;
         }
-        check(gacc_zero(e), "gacc_zero");
+        if (r >= 0) count++;
+    }
+    check(gacc_zero(e), "gacc_zero");
+    for (int which = 0; which < ROWS; which++) {
         snprintf(row, sizeof row, "%s_%zu", NAMES[which], t);
-        print_samples(row, NULL, total, BYTES[which], BYTES[which], samples, count, note);
+        print_samples(row, NULL, total, BYTES[which], BYTES[which], samples + (size_t)which * (size_t)repeats, count,
+                      note);
     }
     gacc_destroy(e);
     for (size_t i = 0; i < t; i++) free(g[i]);
