@@ -516,6 +516,7 @@ def plot(path, stream, rows, sizes):
 
 TENSOR_ROWS = [
     ("per_tensor", "gacc", "(a) gacc_microbatch_tensors"),
+    ("per_tensor_flat", "gacc", "(a') gacc_microbatch_tensors, the same tensors laid out in one buffer"),
     ("copy_microbatch", "gacc", "(b) copy into one buffer + gacc_microbatch"),
     ("microbatch", "gacc", "(ref) gacc_microbatch, same bytes"),
     ("inplace_add", "gacc", "(c) host acc += W*g in place + gacc_microbatch_inplace"),
