@@ -238,3 +238,34 @@ fn large_buffers_stream_the_first_microbatch_bit_for_bit() {
         assert!(bits(&fast.params()) == bits(&eager.params()), "window {w}: weights");
     }
 }
+
+/// A step over 4 Mi elements and more writes the fp16/bf16 working copy with streaming
+/// stores (src/backend/cpu/convert.rs): it must hold exactly the master weights
+/// rounded to nearest even, as half's scalar conversions round them.
+#[test]
+fn large_working_copies_are_the_master_rounded_to_nearest() {
+    let mut rng = Rng::new(7);
+    let n = (4 << 20) + 77;
+    let tensors =
+        vec![TensorSpec { init: rng.vec(5, 1.0), no_wd: true }, TensorSpec { init: rng.vec(n - 5, 1.0), no_wd: false }];
+    for precision in [GACC_PRECISION_FP16, GACC_PRECISION_BF16] {
+        let mut cfg = config(GACC_OPTIMIZER_ADAMW);
+        cfg.precision = precision;
+        let e = Eng::new(&cfg, &tensors);
+        for _ in 0..2 {
+            let g = random_grad(&mut rng, GACC_DTYPE_F32, n, -8, 2, e.scale());
+            e.mb(&g, 1.0);
+            assert_eq!(e.step().applied, 1);
+        }
+        let master = e.params();
+        let want: Vec<u16> = if precision == GACC_PRECISION_FP16 {
+            master.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()
+        } else {
+            master.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect()
+        };
+        let dtype = if precision == GACC_PRECISION_FP16 { GACC_DTYPE_F16 } else { GACC_DTYPE_BF16 };
+        let got = e.working(dtype);
+        let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert!(bad.is_none(), "precision {precision}: element {bad:?} differs from the rounded master");
+    }
+}

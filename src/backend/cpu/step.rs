@@ -11,10 +11,11 @@
 //!    except where zeros must be real (`eager_zero`): then acc = 0 here, as before.
 //!    On a skipped step nothing is written (or only acc = 0, eagerly).
 
-use super::convert::{f32_to_bf16_slice, f32_to_f16_slice};
+use super::convert::{self, f32_to_bf16_slice, f32_to_f16_slice};
 use super::isa::{isa, Isa};
 use super::parallel::{for_each_item, map_items, SharedMut, WorkItem};
 use super::slices::{add_squares, LANES};
+use super::streaming;
 use super::{CpuBackend, WorkingCopy};
 use crate::backend::{StepReport, StepRequest};
 use crate::engine::config::Optimizer;
@@ -133,6 +134,9 @@ struct Buffers {
     sr: Option<u64>,
     /// Write acc = 0 (eager zeroing); otherwise acc is only read.
     zero_acc: bool,
+    /// Write the working copy with streaming stores (a model much larger than the
+    /// caches; round to nearest only).
+    stream_working: bool,
 }
 
 /// The per-step scalars of the chosen optimizer.
@@ -240,10 +244,16 @@ fn update_body<const ZERO_ACC: bool>(b: &Buffers, item: &WorkItem, update: &Upda
     }
     // The chunk's master values are hot in cache: convert them now.
     if let Some(w) = b.f16 {
-        convert_f16(p, unsafe { w.slice(item) }, item.start, b.sr);
+        let dst = unsafe { w.slice(item) };
+        if !(b.stream_working && convert::f32_to_f16_stream(p, dst)) {
+            convert_f16(p, dst, item.start, b.sr);
+        }
     }
     if let Some(w) = b.bf16 {
-        convert_bf16(p, unsafe { w.slice(item) }, item.start, b.sr);
+        let dst = unsafe { w.slice(item) };
+        if !(b.stream_working && convert::f32_to_bf16_stream(p, dst)) {
+            convert_bf16(p, dst, item.start, b.sr);
+        }
     }
 }
 
@@ -320,6 +330,7 @@ pub fn run_step(be: &mut CpuBackend, request: &StepRequest) -> StepReport {
         bf16,
         sr,
         zero_acc: be.eager_zero,
+        stream_working: sr.is_none() && be.master.len() >= streaming::MIN_ELEMENTS,
     };
     for_each_item(&be.items, be.master.len(), |item| update_chunk(&buffers, item, &update, factor, coef));
     // Eagerly the update pass wrote acc = 0 (and comp = 0); otherwise the next
@@ -388,8 +399,10 @@ mod tests {
             Update::Sgd(SgdScalars { neg_lr: -0.05, weight_decay: 0.1, momentum: 0.0, nesterov: false, first: false }),
         ];
         for update in updates {
-            for (decay, zero_acc) in [(true, true), (false, true), (true, false)] {
-                let run = |unit: Isa| {
+            for (decay, zero_acc, stream) in
+                [(true, true, false), (false, true, false), (true, false, false), (true, false, true)]
+            {
+                let run = |unit: Isa, stream_working: bool| {
                     let (mut p, mut acc, mut s1, mut s2) = (p0.clone(), acc0.clone(), s10.clone(), s20.clone());
                     let mut w = vec![half::f16::ZERO; n];
                     let b = Buffers {
@@ -402,15 +415,17 @@ mod tests {
                         f16: Some(SharedMut(w.as_mut_ptr())),
                         bf16: None,
                         zero_acc,
+                        stream_working,
                     };
                     let item = WorkItem { start: 0, end: n, decay };
                     update_chunk_on(unit, &b, &item, &update, 0.37, 0.9);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     (bits(&p), bits(&acc), bits(&s1), bits(&s2), w.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
                 };
-                let portable = run(Isa::Portable);
+                let portable = run(Isa::Portable, false);
                 for unit in super::super::isa::available() {
-                    assert!(run(unit) == portable, "{unit:?} decay {decay} zero_acc {zero_acc}");
+                    let what = format!("{unit:?} decay {decay} zero_acc {zero_acc} streaming working copy {stream}");
+                    assert!(run(unit, stream) == portable, "{what}");
                 }
             }
         }
