@@ -8,10 +8,14 @@
 //! 1M-parameter model (measured: docs/benchmarks-notes.md). OpenMP runtimes, torch's
 //! among them, avoid both costs: the caller works as one of the threads, and workers
 //! spin between parallel regions. This pool does the same. [`Pool::run`] publishes a
-//! job, takes items itself, and returns when every item is done; a worker that finished
-//! a job spins for `GACC_CPU_SPIN_US` microseconds (default 500; 0 parks at once) before
-//! it parks, so back-to-back passes (the micro-batches of a window, then the step) find
-//! it awake.
+//! job, takes items itself, and returns when every item is done. Items are handed
+//! out in runs of consecutive items, a share of what is left that shrinks as the job
+//! drains (OpenMP's "guided" schedule): each thread streams through long stretches
+//! of the buffers, which measured 5-12% faster at 1M, 16M and 64M parameters than
+//! one item at a time (same process, alternating windows, 2026-12-02). A worker that
+//! finished a job spins for `GACC_CPU_SPIN_US` microseconds (default 500; 0 parks at
+//! once) before it parks, so back-to-back passes (the micro-batches of a window, then
+//! the step) find it awake.
 //!
 //! Which thread runs which item never changes a result: every item writes its own
 //! outputs, and reductions combine per-item values in item order (parallel.rs).
@@ -59,6 +63,8 @@ struct State {
 struct Job<'a> {
     body: &'a (dyn Fn(usize) + Sync),
     count: usize,
+    /// Threads of the pool (sizes the runs handed out).
+    threads: usize,
     next: AtomicUsize,
     /// Workers inside this job; its caller returns only once this is back to 0.
     joined: AtomicUsize,
@@ -77,12 +83,31 @@ unsafe impl Send for JobPtr {}
 impl Job<'_> {
     /// Runs items until none is left (or one panicked somewhere).
     fn work(&self) {
-        loop {
-            let k = self.next.fetch_add(1, Ordering::Relaxed);
-            if k >= self.count || self.panicked.load(Ordering::Relaxed) {
-                return;
+        while let Some((first, end)) = self.claim() {
+            for k in first..end {
+                if self.panicked.load(Ordering::Relaxed) {
+                    return;
+                }
+                (self.body)(k);
             }
-            (self.body)(k);
+        }
+    }
+
+    /// Takes the next run of consecutive items: a share of what is left, shrinking
+    /// as the job drains (OpenMP's "guided" schedule), so each thread streams
+    /// through long contiguous stretches of the buffers while the last items still
+    /// balance the threads.
+    fn claim(&self) -> Option<(usize, usize)> {
+        let mut first = self.next.load(Ordering::Relaxed);
+        loop {
+            if first >= self.count {
+                return None;
+            }
+            let take = ((self.count - first) / (2 * self.threads)).max(1);
+            match self.next.compare_exchange_weak(first, first + take, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some((first, first + take)),
+                Err(now) => first = now,
+            }
         }
     }
 }
@@ -216,6 +241,7 @@ impl Pool {
         let job = Job {
             body,
             count,
+            threads: self.threads,
             next: AtomicUsize::new(0),
             joined: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -348,6 +374,28 @@ mod tests {
             let expected: Vec<u64> = (0..500u64).map(|k| k * k).collect();
             assert_eq!(sum_of_squares(&pool, 500), expected);
         }
+    }
+
+    #[test]
+    fn claims_are_contiguous_shrinking_runs_that_cover_every_item() {
+        let body = |_: usize| {};
+        let job = Job {
+            body: &body,
+            count: 1000,
+            threads: 2,
+            next: AtomicUsize::new(0),
+            joined: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+        };
+        let mut runs = Vec::new();
+        while let Some(run) = job.claim() {
+            runs.push(run);
+        }
+        assert_eq!(runs.first(), Some(&(0, 250)), "a quarter of 1000 items for 2 threads");
+        assert!(runs.windows(2).all(|w| w[0].1 == w[1].0), "runs follow each other: {runs:?}");
+        assert!(runs.windows(2).all(|w| w[0].1 - w[0].0 >= w[1].1 - w[1].0), "runs shrink: {runs:?}");
+        assert_eq!(runs.last().map(|r| r.1), Some(1000));
+        assert_eq!(runs.last().map(|r| r.1 - r.0), Some(1), "the last runs are single items");
     }
 
     #[test]
