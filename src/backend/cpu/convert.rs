@@ -55,8 +55,8 @@ pub fn f32_to_bf16_stream(src: &[f32], dst: &mut [bf16]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if super::isa::isa() == super::isa::Isa::Avx512 {
-            // SAFETY: the CPU supports AVX-512F/BW (isa.rs).
-            unsafe { stream512::to_bf16(src, dst) };
+            // SAFETY: the CPU supports AVX-512F/BW and F16C (isa.rs).
+            unsafe { stream512::lines::<bf16, true>(src, dst, f32_to_bf16_slice) };
             return true;
         }
     }
@@ -69,8 +69,8 @@ pub fn f32_to_f16_stream(src: &[f32], dst: &mut [f16]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if super::isa::isa() == super::isa::Isa::Avx512 {
-            // SAFETY: the CPU supports AVX-512F/BW and F16C (isa.rs).
-            unsafe { stream512::to_f16(src, dst) };
+            // SAFETY: as above.
+            unsafe { stream512::lines::<f16, false>(src, dst, f32_to_f16_slice) };
             return true;
         }
     }
@@ -82,8 +82,6 @@ pub fn f32_to_f16_stream(src: &[f32], dst: &mut [f16]) -> bool {
 /// aligned by a scalar head; the scalar head and tail use the plain conversions.
 #[cfg(target_arch = "x86_64")]
 mod stream512 {
-    use super::{f32_to_bf16_slice, f32_to_f16_slice};
-    use half::{bf16, f16};
     use std::arch::x86_64::*;
 
     /// Elements before `dst` is 64-byte aligned.
@@ -104,41 +102,26 @@ mod stream512 {
         _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan))
     }
 
+    /// dst = the halves of src (bf16 when BF16, else f16, round to nearest even), the
+    /// aligned middle with streaming stores, head and tail with `plain`.
     #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
-    pub unsafe fn to_bf16(src: &[f32], dst: &mut [bf16]) {
+    pub unsafe fn lines<T, const BF16: bool>(src: &[f32], dst: &mut [T], plain: fn(&[f32], &mut [T])) {
         let n = src.len().min(dst.len());
         let head = head_len(dst).min(n);
-        f32_to_bf16_slice(&src[..head], &mut dst[..head]);
+        plain(&src[..head], &mut dst[..head]);
         let end = head + (n - head) / 32 * 32;
+        let half16 = |x: __m512| if BF16 { bf16x16(x) } else { _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x) };
         let mut i = head;
         while i < end {
-            let lo = bf16x16(_mm512_loadu_ps(src.as_ptr().add(i)));
-            let hi = bf16x16(_mm512_loadu_ps(src.as_ptr().add(i + 16)));
+            let lo = half16(_mm512_loadu_ps(src.as_ptr().add(i)));
+            let hi = half16(_mm512_loadu_ps(src.as_ptr().add(i + 16)));
             let line = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
             _mm512_stream_si512(dst.as_mut_ptr().add(i) as *mut _, line);
             i += 32;
         }
         // Streamed lines are weakly ordered: fence before another thread reads them.
         _mm_sfence();
-        f32_to_bf16_slice(&src[end..n], &mut dst[end..n]);
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
-    pub unsafe fn to_f16(src: &[f32], dst: &mut [f16]) {
-        let n = src.len().min(dst.len());
-        let head = head_len(dst).min(n);
-        f32_to_f16_slice(&src[..head], &mut dst[..head]);
-        let end = head + (n - head) / 32 * 32;
-        let mut i = head;
-        while i < end {
-            let lo = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(src.as_ptr().add(i)));
-            let hi = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(src.as_ptr().add(i + 16)));
-            let line = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            _mm512_stream_si512(dst.as_mut_ptr().add(i) as *mut _, line);
-            i += 32;
-        }
-        _mm_sfence();
-        f32_to_f16_slice(&src[end..n], &mut dst[end..n]);
+        plain(&src[end..n], &mut dst[end..n]);
     }
 }
 
