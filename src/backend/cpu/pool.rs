@@ -453,6 +453,33 @@ mod tests {
         assert_eq!(sum_of_squares(&pool, 100), expected);
     }
 
+    /// A forked child has none of the parent's workers: its passes still finish, on
+    /// the calling thread (rayon's pool, before, would wait for workers that no longer
+    /// exist).
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_runs_passes_on_its_calling_thread() {
+        // A long spin, and a pause before the fork: the worker is then in its spin
+        // loop, holding no lock, when the child is made (a lock held at fork time
+        // would stay held in the child).
+        let pool = Pool::new(2, MAX_SPIN);
+        assert_eq!(sum_of_squares(&pool, 64)[63], 63 * 63, "the parent's pool works");
+        std::thread::sleep(Duration::from_millis(2));
+        // SAFETY: the child only runs the pool (atomics, a mutex nobody holds) and
+        // leaves with _exit, never returning into the harness.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let ok = sum_of_squares(&pool, 1000).iter().enumerate().all(|(k, &v)| v == (k * k) as u64);
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // A hung child (a pass waiting for a worker) fails the test by timing out here.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+    }
+
     #[test]
     fn environment_values_parse() {
         assert_eq!(parse_threads(" 4 "), Some(4));
