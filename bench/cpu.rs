@@ -50,6 +50,7 @@ use std::hint::black_box;
 use std::os::raw::c_void;
 use std::time::Instant;
 
+use gacc::backend::cpu::parallel::{SharedMut, WorkItem};
 use gacc::ffi::types::*;
 use gacc::ffi::*;
 use gacc::gacc_status;
@@ -145,43 +146,36 @@ fn par_ranges(len: usize, body: impl Fn(usize, usize) + Sync) {
     }
 }
 
-/// A mutable base pointer that parallel tasks cut into disjoint ranges.
-#[derive(Clone, Copy)]
-struct SharedF32(*mut f32);
-// SAFETY: every task writes a range (or a tensor) no other task touches.
-unsafe impl Send for SharedF32 {}
-unsafe impl Sync for SharedF32 {}
-
-impl SharedF32 {
-    /// # Safety
-    /// `start..end` lies inside the buffer and no other live slice overlaps it.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, start: usize, end: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(start), end - start)
-    }
+/// Elements start..end of a buffer shared by parallel tasks (gacc's own SharedMut).
+///
+/// # Safety
+/// `start..end` lies inside the buffer and no other live slice overlaps it.
+#[allow(clippy::mut_from_ref)]
+unsafe fn range(base: &SharedMut<f32>, start: usize, end: usize) -> &mut [f32] {
+    base.slice(&WorkItem { start, end, decay: false })
 }
 
 fn stream_copy(a: &mut [f32], b: &[f32]) {
-    let dst = SharedF32(a.as_mut_ptr());
+    let dst = SharedMut(a.as_mut_ptr());
     // SAFETY: disjoint chunk ranges of a.
-    par_ranges(a.len(), |s, e| unsafe { dst.range(s, e) }.copy_from_slice(&b[s..e]));
+    par_ranges(a.len(), |s, e| unsafe { range(&dst, s, e) }.copy_from_slice(&b[s..e]));
 }
 
 fn inplace_add(a: &mut [f32], b: &[f32]) {
-    let dst = SharedF32(a.as_mut_ptr());
+    let dst = SharedMut(a.as_mut_ptr());
     par_ranges(a.len(), |s, e| {
         // SAFETY: disjoint chunk ranges of a.
-        for (a, &b) in unsafe { dst.range(s, e) }.iter_mut().zip(&b[s..e]) {
+        for (a, &b) in unsafe { range(&dst, s, e) }.iter_mut().zip(&b[s..e]) {
             *a += b;
         }
     });
 }
 
 fn stream_add(a: &mut [f32], b: &[f32], c: &[f32]) {
-    let dst = SharedF32(a.as_mut_ptr());
+    let dst = SharedMut(a.as_mut_ptr());
     par_ranges(a.len(), |s, e| {
         // SAFETY: disjoint chunk ranges of a.
-        for ((a, &b), &c) in unsafe { dst.range(s, e) }.iter_mut().zip(&b[s..e]).zip(&c[s..e]) {
+        for ((a, &b), &c) in unsafe { range(&dst, s, e) }.iter_mut().zip(&b[s..e]).zip(&c[s..e]) {
             *a = b + c;
         }
     });
@@ -521,10 +515,10 @@ fn tensor_rows(repeats: usize) {
             let mut flat = pages(vec![0f32; total]);
             let copy_then = time(repeats, || {
                 // The host's copy into one buffer, in parallel over the tensors.
-                let dst = SharedF32(flat.as_mut_ptr());
+                let dst = SharedMut(flat.as_mut_ptr());
                 gacc::backend::cpu::pool::global().run(grads.len(), &|t| {
                     // SAFETY: tensor t's range of the concatenation; ranges are disjoint.
-                    unsafe { dst.range(offsets[t], offsets[t] + grads[t].len()) }.copy_from_slice(grads[t]);
+                    unsafe { range(&dst, offsets[t], offsets[t] + grads[t].len()) }.copy_from_slice(grads[t]);
                 });
                 check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) });
             });
@@ -532,11 +526,11 @@ fn tensor_rows(repeats: usize) {
                 check(unsafe { gacc_microbatch(h, flat.as_ptr() as *const c_void, GACC_DTYPE_F32, total, 1.0) })
             });
             let host_add = time(repeats, || {
-                let targets: Vec<SharedF32> = accs.iter().map(|&p| SharedF32(p)).collect();
+                let targets: Vec<SharedMut<f32>> = accs.iter().map(|&p| SharedMut(p)).collect();
                 gacc::backend::cpu::pool::global().run(grads.len(), &|t| {
                     // SAFETY: the accumulator of tensor t holds grads[t].len() floats; the
                     // engine is not called while the host writes.
-                    let a = unsafe { targets[t].range(0, grads[t].len()) };
+                    let a = unsafe { range(&targets[t], 0, grads[t].len()) };
                     for (a, &x) in a.iter_mut().zip(grads[t].iter()) {
                         *a += x;
                     }
